@@ -55,7 +55,10 @@ _VERSION = struct.Struct("<Q")
 HEADER_SIZE = _HEADER.size
 _MIN_SIZE = HEADER_SIZE + _CRC.size
 _U16 = 0xFFFF
+_U32 = 0xFFFF_FFFF
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
+_I64_MIN = -(2**63)
+_I64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,13 @@ def encode(envelope: Envelope) -> bytes:
         raise ValueError(f"entry version must be in 0..{_U64}, got {e.version}")
     if not 0 <= e.serializer_id <= 0xFF:
         raise ValueError(f"serializer id must be in 0..255, got {e.serializer_id}")
+    for field in ("created_ms", "updated_ms", "expires_ms"):
+        ms = getattr(e, field)
+        # signed 64-bit in the header; without this check struct.error escapes
+        if not _I64_MIN <= ms <= _I64_MAX:
+            raise ValueError(f"{field} must be in {_I64_MIN}..{_I64_MAX}, got {ms}")
+    if len(e.payload) > _U32:
+        raise ValueError(f"payload must be at most {_U32} bytes, got {len(e.payload)}")
     head = _HEADER.pack(
         MAGIC,
         FORMAT_VERSION,
@@ -132,7 +142,9 @@ def decode(data: bytes) -> Envelope:
     (crc,) = _CRC.unpack_from(data, HEADER_SIZE + n)
     if crc != zlib.crc32(memoryview(data)[: HEADER_SIZE + n]):
         raise CorruptEntryError("checksum mismatch")
-    return Envelope(ser, schema, version, created, updated, expires, data[HEADER_SIZE : HEADER_SIZE + n])
+    return Envelope(
+        ser, schema, version, created, updated, expires, data[HEADER_SIZE : HEADER_SIZE + n]
+    )
 
 
 def peek_version(data: bytes) -> int:
