@@ -14,7 +14,8 @@ Contract (``tests/contract`` checks it for every tier, sync and async):
 
 * ``get`` returns the exact bytes last ``set`` under the key, or ``None``.
 * ``set(key, value, ttl)`` stores ``value``; ``ttl`` is seconds from now, or
-  ``None`` for no expiry. The cache also checks expiry itself (the envelope
+  ``None`` for no expiry; a ``ttl <= 0`` means already expired (the key
+  reads as absent). The cache also checks expiry itself (the envelope
   carries it), so a backend TTL is a garbage-collection hint and may be
   coarse, but it must never expire an entry *early*.
 * ``delete`` returns whether the key existed.
@@ -25,7 +26,9 @@ Contract (``tests/contract`` checks it for every tier, sync and async):
 
 Optional: a tier whose backend can do it atomically sets
 ``supports_cas = True`` and implements ``compare_and_set`` (write only if the
-stored entry version is ``expected``; ``0`` means "only if absent"). The
+stored entry version is ``expected``; ``0`` means "only if absent", and
+stored bytes that are not an envelope count as absent, so the cache's
+repair write can replace them). The
 entry version sits at a fixed offset of the envelope
 (``tiercache._envelope.VERSION_OFFSET``, unsigned 64-bit little-endian).
 """
@@ -92,9 +95,7 @@ class PersistentTier(abc.ABC):
     def touch(self, key: str, ttl: float | None) -> bool:
         """Change only the expiry; whether the key existed."""
 
-    def compare_and_set(
-        self, key: str, value: bytes, ttl: float | None, expected: int
-    ) -> bool:
+    def compare_and_set(self, key: str, value: bytes, ttl: float | None, expected: int) -> bool:
         """Store only if the stored entry version is ``expected`` (0: absent)."""
         raise NotImplementedError(f"{type(self).__name__} does not support compare-and-set")
 

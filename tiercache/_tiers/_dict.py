@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from .._clock import Clock, SystemClock
 from .._envelope import peek_version
+from .._exceptions import CorruptEntryError
 from ._base import PersistentTier, SetItem
 
 __all__ = ["DictTier"]
@@ -65,7 +66,10 @@ class DictTier(PersistentTier):
 
     def delete(self, key: str) -> bool:
         with self._lock:
-            return self._data.pop(key, None) is not None and True
+            # An expired entry no longer "exists", as in every backend.
+            existed = self._live(key) is not None
+            self._data.pop(key, None)
+            return existed
 
     def touch(self, key: str, ttl: float | None) -> bool:
         with self._lock:
@@ -78,7 +82,10 @@ class DictTier(PersistentTier):
     def compare_and_set(self, key: str, value: bytes, ttl: float | None, expected: int) -> bool:
         with self._lock:
             current = self._live(key)
-            found = 0 if current is None else peek_version(current)
+            try:
+                found = 0 if current is None else peek_version(current)
+            except CorruptEntryError:
+                found = 0  # unreadable bytes count as absent (see _base)
             if found != expected:
                 return False
             self._data[key] = (bytes(value), self._deadline(ttl))

@@ -1,0 +1,495 @@
+"""The Redis tier: envelope bytes shared by every process, sync and async.
+
+::
+
+    get/set/...   ──> redis.Redis (one thread-safe pool)           ──┐
+    aget/aset/... ──> redis.asyncio.Redis, one per running loop    ──┴─> redis-server
+                      (closed when that loop shuts down)
+
+A ``redis.asyncio`` connection belongs to the event loop that opened it, and
+a program (or a test suite) may run several loops over its life, so the
+tier opens one async client per loop, on first use. Each client is closed
+by the loop's own shutdown (``asyncio.run`` and ``asyncio.Runner`` close
+async generators before the loop, and the tier parks one there), by
+:meth:`RedisTier.aclose` / :meth:`RedisTier.close`, or, if the tier is
+dropped while its loop still runs, by the loop's async-generator finalizer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import math
+import struct
+import threading
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, NoReturn, TypeAlias, cast
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from .._envelope import HEADER_SIZE, MAGIC, VERSION_OFFSET
+from .._exceptions import ConfigError, TierError
+from ._base import PersistentTier, SetItem
+
+__all__ = ["RedisTier"]
+
+SyncClient: TypeAlias = "redis.Redis"
+AsyncClient: TypeAlias = "redis.asyncio.Redis"
+
+_U64 = struct.Struct("<Q")
+_BACKEND_ERRORS = (RedisError, OSError)
+
+# Compare-and-set as one script, so nothing can write between the read and
+# the write. The stored version is compared as its 8 raw bytes rather than
+# through ``struct.unpack('<I8', ...)``: Lua numbers are doubles, which
+# cannot tell 2**53 from 2**53 + 1, while a byte compare is exact for every
+# u64. Bytes that are not an envelope (too short, foreign magic) count as
+# absent, version 0, so the cache's repair write (expected=0) can replace
+# them, as every other tier does. ARGV[3] is the expiry: >0 PX in ms, 0 no
+# expiry, -1 already expired (delete).
+_CAS_LUA = f"""
+local cur = redis.call('GET', KEYS[1])
+local found = string.rep(string.char(0), 8)
+if cur and string.len(cur) >= {HEADER_SIZE + 4} and string.sub(cur, 1, 2) == '{MAGIC.decode()}' then
+    found = string.sub(cur, {VERSION_OFFSET + 1}, {VERSION_OFFSET + 8})
+end
+if found ~= ARGV[2] then
+    return 0
+end
+local px = tonumber(ARGV[3])
+if px < 0 then
+    redis.call('DEL', KEYS[1])
+elseif px == 0 then
+    redis.call('SET', KEYS[1], ARGV[1])
+else
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
+end
+return 1
+"""
+
+
+def _px(ttl: float | None) -> int:
+    """Milliseconds for SET PX: 0 for no expiry, -1 for already expired.
+
+    Rounds up: a backend TTL may be late, never early.
+    """
+    if ttl is None:
+        return 0
+    if ttl <= 0:
+        return -1
+    return max(1, math.ceil(ttl * 1000))
+
+
+class _LoopClient:
+    """The async client of one event loop and the generator that closes it."""
+
+    __slots__ = ("client", "closer", "script")
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        script: Any,
+        closer: AsyncGenerator[None, None] | None,
+    ) -> None:
+        self.client = client
+        self.script = script
+        self.closer = closer
+
+
+class RedisTier(PersistentTier):
+    """A persistent tier in Redis, shared by every process that uses it.
+
+    ``url_or_client`` is a URL (``redis://host:6379/0``, ``rediss://``,
+    ``unix://``), from which the tier opens its own sync client and one
+    async client per event loop, lazily; or a ``redis.Redis`` the caller
+    owns, in which case async use needs ``async_client=`` (a
+    ``redis.asyncio.Redis`` the caller also owns, and must use on one loop).
+    Clients must keep ``decode_responses=False``. Keys are stored as
+    ``prefix + key``.
+
+    Timeouts (for clients the tier opens): ``socket_timeout`` (default 2 s)
+    bounds each command, ``socket_connect_timeout`` (default 1 s) each
+    connect, and a failed command is retried ``retries`` times (default 1,
+    10-100 ms jittered backoff; the retry heals a pooled connection that a
+    server restart cut). So a hung server fails a call after about
+    ``(1 + retries) * socket_timeout`` = 4 s; a down one in milliseconds.
+    Every failure surfaces as :class:`~tiercache.TierError`.
+
+    >>> tier = RedisTier("redis://127.0.0.1:6379/0", prefix="tc:doc:")  # doctest: +SKIP
+    >>> tier.set("mybot:chat:42", b"envelope", ttl=60)                   # doctest: +SKIP
+    >>> tier.get_many(["mybot:chat:42", "nope"])                          # doctest: +SKIP
+    [b'envelope', None]
+    """
+
+    name = "redis"
+    supports_cas = True
+
+    def __init__(
+        self,
+        url_or_client: str | SyncClient,
+        *,
+        prefix: str = "tc:",
+        async_client: AsyncClient | None = None,
+        socket_timeout: float = 2.0,
+        socket_connect_timeout: float = 1.0,
+        retries: int = 1,
+    ) -> None:
+        if not isinstance(prefix, str):
+            raise ConfigError(f"prefix must be a str, got {type(prefix).__name__}")
+        for setting, seconds in (
+            ("socket_timeout", socket_timeout),
+            ("socket_connect_timeout", socket_connect_timeout),
+        ):
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+                raise ConfigError(
+                    f"{setting} must be a positive number of seconds, got {seconds!r}"
+                )
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
+            raise ConfigError(f"retries must be an int in 0..10, got {retries!r}")
+        if async_client is not None and not isinstance(async_client, redis.asyncio.Redis):
+            raise ConfigError(
+                f"async_client must be a redis.asyncio.Redis, got {type(async_client).__name__}"
+            )
+        self._prefix = prefix
+        self._timeouts = (float(socket_timeout), float(socket_connect_timeout), retries)
+        self._url: str | None = None
+        self._sync: SyncClient | None = None
+        self._owns_sync = False
+        if isinstance(url_or_client, str):
+            self._url = url_or_client
+            self._owns_sync = True
+            # Check now so a bad URL fails at construction, not first use.
+            if urlsplit(url_or_client).scheme not in ("redis", "rediss", "unix"):
+                raise ConfigError(
+                    f"bad Redis URL {url_or_client!r}: the scheme must be redis://, "
+                    "rediss:// or unix://"
+                )
+        elif isinstance(url_or_client, redis.asyncio.Redis):
+            raise ConfigError(
+                "RedisTier's first argument is a URL or a sync redis.Redis; "
+                "pass a redis.asyncio.Redis as async_client="
+            )
+        elif isinstance(url_or_client, redis.Redis):
+            self._sync = url_or_client
+        else:
+            raise ConfigError(
+                "RedisTier needs a URL or a redis.Redis, got " + type(url_or_client).__name__
+            )
+        for client in (self._sync, async_client):
+            if client is not None and _decodes(client):
+                raise ConfigError(
+                    "RedisTier needs clients with decode_responses=False: it stores bytes"
+                )
+        self._given_async = (
+            None
+            if async_client is None
+            else _LoopClient(async_client, async_client.register_script(_CAS_LUA), None)
+        )
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
+        self._lock = threading.Lock()
+        self._sync_script: Any = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        where = self._url if self._url is not None else "client"
+        return f"RedisTier({where!r}, prefix={self._prefix!r})"
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    # -- clients ---------------------------------------------------------------
+
+    def _client(self) -> SyncClient:
+        client = self._sync
+        if client is None:
+            with self._lock:
+                client = self._sync
+                if client is None:
+                    timeout, connect_timeout, retries = self._timeouts
+                    assert self._url is not None  # no URL means a client was given
+                    client = self._sync = redis.Redis.from_url(
+                        self._url,
+                        decode_responses=False,
+                        socket_timeout=timeout,
+                        socket_connect_timeout=connect_timeout,
+                        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries),
+                    )
+        return client
+
+    def _script(self) -> Any:
+        if self._sync_script is None:
+            self._sync_script = self._client().register_script(_CAS_LUA)
+        return self._sync_script
+
+    async def _aclient(self) -> _LoopClient:
+        if self._given_async is not None:
+            return self._given_async
+        loop = asyncio.get_running_loop()
+        entry = self._loops.get(loop)
+        if entry is not None:
+            return entry
+        if self._url is None:
+            raise ConfigError(
+                "RedisTier was given a sync client only; pass async_client= "
+                "(a redis.asyncio.Redis) or a URL to use the async methods"
+            )
+        timeout, connect_timeout, retries = self._timeouts
+        client = redis.asyncio.Redis.from_url(
+            self._url,
+            decode_responses=False,
+            socket_timeout=timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=redis.asyncio.retry.Retry(
+                ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries
+            ),
+        )
+        closer = _close_at_loop_shutdown(client, self._loops)
+        entry = _LoopClient(client, client.register_script(_CAS_LUA), closer)
+        with self._lock:
+            # Loops closed without shutting their async generators down
+            # (loop.close() by hand) cannot close their clients any more;
+            # forget them rather than keep their loops alive.
+            for old in [lp for lp in self._loops if lp.is_closed()]:
+                del self._loops[old]
+            self._loops[loop] = entry
+        # Running the generator to its yield registers it with the loop,
+        # whose shutdown_asyncgens() will then run its ``finally``.
+        await closer.__anext__()
+        return entry
+
+    def _key(self, key: str) -> str:
+        return self._prefix + key
+
+    def _fail(self, op: str, key: str | None, exc: BaseException) -> NoReturn:
+        where = f" {key!r}" if key is not None else ""
+        raise TierError(f"redis tier: {op}{where} failed: {exc!r}") from exc
+
+    # -- sync ------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return cast("bytes | None", self._client().get(self._prefix + key))
+        except _BACKEND_ERRORS as exc:
+            self._fail("get", key, exc)
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        try:
+            return cast("list[bytes | None]", self._client().mget([self._key(k) for k in keys]))
+        except _BACKEND_ERRORS as exc:
+            self._fail("get_many", None, exc)
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        px = _px(ttl)
+        try:
+            client = self._client()
+            if px < 0:
+                client.delete(self._key(key))
+            else:
+                client.set(self._key(key), value, px=px or None)
+        except _BACKEND_ERRORS as exc:
+            self._fail("set", key, exc)
+
+    def set_many(self, items: Sequence[SetItem]) -> None:
+        if not items:
+            return
+        try:
+            # Not MULTI: the batch needs one round trip, not isolation.
+            with self._client().pipeline(transaction=False) as pipe:
+                _queue_sets(pipe, self._prefix, items)
+                pipe.execute()
+        except _BACKEND_ERRORS as exc:
+            self._fail("set_many", None, exc)
+
+    def delete(self, key: str) -> bool:
+        try:
+            return bool(self._client().delete(self._key(key)))
+        except _BACKEND_ERRORS as exc:
+            self._fail("delete", key, exc)
+
+    def touch(self, key: str, ttl: float | None) -> bool:
+        px = _px(ttl)
+        try:
+            client = self._client()
+            if px:
+                # PEXPIRE answers whether the key exists; px <= 0 deletes it.
+                return bool(client.pexpire(self._key(key), max(px, 0)))
+            # PERSIST answers 0 both for "absent" and "had no expiry", so
+            # ask EXISTS in the same MULTI.
+            with client.pipeline(transaction=True) as pipe:
+                pipe.exists(self._key(key))
+                pipe.persist(self._key(key))
+                exists, _ = pipe.execute()
+            return bool(exists)
+        except _BACKEND_ERRORS as exc:
+            self._fail("touch", key, exc)
+
+    def compare_and_set(self, key: str, value: bytes, ttl: float | None, expected: int) -> bool:
+        args = [value, _U64.pack(expected), _px(ttl)]
+        try:
+            return bool(self._script()(keys=[self._key(key)], args=args))
+        except _BACKEND_ERRORS as exc:
+            self._fail("compare_and_set", key, exc)
+
+    def close(self) -> None:
+        """Close the connections the tier opened; clients passed in stay open.
+
+        The tier stays usable: a later call connects again.
+        """
+        with self._lock:
+            sync, self._sync = (self._sync, None) if self._owns_sync else (None, self._sync)
+            self._sync_script = None if self._owns_sync else self._sync_script
+            loops, self._loops = self._loops, {}
+        if sync is not None:
+            sync.close()
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        # list(): each closer removes its own entry from the map as it runs.
+        for loop, entry in list(loops.items()):
+            self._close_on(loop, entry, here)
+
+    def _close_on(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        entry: _LoopClient,
+        here: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        closer = entry.closer
+        if closer is None or loop.is_closed():
+            return
+        if loop is here:
+            # close() called from a coroutine on this loop: cannot wait here.
+            task = loop.create_task(closer.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        elif loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(closer.aclose(), loop)
+            try:
+                future.result(timeout=self._timeouts[0] + 1.0)
+            except (concurrent.futures.TimeoutError, *_BACKEND_ERRORS):
+                pass  # best effort: its loop's shutdown will try again
+        elif here is None:
+            loop.run_until_complete(closer.aclose())
+
+    # -- async: native redis.asyncio ------------------------------------------
+
+    async def aget(self, key: str) -> bytes | None:
+        entry = self._loops.get(asyncio.get_running_loop()) or await self._aclient()
+        try:
+            return cast("bytes | None", await entry.client.get(self._prefix + key))
+        except _BACKEND_ERRORS as exc:
+            self._fail("get", key, exc)
+
+    async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        entry = await self._aclient()
+        try:
+            return cast("list[bytes | None]", await entry.client.mget([self._key(k) for k in keys]))
+        except _BACKEND_ERRORS as exc:
+            self._fail("get_many", None, exc)
+
+    async def aset(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        px = _px(ttl)
+        entry = await self._aclient()
+        try:
+            if px < 0:
+                await entry.client.delete(self._key(key))
+            else:
+                await entry.client.set(self._key(key), value, px=px or None)
+        except _BACKEND_ERRORS as exc:
+            self._fail("set", key, exc)
+
+    async def aset_many(self, items: Sequence[SetItem]) -> None:
+        if not items:
+            return
+        entry = await self._aclient()
+        try:
+            async with entry.client.pipeline(transaction=False) as pipe:
+                _queue_sets(pipe, self._prefix, items)
+                await pipe.execute()
+        except _BACKEND_ERRORS as exc:
+            self._fail("set_many", None, exc)
+
+    async def adelete(self, key: str) -> bool:
+        entry = await self._aclient()
+        try:
+            return bool(await entry.client.delete(self._key(key)))
+        except _BACKEND_ERRORS as exc:
+            self._fail("delete", key, exc)
+
+    async def atouch(self, key: str, ttl: float | None) -> bool:
+        px = _px(ttl)
+        entry = await self._aclient()
+        try:
+            if px:
+                return bool(await entry.client.pexpire(self._key(key), max(px, 0)))
+            async with entry.client.pipeline(transaction=True) as pipe:
+                pipe.exists(self._key(key))
+                pipe.persist(self._key(key))
+                exists, _ = await pipe.execute()
+            return bool(exists)
+        except _BACKEND_ERRORS as exc:
+            self._fail("touch", key, exc)
+
+    async def acompare_and_set(
+        self, key: str, value: bytes, ttl: float | None, expected: int
+    ) -> bool:
+        entry = await self._aclient()
+        args = [value, _U64.pack(expected), _px(ttl)]
+        try:
+            return bool(await entry.script(keys=[self._key(key)], args=args))
+        except _BACKEND_ERRORS as exc:
+            self._fail("compare_and_set", key, exc)
+
+    async def aclose(self) -> None:
+        """Close what the tier opened, awaiting this loop's client."""
+        here = asyncio.get_running_loop()
+        with self._lock:
+            entry = self._loops.pop(here, None)
+        if entry is not None and entry.closer is not None:
+            await entry.closer.aclose()
+        self.close()
+
+
+def _queue_sets(pipe: Any, prefix: str, items: Sequence[SetItem]) -> None:
+    for key, value, ttl in items:
+        px = _px(ttl)
+        if px < 0:
+            pipe.delete(prefix + key)
+        else:
+            pipe.set(prefix + key, value, px=px or None)
+
+
+def _decodes(client: Any) -> bool:
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", {})
+    return bool(kwargs.get("decode_responses", False))
+
+
+async def _close_at_loop_shutdown(
+    client: AsyncClient, loops: dict[asyncio.AbstractEventLoop, _LoopClient]
+) -> AsyncGenerator[None, None]:
+    """Park until the loop shuts its async generators down, then close ``client``.
+
+    It must not hold the loop itself (the tier's map would then keep every
+    loop alive); it looks the loop up when it runs, which is on that loop.
+    """
+    try:
+        yield
+    finally:
+        loop = asyncio.get_running_loop()
+        entry = loops.get(loop)
+        if entry is not None and entry.client is client:
+            del loops[loop]
+        await client.aclose()
