@@ -1,0 +1,72 @@
+"""tiercache: a multi-level cache for hot, mutable session objects.
+
+Sessions live as change-tracked Python objects in an in-process LRU, read
+through a local disk tier and a shared Redis tier, and are written back only
+when they actually changed. Everything public is importable from here.
+"""
+
+from __future__ import annotations
+
+from ._cache import MISSING, TieredCache
+from ._clock import Clock, SystemClock
+from ._exceptions import (
+    ConfigError,
+    ConflictError,
+    CorruptEntryError,
+    DetachedError,
+    InvalidKeyError,
+    SchemaError,
+    SerializationError,
+    SignatureError,
+    TierCacheError,
+    TierError,
+)
+from ._policy import Expiry, FlushPolicy, Schema, WriteBehind, WriteThrough
+from ._serializers import MsgpackSerializer, PickleSerializer, Serializer
+from ._session import LazySession, Scope, cached_session
+from ._stats import CacheStats, TierStats
+from ._tiers import DiskTier, MemoryTier, PersistentTier, RedisTier
+from ._tracking import detach, dirty_fields, is_detached, is_dirty, mark_clean, to_plain, track
+
+__all__ = [
+    "MISSING",
+    "CacheStats",
+    "Clock",
+    "ConfigError",
+    "ConflictError",
+    "CorruptEntryError",
+    "DetachedError",
+    "DiskTier",
+    "Expiry",
+    "FlushPolicy",
+    "InvalidKeyError",
+    "LazySession",
+    "MemoryTier",
+    "MsgpackSerializer",
+    "PersistentTier",
+    "PickleSerializer",
+    "RedisTier",
+    "Schema",
+    "SchemaError",
+    "Scope",
+    "SerializationError",
+    "Serializer",
+    "SignatureError",
+    "SystemClock",
+    "TierCacheError",
+    "TierError",
+    "TierStats",
+    "TieredCache",
+    "WriteBehind",
+    "WriteThrough",
+    "cached_session",
+    "detach",
+    "dirty_fields",
+    "is_detached",
+    "is_dirty",
+    "mark_clean",
+    "to_plain",
+    "track",
+]
+
+__version__ = "0.1.0.dev0"

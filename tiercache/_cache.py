@@ -1,0 +1,913 @@
+"""TieredCache: the sync and async shells around the core.
+
+::
+
+    get(key) ──memory hit──> live value (returned before any flow starts)
+       │
+       └─miss──> single-flight ──> core.load_flow ──run()/arun()──> tiers
+                                        │
+                                        └─> install in memory (one live object per key)
+
+    scope exit / set / evict / timer / flush / close
+       └─> seal dirty value once (envelope bytes, version + 1) ─> entry.pending
+           └─> core.write_flow ──> every persistent tier ──> pending cleared
+
+Every algorithm is a generator flow written once; the public sync method
+drives it with :func:`~tiercache._flow.run`, its ``a``-prefixed twin with
+:func:`~tiercache._flow.arun`. The only code kept twice is how to wait: a
+``threading`` lock or event for sync callers, an awaited future for async
+ones.
+
+Values rest *detached* in memory: ``get`` hands out the live object, and a
+mutation of it outside a session scope raises :class:`DetachedError` (use
+``cache.session(key)`` or ``cache.set``), so no change is ever silently lost
+and every change happens under the key's lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+from ._clock import Clock, SystemClock
+from ._core import Core, Loaded
+from ._exceptions import ConfigError, InvalidKeyError, TierCacheError
+from ._flow import Flow, arun, run
+from ._locks import KeyLock, LockRegistry, held
+from ._policy import Expiry, FlushPolicy, Schema, WriteThrough
+from ._serializers import MsgpackSerializer, Serializer
+from ._session import Scope
+from ._stats import CacheStats, TierStats
+from ._tiers._base import PersistentTier, SetItem
+from ._tiers._memory import Entry, MemoryTier
+from ._tracking import attach, detach, is_dirty, mark_clean, revert, track
+
+__all__ = ["MISSING", "TieredCache"]
+
+log = logging.getLogger("tiercache")
+T = TypeVar("T")
+
+
+class _Missing:
+    """The "no value" sentinel: distinct from a stored ``None``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+#: Returned by ``get(key, MISSING)`` on a miss; never a stored value.
+MISSING: Any = _Missing()
+
+
+class _Flight:
+    """A sync load in progress that other threads wait for."""
+
+    __slots__ = ("entry", "error", "event")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.entry: Entry | None = None
+        self.error: BaseException | None = None
+
+
+class TieredCache:
+    """A multi-level cache of live, change-tracked values.
+
+    ``tiers`` run fastest first: a :class:`MemoryTier`, then any persistent
+    tiers (:class:`DiskTier`, :class:`RedisTier`, your own
+    :class:`PersistentTier`). ``namespace`` prefixes every stored key.
+    ``serializer`` defaults to :class:`MsgpackSerializer`; ``flush`` to
+    :class:`WriteThrough`; ``ttl`` is ``None`` (no expiry), seconds (absolute
+    expiry after each write) or an :class:`Expiry`; ``schema`` is the
+    default :class:`Schema` of stored values.
+
+    >>> from tiercache import TieredCache, MemoryTier
+    >>> cache = TieredCache(MemoryTier(maxsize=100), namespace="doc")
+    >>> cache.set("greeting", {"text": "hi"})
+    >>> cache.get("greeting")
+    {'text': 'hi'}
+    >>> with cache.session("chat:1") as s:
+    ...     s["count"] = s.get("count", 0) + 1
+    >>> cache.get("chat:1")["count"]
+    1
+    >>> cache.close()
+    """
+
+    def __init__(
+        self,
+        *tiers: MemoryTier | PersistentTier,
+        namespace: str,
+        serializer: Serializer | None = None,
+        flush: FlushPolicy | None = None,
+        ttl: float | Expiry | None = None,
+        clock: Clock | None = None,
+        schema: Schema | None = None,
+        max_key_length: int = 1024,
+    ) -> None:
+        if not tiers or not isinstance(tiers[0], MemoryTier):
+            raise ConfigError("the first tier must be a MemoryTier (tiers run fastest first)")
+        persistent: list[PersistentTier] = []
+        for t in tiers[1:]:
+            if not isinstance(t, PersistentTier):
+                raise ConfigError(
+                    f"tiers after the first must be PersistentTier instances, got {t!r}"
+                )
+            persistent.append(t)
+        if not isinstance(namespace, str) or not namespace or len(namespace) > 200:
+            raise ConfigError(
+                f"namespace must be a non-empty str of <= 200 chars, got {namespace!r}"
+            )
+        if serializer is None:
+            serializer = MsgpackSerializer()
+        elif not isinstance(serializer, Serializer):
+            raise ConfigError(f"serializer must implement Serializer, got {serializer!r}")
+        flush = flush if flush is not None else WriteThrough()
+        if not isinstance(flush, FlushPolicy):
+            raise ConfigError(f"flush must be WriteThrough() or WriteBehind(...), got {flush!r}")
+        if ttl is None or isinstance(ttl, Expiry):
+            expiry = ttl
+        else:
+            expiry = Expiry(ttl)
+        if (
+            isinstance(max_key_length, bool)
+            or not isinstance(max_key_length, int)
+            or not (1 <= max_key_length <= 65536)
+        ):
+            raise ConfigError(f"max_key_length must be an int in 1..65536, got {max_key_length!r}")
+
+        self.namespace = namespace
+        self.flush_policy = flush
+        self.max_key_length = max_key_length
+        self._memory = tiers[0]
+        self._memory.on_drop = _drop
+        self._mlock = self._memory.lock
+        self._peek = self._memory.peek
+        self._recent = self._memory.recent
+        self._clock: Clock = clock or SystemClock()
+        # time.time itself for the system clock: one call fewer per TTL hit.
+        self._now = time.time if type(self._clock) is SystemClock else self._clock.time
+        self._core = Core(
+            persistent,
+            namespace=namespace,
+            serializer=serializer,
+            clock=self._clock,
+            expiry=expiry,
+            schema=schema or Schema(),
+        )
+        self._sliding = self._core.sliding
+        self._ttl_seconds = expiry.seconds if expiry is not None else 0.0
+        self._touch_interval = expiry.touch_interval if expiry is not None else 0.0
+        self._write_through = flush.interval is None
+        self._locks = LockRegistry()
+        self._flights: dict[str, _Flight] = {}
+        self._aflights: dict[str, asyncio.Future[Entry | None]] = {}
+        self._flight_lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+        self._closed = False
+        self._id = id(self)
+        self._timer: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._timer_lock = threading.Lock()
+        ref = weakref.ref(self)
+        self._atexit = lambda: _flush_at_exit(ref)
+        atexit.register(self._atexit)
+
+    # -- reading ---------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` when no tier has it.
+
+        A memory hit returns the live value, read-only: mutate it in
+        ``cache.session(key)``. Pass ``default=MISSING`` to tell a stored
+        ``None`` from a miss.
+        """
+        lock = self._mlock
+        lock.acquire()
+        try:
+            entry = self._peek(key)
+        except TypeError:  # an unhashable key: the slow path names the problem
+            entry = None
+        if entry is None or (entry.expires_at is not None and not self._fresh(entry)):
+            lock.release()
+            return self._get_slow(key, default)
+        if self._recent is not None:
+            self._recent(key)
+        self._hits += 1
+        lock.release()
+        return entry.value
+
+    async def aget(self, key: str, default: Any = None) -> Any:
+        """Async :meth:`get`; never blocks the event loop on network I/O."""
+        lock = self._mlock
+        lock.acquire()
+        try:
+            entry = self._peek(key)
+        except TypeError:
+            entry = None
+        if entry is None or (entry.expires_at is not None and not self._fresh(entry)):
+            lock.release()
+            return await self._aget_slow(key, default)
+        if self._recent is not None:
+            self._recent(key)
+        self._hits += 1
+        lock.release()
+        return entry.value
+
+    def _fresh(self, entry: Entry) -> bool:
+        """Under the memory lock: true when a hit needs no flow (not expired,
+        no persistent touch due); extends a sliding expiry."""
+        now = self._now()
+        if now >= cast(float, entry.expires_at):
+            return False
+        if self._sliding:
+            if now - entry.touched_at >= self._touch_interval:
+                return False
+            entry.expires_at = now + (entry.ttl or self._ttl_seconds)
+        return True
+
+    def _get_slow(self, key: str, default: Any) -> Any:
+        entry = run(self._lookup_flow(key))
+        if entry is None:
+            entry = self._load_shared(key)
+        return default if entry is None else entry.value
+
+    async def _aget_slow(self, key: str, default: Any) -> Any:
+        entry = await arun(self._lookup_flow(key))
+        if entry is None:
+            entry = await self._aload_shared(key)
+        return default if entry is None else entry.value
+
+    def _lookup_flow(self, key: str, *, pin: bool = False) -> Flow[Entry | None]:
+        """The memory entry (cache or evicted area) after expiry and sliding
+        refresh; ``None`` when it must be loaded. Counts the hit or miss."""
+        self._check_key(key)
+        self._check_open()
+        now = self._clock.time()
+        with self._mlock:
+            entry = self._memory.lookup(key)
+            if entry is not None and entry.expires_at is not None and entry.expires_at <= now:
+                self._expire(entry)
+                entry = None
+            if entry is None:
+                self._misses += 1
+                return None
+            self._hits += 1
+            if pin:
+                entry.pins += 1
+            due = self._slide(entry, now)
+        if due:
+            yield from self._core.touch_flow(key, self._core.ttl_for(entry.ttl))
+        return entry
+
+    def _slide(self, entry: Entry, now: float) -> bool:
+        """Extend a sliding expiry; whether the persistent tiers are due a touch."""
+        if not self._sliding:
+            return False
+        entry.expires_at = now + (entry.ttl or self._ttl_seconds)
+        if now - entry.touched_at >= self._touch_interval and self._core.tiers:
+            entry.touched_at = now
+            return True
+        return False
+
+    def _expire(self, entry: Entry) -> None:
+        # Under the memory lock. An expired value is gone, pending or not.
+        self._memory.remove(entry.key)
+        if not entry.pins:
+            detach(entry.value)
+
+    # -- loading (single-flight) ------------------------------------------------
+
+    def _load_shared(self, key: str) -> Entry | None:
+        with self._flight_lock:
+            flight = self._flights.get(key)
+            owner = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not owner:
+            flight.event.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.entry
+        try:
+            flight.entry = run(self._load_flow(key, None))
+            return flight.entry
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._flight_lock:
+                del self._flights[key]
+            flight.event.set()
+
+    async def _aload_shared(self, key: str) -> Entry | None:
+        fut = self._aflights.get(key)
+        loop = asyncio.get_running_loop()
+        if fut is not None and fut.get_loop() is loop:
+            return await asyncio.shield(fut)
+        fut = loop.create_future()
+        self._aflights[key] = fut
+        try:
+            entry = await arun(self._load_flow(key, None))
+        except BaseException as exc:
+            fut.set_exception(exc)
+            # Waiters re-raise it; mark it retrieved for the no-waiter case.
+            fut.exception()
+            raise
+        else:
+            fut.set_result(entry)
+            return entry
+        finally:
+            if self._aflights.get(key) is fut:
+                del self._aflights[key]
+
+    def _load_flow(self, key: str, schema: Schema | None) -> Flow[Entry | None]:
+        loaded = yield from self._core.load_flow(key, schema)
+        entry = self._install(key, loaded)
+        if (
+            loaded is not None
+            and loaded.migrated
+            and entry is not None
+            and entry.value is loaded.value
+        ):
+            # Migrations changed what was stored: write the new form once.
+            self._seal(entry)
+            yield from self._write_flow([entry], "migrate")
+        yield from self._drain_flow()
+        return entry
+
+    def _install(self, key: str, loaded: Loaded | None) -> Entry | None:
+        """Insert a loaded value unless another caller already did."""
+        with self._mlock:
+            existing = self._memory.lookup(key)
+            if existing is not None or loaded is None:
+                return existing
+            entry = Entry(
+                key,
+                loaded.value,
+                version=loaded.version,
+                expires_at=loaded.expires_at,
+                created_ms=loaded.created_ms,
+                schema_version=loaded.schema_version,
+                size=loaded.size,
+            )
+            entry.touched_at = self._clock.time()
+            detach(entry.value)
+            self._memory.insert(entry)
+            return entry
+
+    # -- writing ----------------------------------------------------------------
+
+    def _seal(self, entry: Entry) -> None:
+        """Serialize the entry's value once into ``entry.pending`` and mark it
+        clean; raises SerializationError and then changes nothing."""
+        data = self._core.seal(
+            entry.key,
+            entry.value,
+            version=entry.version + 1,
+            created_ms=entry.created_ms,
+            ttl=entry.ttl,
+            schema_version=entry.schema_version,
+        )
+        mark_clean(entry.value)
+        entry.version += 1
+        if entry.pending is None:
+            entry.pending_since = self._clock.monotonic()
+        entry.pending = data
+        entry.size = len(data)
+        entry.expires_at = self._core.memory_expiry(entry.ttl)
+        if not entry.created_ms:
+            entry.created_ms = int(self._clock.time() * 1000)
+
+    def _write_flow(self, entries: Iterable[Entry], reason: str) -> Flow[None]:
+        """Write the pending bytes of ``entries`` (caller holds their key locks)."""
+        batch = [(e, e.pending) for e in entries if e.pending is not None]
+        if not batch:
+            return
+        if self._core.tiers:
+            items: list[SetItem] = [
+                (self._core.skey(e.key), data, self._core.ttl_for(e.ttl)) for e, data in batch
+            ]
+            yield from self._core.write_flow(items)
+        with self._mlock:
+            now = self._clock.time()
+            for e, data in batch:
+                if e.pending is data:
+                    e.pending = None
+                    e.touched_at = now
+            self._core.flushes[reason] += len(batch)
+            self._drop_evicted()
+
+    def _drop_evicted(self) -> None:
+        # Under the memory lock: evicted entries that are written and unused go.
+        ev = self._memory.evicted
+        for key in [k for k, e in ev.items() if e.pending is None and not e.pins]:
+            detach(ev.pop(key).value)
+
+    def _drain_flow(self) -> Flow[None]:
+        """Write entries the memory policy pushed out (write-through only;
+        under write-behind they stay readable until the next tick)."""
+        if not self._memory.evicted:
+            return
+        with self._mlock:
+            self._drop_evicted()
+            waiting = [e for e in self._memory.evicted.values() if e.pending is not None]
+        if waiting and self._write_through:
+            yield from self._locked_write_flow(waiting, "evict")
+
+    def _locked_write_flow(self, entries: list[Entry], reason: str) -> Flow[None]:
+        """Write the entries whose key lock is free now. A busy key's holder
+        writes it at its scope exit (or the next flush), so an older pending
+        write can never land after a newer one."""
+        mine_keys = held.get()
+        taken: list[tuple[Entry, KeyLock, bool]] = []
+        try:
+            for e in entries:
+                lock = self._locks.checkout(e.key)
+                mine = (self._id, e.key) in mine_keys
+                if mine or lock.try_acquire():
+                    taken.append((e, lock, not mine))
+                else:
+                    self._locks.checkin(e.key, lock)
+            yield from self._write_flow([e for e, _, _ in taken], reason)
+        finally:
+            for e, lock, release in taken:
+                if release:
+                    lock.release()
+                self._locks.checkin(e.key, lock)
+
+    def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
+        """Store ``value`` (adopted: see :func:`tiercache.track`) under ``key``.
+
+        It is written to every tier before ``set`` returns, whatever the
+        flush policy (use a session scope for write-behind).
+        """
+        lock = self._begin_write(key, ttl)
+        lock.acquire()
+        try:
+            run(self._set_flow(key, value, ttl))
+        finally:
+            self._end_write(key, lock)
+
+    async def aset(self, key: str, value: Any, *, ttl: float | None = None) -> None:
+        """Async :meth:`set`."""
+        lock = self._begin_write(key, ttl)
+        await lock.aacquire()
+        try:
+            await arun(self._set_flow(key, value, ttl))
+        finally:
+            self._end_write(key, lock)
+
+    def _begin_write(self, key: str, ttl: float | None) -> KeyLock:
+        self._check_key(key)
+        self._check_open()
+        if ttl is not None:
+            Expiry(ttl)  # validates: ConfigError names the setting
+        if (self._id, key) in held.get():
+            raise TierCacheError(
+                f"key {key!r} has a session scope open in this context: change the session "
+                "value instead of calling set/delete/touch on its key"
+            )
+        return self._locks.checkout(key)
+
+    def _end_write(self, key: str, lock: KeyLock) -> None:
+        lock.release()
+        self._locks.checkin(key, lock)
+
+    def _set_flow(self, key: str, value: Any, ttl: float | None) -> Flow[None]:
+        entry = Entry(key, track(value), ttl=ttl)
+        entry.schema_version = self._core.schema.version
+        with self._mlock:
+            old = self._memory.lookup(key)
+        if old is not None:
+            entry.version = old.version
+            entry.created_ms = old.created_ms
+        self._seal(entry)  # raises before anything changed
+        detach(entry.value)
+        entry.touched_at = self._clock.time()
+        with self._mlock:
+            self._memory.remove(key)
+            self._memory.insert(entry)
+        # A replaced value is gone: writes through old references must fail.
+        if old is not None and old.value is not entry.value:
+            detach(old.value)
+        yield from self._write_flow([entry], "set")
+        yield from self._drain_flow()
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key`` from every tier; whether any tier had it."""
+        lock = self._begin_write(key, None)
+        lock.acquire()
+        try:
+            return run(self._delete_flow(key))
+        finally:
+            self._end_write(key, lock)
+
+    async def adelete(self, key: str) -> bool:
+        """Async :meth:`delete`."""
+        lock = self._begin_write(key, None)
+        await lock.aacquire()
+        try:
+            return await arun(self._delete_flow(key))
+        finally:
+            self._end_write(key, lock)
+
+    def _delete_flow(self, key: str) -> Flow[bool]:
+        with self._mlock:
+            entry = self._memory.remove(key)
+        if entry is not None:
+            detach(entry.value)
+        existed = yield from self._core.delete_flow(key)
+        return existed or entry is not None
+
+    def touch(self, key: str, ttl: float | None = None) -> bool:
+        """Restart the expiry of ``key``; whether it exists.
+
+        With sliding expiry this refreshes the persistent tiers' TTL without
+        rewriting the value; with absolute expiry (sealed into the stored
+        envelope) it rewrites the entry once.
+        """
+        lock = self._begin_write(key, ttl)
+        lock.acquire()
+        try:
+            return run(self._touch_flow(key, ttl))
+        finally:
+            self._end_write(key, lock)
+
+    async def atouch(self, key: str, ttl: float | None = None) -> bool:
+        """Async :meth:`touch`."""
+        lock = self._begin_write(key, ttl)
+        await lock.aacquire()
+        try:
+            return await arun(self._touch_flow(key, ttl))
+        finally:
+            self._end_write(key, lock)
+
+    def _touch_flow(self, key: str, ttl: float | None) -> Flow[bool]:
+        with self._mlock:
+            entry = self._memory.lookup(key)
+        if entry is None:
+            entry = yield from self._load_flow(key, None)
+        if entry is None:
+            return False
+        if ttl is not None:
+            entry.ttl = ttl
+        entry.expires_at = self._core.memory_expiry(entry.ttl)
+        if self._sliding:
+            entry.touched_at = self._clock.time()
+            yield from self._core.touch_flow(key, self._core.ttl_for(entry.ttl))
+        else:
+            self._seal(entry)
+            yield from self._write_flow([entry], "set")
+        return True
+
+    # -- flushing -----------------------------------------------------------------
+
+    def _pending_entries(self) -> list[Entry]:
+        with self._mlock:
+            return [e for e in self._memory.entries() if e.pending is not None]
+
+    def flush(self) -> int:
+        """Write every pending change now; how many entries were written."""
+        return self._flush_all("explicit")
+
+    async def aflush(self) -> int:
+        """Async :meth:`flush`."""
+        return await self._aflush_all("explicit")
+
+    def _flush_all(self, reason: str) -> int:
+        # One batch for every key whose lock is free; then, one at a time,
+        # the keys an open scope holds (waiting for it), so an older pending
+        # write can never land after a newer one.
+        entries = self._pending_entries()
+        run(self._locked_write_flow(entries, reason))
+        for e in entries:
+            if e.pending is None:
+                continue
+            lock = self._take(e.key)
+            try:
+                run(self._write_flow([e], reason))
+            finally:
+                self._give(e.key, lock)
+        return len(entries)
+
+    async def _aflush_all(self, reason: str) -> int:
+        entries = self._pending_entries()
+        await arun(self._locked_write_flow(entries, reason))
+        for e in entries:
+            if e.pending is None:
+                continue
+            mine = (self._id, e.key) in held.get()
+            lock = self._locks.checkout(e.key)
+            if not mine:
+                await lock.aacquire()
+            try:
+                await arun(self._write_flow([e], reason))
+            finally:
+                if not mine:
+                    lock.release()
+                self._locks.checkin(e.key, lock)
+        return len(entries)
+
+    def _take(self, key: str) -> KeyLock:
+        lock = self._locks.checkout(key)
+        if (self._id, key) not in held.get():
+            lock.acquire()
+        return lock
+
+    def _give(self, key: str, lock: KeyLock) -> None:
+        if (self._id, key) not in held.get():
+            lock.release()
+        self._locks.checkin(key, lock)
+
+    def _ensure_timer(self) -> None:
+        if self._write_through or self._timer is not None or self._closed:
+            return
+        with self._timer_lock:
+            if self._timer is None:
+                t = threading.Thread(
+                    target=_timer_loop,
+                    args=(weakref.ref(self), self._stop, cast(float, self.flush_policy.interval)),
+                    name=f"tiercache-flush-{self.namespace}",
+                    daemon=True,
+                )
+                self._timer = t
+                t.start()
+
+    def _tick(self) -> None:
+        """One timer flush: pending entries whose lock is free, batched."""
+        entries = self._pending_entries()
+        if entries:
+            run(self._locked_write_flow(entries, "timer"))
+
+    # -- closing --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Write everything pending, stop the timer and close the tiers.
+
+        If a write fails, the :class:`TierError` propagates and the cache
+        stays open with the change still pending, so ``close`` can be retried.
+        """
+        if self._closed:
+            return
+        self._stop_timer()
+        self._flush_all("close")
+        self._closed = True
+        atexit.unregister(self._atexit)
+        for tier in self._core.tiers:
+            tier.close()
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+        if self._closed:
+            return
+        self._stop_timer()
+        await self._aflush_all("close")
+        self._closed = True
+        atexit.unregister(self._atexit)
+        for tier in self._core.tiers:
+            await tier.aclose()
+
+    def _stop_timer(self) -> None:
+        self._stop.set()
+        t = self._timer
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=30)
+
+    def __enter__(self) -> TieredCache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> TieredCache:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- sessions ---------------------------------------------------------------------
+
+    def session(
+        self,
+        key: str,
+        *,
+        initial: Callable[[], Any] = dict,
+        ttl: float | None = None,
+        schema: Schema | None = None,
+        commit_on_error: bool = False,
+    ) -> Scope:
+        """A scope over ``key``'s live value, for ``with`` and ``async with``.
+
+        The key is locked for the scope (one scope per key at a time in this
+        process), loaded through the tiers or created with ``initial()``,
+        and yielded as a live tracked value. On exit a changed value is
+        written once (now with :class:`WriteThrough`, on the next tick with
+        :class:`WriteBehind`); an unchanged one is not written at all. If
+        the body raises, the value is rolled back to how it was before the
+        scope and nothing is written, unless ``commit_on_error=True``.
+        """
+        if not callable(initial):
+            raise ConfigError(f"initial must be a callable (like dict), got {initial!r}")
+        return Scope(self, key, initial, ttl, schema, commit_on_error)
+
+    def _scope_hit(self, key: str) -> Entry | None:
+        """Scope entry's memory-hit path, key lock held: the entry pinned and
+        attached, or ``None`` when the flow must run (miss, expiry, a
+        sliding touch due, an unsealed outside change)."""
+        lock = self._mlock
+        lock.acquire()
+        try:
+            entry = self._peek(key)
+        except TypeError:
+            entry = None
+        if (
+            entry is None
+            or (entry.expires_at is not None and not self._fresh(entry))
+            or is_dirty(entry.value)
+        ):
+            lock.release()
+            return None
+        if self._recent is not None:
+            self._recent(key)
+        self._hits += 1
+        entry.pins += 1
+        lock.release()
+        attach(entry.value)
+        return entry
+
+    def _scope_clean_exit(self, entry: Entry | None, value: Any) -> bool:
+        """Scope exit's read-only path, key lock held: true when nothing
+        changed and nothing is pending, so there is nothing to write."""
+        if entry is None or entry.pending is not None or is_dirty(value):
+            return False
+        detach(value)
+        # Plain int updates without the memory lock: pins of this entry only
+        # change under its key lock, which we hold; writes_avoided may
+        # undercount by a hair under heavy threading, never overcount.
+        self._core.writes_avoided += 1
+        entry.pins -= 1
+        if self._memory.evicted:
+            run(self._drain_flow())
+        return True
+
+    def _enter_flow(
+        self, key: str, initial: Callable[[], Any], ttl: float | None, schema: Schema | None
+    ) -> Flow[tuple[Entry | None, Any]]:
+        """Scope entry, key lock held: find or load, pin, attach."""
+        entry = yield from self._lookup_flow(key, pin=True)
+        if entry is None:
+            entry = yield from self._load_flow(key, schema)
+            if entry is not None:
+                with self._mlock:
+                    entry.pins += 1
+        if entry is None:
+            # Virtual until changed: a read-only scope on a new key stores nothing.
+            return None, track(initial())
+        if ttl is not None:
+            entry.ttl = ttl
+        if entry.pending is None and is_dirty(entry.value):
+            # Changed outside any scope through a path interception cannot
+            # see (a buffer write): seal it now so rollback starts from here.
+            self._seal(entry)
+        attach(entry.value)
+        return entry, entry.value
+
+    def _exit_flow(
+        self, key: str, entry: Entry | None, value: Any, ttl: float | None, failed: bool
+    ) -> Flow[None]:
+        """Scope exit, key lock held: commit or roll back, detach, write."""
+        try:
+            if failed:
+                revert(value)
+            elif is_dirty(value):
+                if entry is None:
+                    entry = Entry(key, value, ttl=ttl)
+                    entry.schema_version = self._core.schema.version
+                    entry.touched_at = self._clock.time()
+                    entry.pins = 1
+                    self._seal_or_revert(entry)
+                    with self._mlock:
+                        self._memory.insert(entry)
+                else:
+                    self._seal_or_revert(entry)
+            else:
+                self._core.writes_avoided += 1
+        finally:
+            detach(value)
+            if entry is not None:
+                with self._mlock:
+                    entry.pins -= 1
+        if entry is not None and entry.pending is not None and not failed:
+            if self._write_through:
+                # Also retries a write that failed at an earlier exit.
+                yield from self._write_flow([entry], "exit")
+            else:
+                self._ensure_timer()
+        yield from self._drain_flow()
+
+    def _seal_or_revert(self, entry: Entry) -> None:
+        try:
+            self._seal(entry)
+        except BaseException:
+            # Nothing was stored; memory goes back to the scope's start too.
+            revert(entry.value)
+            raise
+
+    # -- misc ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TierCacheError(f"cache {self.namespace!r} is closed")
+
+    def _check_key(self, key: object) -> None:
+        if type(key) is not str:
+            raise InvalidKeyError(f"keys must be str, got {type(key).__name__}: {key!r:.80}")
+        if not key or len(key) > self.max_key_length:
+            raise InvalidKeyError(
+                f"keys must be 1..{self.max_key_length} characters, got {len(key)}: {key!r:.80}"
+            )
+
+    def stats(self) -> CacheStats:
+        """A frozen snapshot of every counter; ``str()`` of it is a table."""
+        with self._mlock:
+            mem = TierStats(
+                name="memory",
+                hits=self._hits,
+                misses=self._misses,
+                reads=self._hits + self._misses,
+                size=len(self._memory),
+                evictions=self._memory.evictions,
+            )
+            pending = [e for e in self._memory.entries() if e.pending is not None]
+            now = self._clock.monotonic()
+            oldest = max((now - e.pending_since for e in pending), default=0.0)
+        core = self._core
+        return CacheStats(
+            namespace=self.namespace,
+            tiers=(mem, *(c.snapshot() for c in core.counters)),
+            loads=core.loads,
+            promotions=core.promotions,
+            flushes=dict(core.flushes),
+            writes_avoided=core.writes_avoided,
+            evictions=self._memory.evictions,
+            corrupt_entries=core.corrupt,
+            dirty=len(pending),
+            oldest_dirty_age_s=max(0.0, oldest),
+        )
+
+    def __repr__(self) -> str:
+        names = ", ".join(["memory", *(t.name for t in self._core.tiers)])
+        return f"<TieredCache {self.namespace!r} [{names}]>"
+
+
+_NEED_LOAD: Any = object()
+
+
+def _drop(entry: Entry) -> None:
+    detach(entry.value)
+
+
+def _timer_loop(ref: weakref.ref[TieredCache], stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        cache = ref()
+        if cache is None:
+            return
+        try:
+            cache._tick()
+        except Exception:
+            # The entries stay pending and the next tick retries them.
+            log.exception("tiercache: background flush of %r failed", cache.namespace)
+        del cache
+
+
+def _flush_at_exit(ref: weakref.ref[TieredCache]) -> None:
+    cache = ref()
+    if cache is None or cache._closed:
+        return
+    try:
+        cache.close()
+    except Exception:
+        log.exception("tiercache: flush at interpreter exit failed for %r", cache.namespace)

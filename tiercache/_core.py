@@ -1,0 +1,250 @@
+"""The core: how values move between tiers, written once and doing no I/O.
+
+::
+
+    load_flow(key)                         write_flow(items)
+      for each persistent tier, in order:    for each persistent tier, shared
+        get ─> None? next tier               (last) first, so a local tier is
+        open envelope ─> corrupt? count,     never newer than the shared one:
+                         log, next tier        set / set_many
+        expired? next tier
+      deserialize, migrate, adopt (track)
+      promote the bytes into every tier
+      above the hit, with the remaining TTL
+
+Flows are generators of :class:`~tiercache._flow.Call`; the sync and async
+shells in ``_cache`` drive them. Nothing here imports redis, diskcache or
+asyncio.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from . import _envelope
+from ._clock import Clock
+from ._exceptions import CorruptEntryError, SchemaError, SerializationError
+from ._flow import Call, Flow
+from ._policy import Expiry, Schema
+from ._serializers import Serializer
+from ._stats import TierCounters
+from ._tiers._base import PersistentTier, SetItem
+from ._tracking import track
+
+__all__ = ["Core", "Loaded"]
+
+log = logging.getLogger("tiercache")
+
+FLUSH_REASONS = ("exit", "set", "evict", "timer", "close", "explicit", "migrate")
+
+
+@dataclass(slots=True)
+class Loaded:
+    """What a load found: the adopted value and its envelope's facts."""
+
+    value: Any
+    version: int
+    expires_at: float | None
+    created_ms: int
+    schema_version: int
+    size: int
+    #: Set when migrations changed the value: it must be written once.
+    migrated: bool
+
+
+class Core:
+    """Tier order, envelopes, expiry, schemas and the cache-wide counters."""
+
+    def __init__(
+        self,
+        tiers: list[PersistentTier],
+        *,
+        namespace: str,
+        serializer: Serializer,
+        clock: Clock,
+        expiry: Expiry | None,
+        schema: Schema,
+    ) -> None:
+        self.tiers = tiers
+        self.counters = [TierCounters(t.name) for t in tiers]
+        self.namespace = namespace
+        self.prefix = namespace + ":"
+        self.serializer = serializer
+        self.clock = clock
+        self.expiry = expiry
+        self.schema = schema
+        # Cache-wide counters; bumped under the cache's memory lock or, for
+        # flows, by one flow at a time per key, so plain ints suffice.
+        self.loads = 0
+        self.promotions = 0
+        self.writes_avoided = 0
+        self.corrupt = 0
+        self.flushes = dict.fromkeys(FLUSH_REASONS, 0)
+        self._corrupt_logged: set[tuple[str, str]] = set()
+
+    # -- pure helpers ---------------------------------------------------------
+
+    def skey(self, key: str) -> str:
+        return self.prefix + key
+
+    def ttl_for(self, ttl: float | None) -> float | None:
+        """The TTL in seconds for a key: its own, else the cache default."""
+        if ttl is not None:
+            return ttl
+        return self.expiry.seconds if self.expiry is not None else None
+
+    @property
+    def sliding(self) -> bool:
+        return self.expiry is not None and self.expiry.sliding
+
+    def memory_expiry(self, ttl: float | None) -> float | None:
+        seconds = self.ttl_for(ttl)
+        return None if seconds is None else self.clock.time() + seconds
+
+    def seal(
+        self,
+        key: str,
+        value: Any,
+        *,
+        version: int,
+        created_ms: int,
+        ttl: float | None,
+        schema_version: int,
+    ) -> bytes:
+        """Serialize ``value`` once into envelope bytes at ``version``."""
+        try:
+            payload = self.serializer.dumps(value)
+        except SerializationError as exc:
+            raise SerializationError(f"cannot store key {key!r}: {exc}") from exc
+        except Exception as exc:  # a user serializer's own error type
+            raise SerializationError(
+                f"cannot store key {key!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        now_ms = int(self.clock.time() * 1000)
+        seconds = self.ttl_for(ttl)
+        # Sliding expiry lives in the backends' TTL (touch refreshes it
+        # without a rewrite); absolute expiry is sealed into the envelope.
+        expires_ms = 0 if seconds is None or self.sliding else now_ms + int(seconds * 1000)
+        return _envelope.encode(
+            _envelope.Envelope(
+                serializer_id=self.serializer.id,
+                schema_version=schema_version,
+                version=version,
+                created_ms=created_ms or now_ms,
+                updated_ms=now_ms,
+                expires_ms=expires_ms,
+                payload=payload,
+            )
+        )
+
+    def _corrupt(self, key: str, tier: PersistentTier, reason: str) -> None:
+        self.corrupt += 1
+        # Log once per key and tier: a bad entry read in a hot loop must not
+        # flood the log. The value itself is never logged.
+        if (key, tier.name) not in self._corrupt_logged:
+            if len(self._corrupt_logged) < 10_000:
+                self._corrupt_logged.add((key, tier.name))
+            log.warning(
+                "tiercache: unreadable entry %r in the %s tier (%s); treated as a miss",
+                self.skey(key),
+                tier.name,
+                reason,
+            )
+
+    def _open(self, key: str, tier: PersistentTier, data: bytes) -> _envelope.Envelope | None:
+        try:
+            env = _envelope.decode(data)
+        except CorruptEntryError as exc:
+            self._corrupt(key, tier, str(exc))
+            return None
+        if env.serializer_id != self.serializer.id:
+            self._corrupt(
+                key,
+                tier,
+                f"written by serializer id {env.serializer_id}, this cache reads "
+                f"{self.serializer.id} ({self.serializer.name})",
+            )
+            return None
+        return env
+
+    # -- flows ----------------------------------------------------------------
+
+    def load_flow(self, key: str, schema: Schema | None = None) -> Flow[Loaded | None]:
+        """Read through the persistent tiers; promote a hit upwards."""
+        schema = schema or self.schema
+        skey = self.skey(key)
+        for index, tier in enumerate(self.tiers):
+            counters = self.counters[index]
+            data = yield Call(tier, counters, "get", (skey,))
+            if data is None:
+                continue
+            env = self._open(key, tier, data)
+            if env is None:
+                continue
+            now = self.clock.time()
+            if env.expires_ms and env.expires_ms / 1000.0 <= now:
+                continue
+            if env.schema_version > schema.version:
+                raise SchemaError(
+                    f"key {key!r} was stored with schema version {env.schema_version}, newer "
+                    f"than this code's {schema.version}; the stored value is left as it is"
+                )
+            try:
+                plain = self.serializer.loads(env.payload)
+            except Exception as exc:
+                self._corrupt(key, tier, f"payload: {type(exc).__name__}: {exc}")
+                continue
+            migrated = env.schema_version < schema.version
+            if migrated:
+                plain = schema.migrate(plain, env.schema_version)
+            if env.expires_ms:
+                remaining: float | None = env.expires_ms / 1000.0 - now
+                expires_at: float | None = env.expires_ms / 1000.0
+            else:
+                remaining = self.expiry.seconds if self.sliding and self.expiry else None
+                expires_at = None if remaining is None else now + remaining
+            for upper in range(index):
+                yield Call(self.tiers[upper], self.counters[upper], "set", (skey, data, remaining))
+                self.promotions += 1
+            self.loads += 1
+            return Loaded(
+                value=track(plain),
+                version=env.version,
+                expires_at=expires_at,
+                created_ms=env.created_ms,
+                schema_version=schema.version,
+                size=len(env.payload),
+                migrated=migrated,
+            )
+        return None
+
+    def write_flow(self, items: list[SetItem]) -> Flow[None]:
+        """Write sealed envelopes to every persistent tier, shared one first."""
+        for index in reversed(range(len(self.tiers))):
+            tier, counters = self.tiers[index], self.counters[index]
+            if len(items) == 1:
+                yield Call(tier, counters, "set", items[0])
+            else:
+                yield Call(tier, counters, "set_many", (items,))
+
+    def delete_flow(self, key: str) -> Flow[bool]:
+        existed = False
+        skey = self.skey(key)
+        for index in reversed(range(len(self.tiers))):
+            existed = (
+                bool((yield Call(self.tiers[index], self.counters[index], "delete", (skey,))))
+                or existed
+            )
+        return existed
+
+    def touch_flow(self, key: str, ttl: float | None) -> Flow[bool]:
+        existed = False
+        skey = self.skey(key)
+        for index in reversed(range(len(self.tiers))):
+            existed = (
+                bool((yield Call(self.tiers[index], self.counters[index], "touch", (skey, ttl))))
+                or existed
+            )
+        return existed

@@ -1,0 +1,116 @@
+"""Flows: the core's I/O as data, and the two loops that perform it.
+
+The core writes each algorithm once, as a generator that *yields* the tier
+calls it needs and receives their results (or their exceptions)::
+
+    core flow ──Call(tier, "get", args)──> run()  ──tier.get(*args)──────> tier
+              <──────── result ───────────        <────────────────────────
+                                            arun() ──await tier.aget(*args)─>
+
+:func:`run` drives a flow with sync calls, :func:`arun` with the ``a``-
+prefixed async ones. Both time every call into the tier's counters, so
+stats are gathered in exactly one place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+from ._exceptions import TierError
+from ._stats import TierCounters
+from ._tiers._base import PersistentTier
+
+__all__ = ["Call", "Flow", "arun", "run"]
+
+T = TypeVar("T")
+
+
+class Call(NamedTuple):
+    """One tier call a flow asks for."""
+
+    tier: PersistentTier
+    counters: TierCounters
+    method: str
+    args: tuple[Any, ...]
+
+
+Flow = Generator[Call, Any, T]
+
+
+def _account(call: Call, result: Any, micros: float) -> None:
+    c = call.counters
+    m = call.method
+    with c.lock:
+        c.latency.record(micros)
+        if m == "get":
+            c.reads += 1
+            if result is None:
+                c.misses += 1
+            else:
+                c.hits += 1
+                c.bytes_read += len(result)
+        elif m == "get_many":
+            c.reads += len(result)
+            for r in result:
+                if r is None:
+                    c.misses += 1
+                else:
+                    c.hits += 1
+                    c.bytes_read += len(r)
+        elif m in ("set", "compare_and_set"):
+            c.writes += 1
+            c.bytes_written += len(call.args[1])
+        elif m == "set_many":
+            items: Sequence[tuple[str, bytes, float | None]] = call.args[0]
+            c.writes += len(items)
+            c.bytes_written += sum(len(v) for _, v, _ in items)
+        elif m == "delete":
+            c.deletes += 1
+        elif m == "touch":
+            c.touches += 1
+
+
+def _failed(call: Call, exc: BaseException) -> TierError:
+    with call.counters.lock:
+        call.counters.errors += 1
+    if isinstance(exc, TierError):
+        return exc
+    err = TierError(f"{call.tier.name} tier {call.method} failed: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+def run(flow: Flow[T]) -> T:
+    """Drive ``flow`` with the tiers' sync methods."""
+    try:
+        call = next(flow)
+        while True:
+            start = time.perf_counter()
+            try:
+                result = getattr(call.tier, call.method)(*call.args)
+            except Exception as exc:
+                call = flow.throw(_failed(call, exc))
+            else:
+                _account(call, result, (time.perf_counter() - start) * 1e6)
+                call = flow.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def arun(flow: Flow[T]) -> T:
+    """Drive ``flow`` with the tiers' async (``a``-prefixed) methods."""
+    try:
+        call = next(flow)
+        while True:
+            start = time.perf_counter()
+            try:
+                result = await getattr(call.tier, "a" + call.method)(*call.args)
+            except Exception as exc:
+                call = flow.throw(_failed(call, exc))
+            else:
+                _account(call, result, (time.perf_counter() - start) * 1e6)
+                call = flow.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]

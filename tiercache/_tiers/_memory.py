@@ -1,0 +1,198 @@
+"""The memory tier: live, change-tracked values in a cachetools cache.
+
+The memory tier does no I/O and knows nothing of serialization. It holds
+one :class:`Entry` per key, bounded by count (and optionally by the bytes
+the values took when last serialized). An entry the cache policy pushes out
+goes to ``evicted`` if it still has something to write or is in use by an
+open scope, so nothing unwritten is dropped; the cache drains that area.
+
+::
+
+    get ──> LRU ──hit──> Entry.value (live, tracked)
+             │
+             └─evict──> dirty / pinned? ──yes──> evicted area (still readable)
+                                        └─no──> detached and dropped
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import cachetools
+
+from .._exceptions import ConfigError
+
+__all__ = ["Entry", "MemoryTier"]
+
+
+class Entry:
+    """One key's state in memory.
+
+    ``value`` is the live tracked root. ``version`` is the entry version the
+    value was loaded or last written at. ``pending`` holds sealed envelope
+    bytes that are not yet written to every persistent tier, and
+    ``pending_since`` when they were produced (monotonic).
+    """
+
+    __slots__ = (
+        "created_ms",
+        "expires_at",
+        "key",
+        "pending",
+        "pending_since",
+        "pins",
+        "schema_version",
+        "size",
+        "touched_at",
+        "ttl",
+        "value",
+        "version",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        value: Any,
+        *,
+        version: int = 0,
+        expires_at: float | None = None,
+        ttl: float | None = None,
+        created_ms: int = 0,
+        schema_version: int = 0,
+        size: int = 0,
+    ) -> None:
+        self.key = key
+        self.value = value
+        self.version = version
+        self.expires_at = expires_at
+        self.ttl = ttl
+        self.created_ms = created_ms
+        self.schema_version = schema_version
+        self.size = size
+        self.pending: bytes | None = None
+        self.pending_since = 0.0
+        self.pins = 0
+        self.touched_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"<Entry {self.key!r} v{self.version} pending={self.pending is not None}>"
+
+
+def _entry_size(entry: Entry) -> int:
+    # cachetools rejects a zero-size bound cleanly only when sizes are
+    # positive; an entry always costs at least one unit.
+    return max(1, entry.size)
+
+
+class MemoryTier:
+    """The in-process tier of live values (cachetools).
+
+    ``maxsize`` bounds the number of entries; ``max_bytes`` optionally also
+    bounds their serialized size. ``policy`` is a cachetools cache class
+    (``LRUCache`` by default; ``LFUCache``, ``FIFOCache`` and ``RRCache`` work
+    too).
+
+    >>> MemoryTier(maxsize=2).maxsize
+    2
+    """
+
+    name = "memory"
+
+    def __init__(
+        self,
+        maxsize: int = 10_000,
+        *,
+        max_bytes: int | None = None,
+        policy: type[cachetools.Cache[str, Entry]] = cachetools.LRUCache,
+    ) -> None:
+        if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
+            raise ConfigError(f"MemoryTier maxsize must be an int >= 1, got {maxsize!r}")
+        if max_bytes is not None and (
+            not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1
+        ):
+            raise ConfigError(
+                f"MemoryTier max_bytes must be None or an int >= 1, got {max_bytes!r}"
+            )
+        if not (isinstance(policy, type) and issubclass(policy, cachetools.Cache)):
+            raise ConfigError(f"MemoryTier policy must be a cachetools.Cache class, got {policy!r}")
+        self.maxsize = maxsize
+        self.max_bytes = max_bytes
+        self.lock = threading.Lock()
+        #: Entries pushed out that still have to be written or are in use.
+        self.evicted: dict[str, Entry] = {}
+        self.evictions = 0
+        self.on_drop: Callable[[Entry], None] = lambda entry: None
+        tier = self
+
+        class _Policy(policy):  # type: ignore[valid-type,misc]
+            def popitem(self) -> tuple[str, Entry]:
+                key, entry = super().popitem()
+                tier._evicted(key, entry)
+                return key, entry
+
+        if max_bytes is None:
+            self.data: cachetools.Cache[str, Entry] = _Policy(maxsize)
+        else:
+            self.data = _Policy(max_bytes, getsizeof=_entry_size)
+        # The memory-hit path is the hottest line of the library. For the
+        # default LRU policy it reads cachetools' own dict and order map
+        # directly (a C ``dict.get`` and ``move_to_end``), saving the two
+        # Python-level frames of ``LRUCache.__getitem__``; any other policy,
+        # or a cachetools whose internals moved, goes through ``data.get``.
+        index = getattr(self.data, "_Cache__data", None)
+        order = getattr(self.data, "_LRUCache__order", None)
+        if policy is cachetools.LRUCache and isinstance(index, dict) and order is not None:
+            self.peek: Callable[[str], Entry | None] = index.get
+            self.recent: Callable[[str], Any] | None = order.move_to_end
+        else:
+            self.peek = self.data.get
+            self.recent = None
+
+    # Every method below expects ``self.lock`` to be held by the caller: the
+    # cache takes it once around a whole lookup-or-insert.
+
+    def _evicted(self, key: str, entry: Entry) -> None:
+        self.evictions += 1
+        if entry.pending is not None or entry.pins:
+            self.evicted[key] = entry
+        else:
+            self.on_drop(entry)
+
+    def lookup(self, key: str) -> Entry | None:
+        """The entry for ``key``, from the cache or the evicted area."""
+        try:
+            return self.data[key]
+        except KeyError:
+            entry = self.evicted.pop(key, None)
+            if entry is not None:
+                # Back into the cache: one live object per key, always.
+                self.insert(entry)
+            return entry
+
+    def insert(self, entry: Entry) -> None:
+        """Insert or replace; may push other entries out."""
+        if entry.size > (self.max_bytes or entry.size):
+            raise ConfigError(
+                f"value for {entry.key!r} is {entry.size} bytes, over MemoryTier max_bytes"
+                f" ({self.max_bytes})"
+            )
+        self.data[entry.key] = entry
+        # A count bound on top of a byte bound: cachetools holds one bound.
+        while self.max_bytes is not None and len(self.data) > self.maxsize:
+            self.data.popitem()
+
+    def remove(self, key: str) -> Entry | None:
+        """Take the entry out of memory (cache and evicted area)."""
+        entry = self.data.pop(key, None)
+        other = self.evicted.pop(key, None)
+        return entry if entry is not None else other
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def entries(self) -> Iterator[Entry]:
+        """Every entry, cached or evicted (a snapshot)."""
+        yield from list(self.data.values())
+        yield from list(self.evicted.values())
