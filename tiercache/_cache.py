@@ -334,6 +334,9 @@ class TieredCache:
                 del self._aflights[key]
 
     def _load_flow(self, key: str, schema: Schema | None) -> Flow[Entry | None]:
+        with self._mlock:
+            if self._memory.known_absent(key, self._now()):
+                return None
         loaded = yield from self._core.load_flow(key, schema)
         entry = self._install(key, loaded)
         if (
@@ -352,6 +355,8 @@ class TieredCache:
         """Insert a loaded value unless another caller already did."""
         with self._mlock:
             existing = self._memory.lookup(key)
+            if existing is None and loaded is None:
+                self._memory.absent[key] = self._core.memory_expiry(None)
             if existing is not None or loaded is None:
                 return existing
             entry = Entry(
@@ -530,6 +535,8 @@ class TieredCache:
         if entry is not None:
             detach(entry.value)
         existed = yield from self._core.delete_flow(key)
+        with self._mlock:
+            self._memory.absent[key] = self._core.memory_expiry(None)
         return existed or entry is not None
 
     def touch(self, key: str, ttl: float | None = None) -> bool:

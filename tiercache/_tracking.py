@@ -61,6 +61,7 @@ import dataclasses
 import datetime as _dt
 import enum
 import math
+import operator
 import pickle
 import uuid
 from collections.abc import Callable, Iterable
@@ -1266,7 +1267,14 @@ def _same(a: Any, b: Any) -> bool:
                 strict_keys = False
         return strict_keys or {_canon(x) for x in a} == {_canon(x) for x in b}
     if k is list or k is tuple:
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+        if len(a) != len(b):
+            return False
+        # Watched lists of atoms share their items with the clean-point copy:
+        # when every item is the very same object, nothing changed (a C-speed
+        # check; the per-item comparison runs only when something moved).
+        if all(map(operator.is_, a, b)):
+            return True
+        return all(_same(x, y) for x, y in zip(a, b, strict=True))
     if k is set or k is frozenset:
         return len(a) == len(b) and {_canon(x) for x in a} == {_canon(x) for x in b}
     if isinstance(a, enum.Enum):
@@ -1447,8 +1455,16 @@ def _check_watched(root: _Root) -> None:
     """Fallback for writes interception cannot see: compare each untouched
     watched field with its clean-point copy."""
     saved = root.saved
+    is_ = operator.is_
     for f, old in root.backup.items():
-        if f not in saved and not _same(old, _get_field(root, f)):
+        if f in saved:
+            continue
+        cur = _get_field(root, f)
+        # The common watched value, a list of atoms that shares its items
+        # with the clean-point copy, answers here at C speed.
+        if type(cur) is TrackedList and len(cur) == len(old) and all(map(is_, cur, old)):
+            continue
+        if not _same(old, cur):
             saved[f] = old
             root.dirty = True
 

@@ -326,12 +326,17 @@ def test_corrupt_bytes_are_a_counted_miss(
     tiers: tuple[CountingTier, CountingTier],
     garbage: bytes,
     caplog: pytest.LogCaptureFixture,
+    clock: FakeClock,
 ) -> None:
     tier = tiers[0]
-    cache = make(MemoryTier(), tier)
+    cache = make(MemoryTier(), tier, ttl=1)
+    # Planted with no TTL of its own: only the envelope could expire it.
     tier.set(f"{cache.namespace}:bad", garbage)
     with caplog.at_level(logging.WARNING, logger="tiercache"):
         assert cache.get("bad", MISSING) is MISSING
+        assert cache.get("bad", MISSING) is MISSING  # remembered as a miss: no read
+        assert cache.stats().corrupt_entries == 1
+        clock.advance(2)  # the remembered miss expires with the cache's TTL
         assert cache.get("bad", MISSING) is MISSING
     assert cache.stats().corrupt_entries == 2
     warnings = [r for r in caplog.records if "unreadable" in r.getMessage()]
@@ -454,3 +459,24 @@ async def test_async_api_mirrors_sync(
     assert await cache.aget("k", MISSING) is MISSING
     await cache.aflush()
     await cache.aclose()
+
+
+def test_a_miss_is_remembered_until_the_key_is_written(
+    make: Callable[..., TieredCache], tiers: tuple[CountingTier, CountingTier], clock: FakeClock
+) -> None:
+    tier = tiers[0]
+    cache = make(MemoryTier(), tier, ttl=60)
+    for _ in range(5):
+        with cache.session("new") as s:
+            assert s == {}
+        assert cache.get("new", MISSING) is MISSING
+    assert tier.calls["get"] == 1, "a missing key costs one read, not one per request"
+    with cache.session("new") as s:
+        s["x"] = 1
+    assert cache.get("new") == {"x": 1}
+    cache.delete("new")
+    assert cache.get("new", MISSING) is MISSING
+    assert tier.calls["get"] == 1
+    clock.advance(61)  # remembered misses expire with the cache's TTL
+    assert cache.get("new", MISSING) is MISSING
+    assert tier.calls["get"] == 2

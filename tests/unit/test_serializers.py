@@ -342,7 +342,18 @@ def test_subclass_twins_property(value: Any) -> None:
             return TrackedSet(v)
         return v
 
-    assert SER.dumps(track(value)) == SER.dumps(value)
+    def twin(v: Any) -> Any:
+        # Built exactly as ``track`` builds it: a copied set may iterate in
+        # another order than its source, and order is part of the bytes.
+        if type(v) is dict:
+            return {k: twin(x) for k, x in v.items()}
+        if type(v) is list:
+            return [twin(x) for x in v]
+        if type(v) is set:
+            return set(v)
+        return v
+
+    assert SER.dumps(track(value)) == SER.dumps(twin(value))
 
 
 def test_tracked_registered_subclass_uses_the_base_name() -> None:

@@ -122,6 +122,10 @@ class MemoryTier:
         self.lock = threading.Lock()
         #: Entries pushed out that still have to be written or are in use.
         self.evicted: dict[str, Entry] = {}
+        #: Keys every tier missed, with when that knowledge expires: a
+        #: read-only handler on a key that does not exist must not pay a
+        #: round trip to each tier on every request.
+        self.absent: cachetools.LRUCache[str, float | None] = cachetools.LRUCache(maxsize)
         self.evictions = 0
         self.on_drop: Callable[[Entry], None] = lambda entry: None
         tier = self
@@ -178,10 +182,22 @@ class MemoryTier:
                 f"value for {entry.key!r} is {entry.size} bytes, over MemoryTier max_bytes"
                 f" ({self.max_bytes})"
             )
+        self.absent.pop(entry.key, None)
         self.data[entry.key] = entry
         # A count bound on top of a byte bound: cachetools holds one bound.
         while self.max_bytes is not None and len(self.data) > self.maxsize:
             self.data.popitem()
+
+    def known_absent(self, key: str, now: float) -> bool:
+        """Whether ``key`` is remembered as missing from every tier."""
+        try:
+            until = self.absent[key]
+        except KeyError:
+            return False
+        if until is not None and until <= now:
+            del self.absent[key]
+            return False
+        return True
 
     def remove(self, key: str) -> Entry | None:
         """Take the entry out of memory (cache and evicted area)."""
