@@ -47,7 +47,7 @@ from ._session import Scope
 from ._stats import CacheStats, TierStats
 from ._tiers._base import PersistentTier, SetItem
 from ._tiers._memory import Entry, MemoryTier
-from ._tracking import attach, detach, is_dirty, mark_clean, revert, track
+from ._tracking import attach, detach, is_dirty, mark_clean, quick_clean, revert, track
 
 __all__ = ["MISSING", "TieredCache"]
 
@@ -170,7 +170,7 @@ class TieredCache:
         self._ttl_seconds = expiry.seconds if expiry is not None else 0.0
         self._touch_interval = expiry.touch_interval if expiry is not None else 0.0
         self._write_through = flush.interval is None
-        self._locks = LockRegistry()
+        self._locks = LockRegistry(self._mlock)
         self._flights: dict[str, _Flight] = {}
         self._aflights: dict[str, asyncio.Future[Entry | None]] = {}
         self._flight_lock = threading.Lock()
@@ -200,7 +200,11 @@ class TieredCache:
             entry = self._peek(key)
         except TypeError:  # an unhashable key: the slow path names the problem
             entry = None
-        if entry is None or (entry.expires_at is not None and not self._fresh(entry)):
+        if (
+            entry is None
+            or entry.initial is not None
+            or (entry.expires_at is not None and not self._fresh(entry))
+        ):
             lock.release()
             return self._get_slow(key, default)
         if self._recent is not None:
@@ -217,7 +221,11 @@ class TieredCache:
             entry = self._peek(key)
         except TypeError:
             entry = None
-        if entry is None or (entry.expires_at is not None and not self._fresh(entry)):
+        if (
+            entry is None
+            or entry.initial is not None
+            or (entry.expires_at is not None and not self._fresh(entry))
+        ):
             lock.release()
             return await self._aget_slow(key, default)
         if self._recent is not None:
@@ -242,13 +250,13 @@ class TieredCache:
         entry = run(self._lookup_flow(key))
         if entry is None:
             entry = self._load_shared(key)
-        return default if entry is None else entry.value
+        return default if entry is None or entry.initial is not None else entry.value
 
     async def _aget_slow(self, key: str, default: Any) -> Any:
         entry = await arun(self._lookup_flow(key))
         if entry is None:
             entry = await self._aload_shared(key)
-        return default if entry is None else entry.value
+        return default if entry is None or entry.initial is not None else entry.value
 
     def _lookup_flow(self, key: str, *, pin: bool = False) -> Flow[Entry | None]:
         """The memory entry (cache or evicted area) after expiry and sliding
@@ -537,7 +545,7 @@ class TieredCache:
         existed = yield from self._core.delete_flow(key)
         with self._mlock:
             self._memory.absent[key] = self._core.memory_expiry(None)
-        return existed or entry is not None
+        return existed or (entry is not None and entry.initial is None)
 
     def touch(self, key: str, ttl: float | None = None) -> bool:
         """Restart the expiry of ``key``; whether it exists.
@@ -567,7 +575,7 @@ class TieredCache:
             entry = self._memory.lookup(key)
         if entry is None:
             entry = yield from self._load_flow(key, None)
-        if entry is None:
+        if entry is None or entry.initial is not None:
             return False
         if ttl is not None:
             entry.ttl = ttl
@@ -740,59 +748,96 @@ class TieredCache:
             raise ConfigError(f"initial must be a callable (like dict), got {initial!r}")
         return Scope(self, key, initial, ttl, schema, commit_on_error)
 
-    def _scope_hit(self, key: str) -> Entry | None:
-        """Scope entry's memory-hit path, key lock held: the entry pinned and
-        attached, or ``None`` when the flow must run (miss, expiry, a
-        sliding touch due, an unsealed outside change)."""
-        lock = self._mlock
-        lock.acquire()
-        try:
-            entry = self._peek(key)
-        except TypeError:
-            entry = None
+    def _scope_open(
+        self, key: str, initial: Callable[[], Any]
+    ) -> tuple[KeyLock, Entry | None, bool]:
+        """A scope's hot path, in one memory-lock section: check the key's
+        lock out and, when it is free, take it and look the entry up.
+
+        Returns ``(lock, entry, taken)``. ``taken`` false: the lock is busy,
+        wait for it and run :meth:`_enter_flow`. ``entry`` None: run the
+        flow (miss, expiry, sliding touch due). Otherwise the entry is a
+        memory hit, pinned and attached: no flow starts at all.
+        """
+        mlock = self._mlock
+        mlock.acquire()
+        lock = self._locks.checkout_locked(key)
+        if not lock._lock.acquire(False):
+            mlock.release()
+            return lock, None, False
+        entry = self._peek(key)
         if (
             entry is None
+            or (entry.initial is not None and entry.initial is not initial)
             or (entry.expires_at is not None and not self._fresh(entry))
-            or is_dirty(entry.value)
         ):
-            lock.release()
-            return None
+            mlock.release()
+            return lock, None, True
         if self._recent is not None:
             self._recent(key)
         self._hits += 1
         entry.pins += 1
-        lock.release()
-        attach(entry.value)
-        return entry
+        mlock.release()
+        root = entry.root
+        if root is not None:
+            root.detached = False
+        return lock, entry, True
 
-    def _scope_clean_exit(self, entry: Entry | None, value: Any) -> bool:
-        """Scope exit's read-only path, key lock held: true when nothing
-        changed and nothing is pending, so there is nothing to write."""
-        if entry is None or entry.pending is not None or is_dirty(value):
-            return False
-        detach(value)
-        # Plain int updates without the memory lock: pins of this entry only
-        # change under its key lock, which we hold; writes_avoided may
-        # undercount by a hair under heavy threading, never overcount.
+    def _scope_close_clean(self, key: str, lock: KeyLock, entry: Entry | None, value: Any) -> int:
+        """A read-only scope's exit: 0 when there is something to write (run
+        :meth:`_exit_flow`); else unpin, unlock and check the lock in, and
+        return 2 when evicted entries wait to be drained, 1 otherwise."""
+        if entry is None or entry.pending is not None:
+            return 0
+        root = entry.root
+        if root is not None:
+            # A clean root with nothing watched answers from its flag.
+            if (root.dirty or root.backup) and not quick_clean(root) and is_dirty(value):
+                return 0
+            root.detached = True
+        mlock = self._mlock
+        mlock.acquire()
         self._core.writes_avoided += 1
         entry.pins -= 1
-        if self._memory.evicted:
-            run(self._drain_flow())
-        return True
+        lock._lock.release()
+        if lock._waiters:
+            lock._wake_one()
+        lock.users -= 1
+        locks = self._locks
+        if len(locks._locks) > locks._sweep_at:
+            locks.sweep_locked()
+        drain = 2 if self._memory.evicted else 1
+        mlock.release()
+        return drain
 
     def _enter_flow(
         self, key: str, initial: Callable[[], Any], ttl: float | None, schema: Schema | None
     ) -> Flow[tuple[Entry | None, Any]]:
         """Scope entry, key lock held: find or load, pin, attach."""
         entry = yield from self._lookup_flow(key, pin=True)
+        if entry is not None and entry.initial is not None and entry.initial is not initial:
+            # A virtual entry made by another initial factory: start afresh.
+            with self._mlock:
+                entry.pins -= 1
+                self._memory.remove(key)
+            detach(entry.value)
+            entry = None
         if entry is None:
             entry = yield from self._load_flow(key, schema)
             if entry is not None:
                 with self._mlock:
                     entry.pins += 1
         if entry is None:
-            # Virtual until changed: a read-only scope on a new key stores nothing.
-            return None, track(initial())
+            # Virtual until changed: a read-only scope on a new key stores
+            # nothing, but keeps the value in memory for the next scope.
+            entry = Entry(key, track(initial()), ttl=ttl, expires_at=self._core.memory_expiry(ttl))
+            entry.initial = initial
+            entry.schema_version = (schema or self._core.schema).version
+            entry.touched_at = self._clock.time()
+            entry.pins = 1
+            with self._mlock:
+                self._memory.insert(entry)
+            return entry, entry.value
         if ttl is not None:
             entry.ttl = ttl
         if entry.pending is None and is_dirty(entry.value):
@@ -810,16 +855,11 @@ class TieredCache:
             if failed:
                 revert(value)
             elif is_dirty(value):
-                if entry is None:
+                if entry is None:  # pragma: no cover - scopes always have an entry
                     entry = Entry(key, value, ttl=ttl)
-                    entry.schema_version = self._core.schema.version
-                    entry.touched_at = self._clock.time()
                     entry.pins = 1
-                    self._seal_or_revert(entry)
-                    with self._mlock:
-                        self._memory.insert(entry)
-                else:
-                    self._seal_or_revert(entry)
+                self._seal_or_revert(entry)
+                entry.initial = None  # changed: a real entry from now on
             else:
                 self._core.writes_avoided += 1
         finally:

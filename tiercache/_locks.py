@@ -97,40 +97,58 @@ class LockRegistry:
     """Hands out the :class:`KeyLock` of a key and forgets unused ones.
 
     >>> r = LockRegistry(); lock = r.checkout("k"); lock.acquire()
-    >>> lock.release(); r.checkin("k", lock); len(r)
+    >>> lock.release(); r.checkin("k", lock); r.unused()
+    1
+    >>> r.sweep_locked(); len(r)
     0
     """
 
-    #: Unused locks kept for reuse: making a KeyLock costs more than the
-    #: rest of a read-only scope.
-    POOL = 256
+    #: Locks of unused keys are swept once the registry holds more than
+    #: this many (or twice the keys in use): a hot key keeps its lock
+    #: between scopes, and 100,000 distinct keys leave at most this many.
+    SWEEP_AT = 1024
 
-    def __init__(self) -> None:
+    def __init__(self, guard: threading.Lock | None = None) -> None:
         self._locks: dict[str, KeyLock] = {}
-        self._guard = threading.Lock()
-        self._pool: list[KeyLock] = []
+        #: The cache passes its memory lock, so a scope's hot path checks a
+        #: lock out and looks its entry up in one critical section.
+        self.guard = guard or threading.Lock()
+        self._sweep_at = self.SWEEP_AT
 
     def checkout(self, key: str) -> KeyLock:
         """The lock of ``key``, counted as in use until :meth:`checkin`."""
-        guard = self._guard
+        guard = self.guard
         guard.acquire()
-        lock = self._locks.get(key)
-        if lock is None:
-            pool = self._pool
-            lock = self._locks[key] = pool.pop() if pool else KeyLock()
-        lock.users += 1
+        lock = self.checkout_locked(key)
         guard.release()
         return lock
 
+    def checkout_locked(self, key: str) -> KeyLock:
+        """:meth:`checkout` for a caller that holds :attr:`guard`."""
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = KeyLock()
+        lock.users += 1
+        return lock
+
     def checkin(self, key: str, lock: KeyLock) -> None:
-        guard = self._guard
+        guard = self.guard
         guard.acquire()
         lock.users -= 1
-        if lock.users == 0 and self._locks.get(key) is lock:
-            del self._locks[key]
-            if len(self._pool) < self.POOL and not lock.locked() and not lock._waiters:
-                self._pool.append(lock)
+        if len(self._locks) > self._sweep_at:
+            self.sweep_locked()
         guard.release()
+
+    def sweep_locked(self) -> None:
+        """Forget every lock nobody holds or waits for (guard held)."""
+        locks = self._locks
+        for key in [k for k, lock in locks.items() if not lock.users]:
+            del locks[key]
+        self._sweep_at = max(self.SWEEP_AT, 2 * len(locks))
+
+    def unused(self) -> int:
+        """How many registered locks nobody holds or waits for."""
+        return sum(1 for lock in self._locks.values() if not lock.users)
 
     def __len__(self) -> int:
         return len(self._locks)

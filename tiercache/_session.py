@@ -81,10 +81,9 @@ class Scope:
         self._value: Any = None
         self._token: contextvars.Token[tuple[tuple[int, str], ...]] | None = None
 
-    def _checkout(self) -> tuple[KeyLock, tuple[tuple[int, str], ...]]:
+    def _check(self) -> tuple[tuple[int, str], ...]:
         cache, key = self._cache, self.key
-        if type(key) is not str or not key or len(key) > cache.max_key_length:
-            cache._check_key(key)
+        cache._check_key(key)
         if cache._closed:
             cache._check_open()
         if self._lock is not None:
@@ -95,37 +94,54 @@ class Scope:
                 f"a session scope of {key!r} is already open in this context; nested scopes "
                 "on one key would deadlock: use the outer session value"
             )
-        return cache._locks.checkout(key), mine
+        return mine
 
     def _failed_open(self, lock: KeyLock) -> None:
         lock.release()
         self._cache._locks.checkin(self.key, lock)
 
-    def _release(self) -> None:
-        lock, self._lock = self._lock, None
+    def _opened(self, lock: KeyLock, entry: Entry | None, value: Any, mine: Any) -> Any:
+        self._lock, self._entry, self._value = lock, entry, value
+        self._token = held.set((*mine, (self._cache._id, self.key)))
+        return value
+
+    def _closed(self) -> None:
+        """Forget the scope's state after its lock was released."""
+        self._lock = None
         if self._token is not None:
             held.reset(self._token)
             self._token = None
+        self._entry = self._value = None
+
+    def _release(self) -> None:
+        lock = self._lock
         if lock is not None:
             lock.release()
             self._cache._locks.checkin(self.key, lock)
-        self._entry = self._value = None
+        self._closed()
 
     def __enter__(self) -> Any:
-        lock, mine = self._checkout()
-        lock.acquire()
-        cache = self._cache
-        try:
-            entry = cache._scope_hit(self.key)
-            if entry is not None:
-                value = entry.value
-            else:
-                entry, value = run(cache._enter_flow(self.key, self.initial, self.ttl, self.schema))
-        except BaseException:
-            self._failed_open(lock)
-            raise
+        # The hot path is written out flat: every call saved here is ~5% of a
+        # read-only scope on a memory hit.
+        cache, key = self._cache, self.key
+        if type(key) is not str or cache._closed or self._lock is not None:
+            self._check()
+        mine = held.get()
+        if mine and (cache._id, key) in mine:
+            self._check()
+        lock, entry, taken = cache._scope_open(key, self.initial)
+        if entry is not None:
+            value = entry.value
+        else:
+            if not taken:
+                lock.acquire()
+            try:
+                entry, value = run(cache._enter_flow(key, self.initial, self.ttl, self.schema))
+            except BaseException:
+                self._failed_open(lock)
+                raise
         self._lock, self._entry, self._value = lock, entry, value
-        self._token = held.set((*mine, (cache._id, self.key)))
+        self._token = held.set((*mine, (cache._id, key)))
         return value
 
     def __exit__(
@@ -134,32 +150,46 @@ class Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        cache = self._cache
+        cache, lock = self._cache, self._lock
+        if lock is None:
+            return
+        if (exc is None or self.commit_on_error) and (
+            done := cache._scope_close_clean(self.key, lock, self._entry, self._value)
+        ):
+            self._lock = self._entry = self._value = None
+            held.reset(self._token)  # type: ignore[arg-type]
+            self._token = None
+            if done == 2:
+                run(cache._drain_flow())
+            return
+        failed = exc is not None and not self.commit_on_error
         try:
-            if exc is not None and not self.commit_on_error:
-                run(cache._exit_flow(self.key, self._entry, self._value, self.ttl, True))
-            elif not cache._scope_clean_exit(self._entry, self._value):
-                run(cache._exit_flow(self.key, self._entry, self._value, self.ttl, False))
+            run(cache._exit_flow(self.key, self._entry, self._value, self.ttl, failed))
         finally:
             self._release()
 
     async def __aenter__(self) -> Any:
-        lock, mine = self._checkout()
-        await lock.aacquire()
-        cache = self._cache
-        try:
-            entry = cache._scope_hit(self.key)
-            if entry is not None:
-                value = entry.value
-            else:
+        cache, key = self._cache, self.key
+        if type(key) is not str or cache._closed or self._lock is not None:
+            self._check()
+        mine = held.get()
+        if mine and (cache._id, key) in mine:
+            self._check()
+        lock, entry, taken = cache._scope_open(key, self.initial)
+        if entry is not None:
+            value = entry.value
+        else:
+            if not taken:
+                await lock.aacquire()
+            try:
                 entry, value = await arun(
-                    cache._enter_flow(self.key, self.initial, self.ttl, self.schema)
+                    cache._enter_flow(key, self.initial, self.ttl, self.schema)
                 )
-        except BaseException:
-            self._failed_open(lock)
-            raise
+            except BaseException:
+                self._failed_open(lock)
+                raise
         self._lock, self._entry, self._value = lock, entry, value
-        self._token = held.set((*mine, (cache._id, self.key)))
+        self._token = held.set((*mine, (cache._id, key)))
         return value
 
     async def __aexit__(
@@ -168,11 +198,21 @@ class Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        cache, lock = self._cache, self._lock
+        if lock is None:
+            return
+        if (exc is None or self.commit_on_error) and (
+            done := cache._scope_close_clean(self.key, lock, self._entry, self._value)
+        ):
+            self._lock = self._entry = self._value = None
+            held.reset(self._token)  # type: ignore[arg-type]
+            self._token = None
+            if done == 2:
+                await arun(cache._drain_flow())
+            return
         failed = exc is not None and not self.commit_on_error
-        cache = self._cache
         try:
-            if failed or not cache._scope_clean_exit(self._entry, self._value):
-                await arun(cache._exit_flow(self.key, self._entry, self._value, self.ttl, failed))
+            await arun(cache._exit_flow(self.key, self._entry, self._value, self.ttl, failed))
         finally:
             self._release()
 

@@ -85,7 +85,9 @@ __all__ = [
     "is_dirty",
     "is_tracked",
     "mark_clean",
+    "quick_clean",
     "revert",
+    "root_of",
     "to_plain",
     "track",
 ]
@@ -1327,6 +1329,13 @@ def _fingerprint(v: Any) -> Any:
 # -- the API ----------------------------------------------------------------------
 
 
+def root_of(value: Any) -> _Root | None:
+    """The bookkeeping object of a tracked root, ``None`` for an immutable
+    value. The cache keeps it beside the value so its hot paths flip
+    ``detached`` and read ``dirty``/``backup`` without a call."""
+    return _root(value, "root_of")
+
+
 def is_tracked(value: Any) -> bool:
     """Whether ``value`` is a tracked container or object (root or nested).
 
@@ -1467,6 +1476,21 @@ def _check_watched(root: _Root) -> None:
         if not _same(old, cur):
             saved[f] = old
             root.dirty = True
+
+
+def quick_clean(root: _Root) -> bool:
+    """True when a root is clean and every watched field is a list of atoms
+    holding the very same items as its clean-point copy: the common case,
+    answered at C speed. False means "ask :func:`is_dirty`", not "dirty"."""
+    if root.dirty:
+        return False
+    node = root.value
+    is_ = operator.is_
+    for f, old in root.backup.items():
+        cur = dict.get(node, f, MISSING) if root.kind == "d" else _get_field(root, f)
+        if type(cur) is not TrackedList or len(cur) != len(old) or not all(map(is_, cur, old)):
+            return False
+    return True
 
 
 def _diff(root: _Root) -> list[Any]:

@@ -208,3 +208,22 @@ async def test_async_reads_do_not_block_the_loop(
 def cache_url(r: redis.Redis) -> str:
     kw = r.connection_pool.connection_kwargs
     return f"redis://{kw['host']}:{kw['port']}/0"
+
+
+def test_interpreter_exit_flushes_pending_writes(tmp_path: Path, namespace: str) -> None:
+    """A write-behind change made just before the process exits (without
+    close()) is written by the exit hook, and a new process reads it."""
+    import subprocess
+    import sys
+
+    script = f"""
+from tiercache import DiskTier, MemoryTier, TieredCache, WriteBehind
+cache = TieredCache(MemoryTier(), DiskTier({str(tmp_path / "d")!r}),
+                    namespace={namespace!r}, flush=WriteBehind(3600))
+with cache.session("k") as s:
+    s["v"] = 42
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    reader = TieredCache(MemoryTier(), DiskTier(tmp_path / "d"), namespace=namespace)
+    assert reader.get("k") == {"v": 42}
+    reader.close()

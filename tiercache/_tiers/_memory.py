@@ -23,6 +23,7 @@ from typing import Any
 import cachetools
 
 from .._exceptions import ConfigError
+from .._tracking import root_of
 
 __all__ = ["Entry", "MemoryTier"]
 
@@ -39,10 +40,12 @@ class Entry:
     __slots__ = (
         "created_ms",
         "expires_at",
+        "initial",
         "key",
         "pending",
         "pending_since",
         "pins",
+        "root",
         "schema_version",
         "size",
         "touched_at",
@@ -65,6 +68,9 @@ class Entry:
     ) -> None:
         self.key = key
         self.value = value
+        #: The value's tracking bookkeeping (None for an immutable value):
+        #: scopes flip ``root.detached`` directly on their hot path.
+        self.root = root_of(value)
         self.version = version
         self.expires_at = expires_at
         self.ttl = ttl
@@ -75,6 +81,11 @@ class Entry:
         self.pending_since = 0.0
         self.pins = 0
         self.touched_at = 0.0
+        #: Set on a *virtual* entry: a key no tier has, holding the unchanged
+        #: ``initial()`` value a read-only scope got, so the next scope on it
+        #: is a memory hit too. ``get`` treats it as a miss; the first real
+        #: change makes it an ordinary entry (``initial`` back to None).
+        self.initial: Callable[[], Any] | None = None
 
     def __repr__(self) -> str:
         return f"<Entry {self.key!r} v{self.version} pending={self.pending is not None}>"
