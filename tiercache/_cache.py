@@ -77,7 +77,9 @@ class _Flight:
     __slots__ = ("entry", "error", "event")
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        # Made by the first waiter only: an Event costs more than the rest
+        # of an uncontended load's bookkeeping.
+        self.event: threading.Event | None = None
         self.entry: Entry | None = None
         self.error: BaseException | None = None
 
@@ -301,11 +303,15 @@ class TieredCache:
     def _load_shared(self, key: str) -> Entry | None:
         with self._flight_lock:
             flight = self._flights.get(key)
-            owner = flight is None
             if flight is None:
                 flight = self._flights[key] = _Flight()
-        if not owner:
-            flight.event.wait()
+                event = None
+            else:
+                # The owner removes the flight under this lock before it
+                # sets the event, so an event made here is always set.
+                event = flight.event = flight.event or threading.Event()
+        if event is not None:
+            event.wait()
             if flight.error is not None:
                 raise flight.error
             return flight.entry
@@ -318,7 +324,9 @@ class TieredCache:
         finally:
             with self._flight_lock:
                 del self._flights[key]
-            flight.event.set()
+                event = flight.event
+            if event is not None:
+                event.set()
 
     async def _aload_shared(self, key: str) -> Entry | None:
         fut = self._aflights.get(key)

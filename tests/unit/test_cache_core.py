@@ -480,3 +480,15 @@ def test_a_miss_is_remembered_until_the_key_is_written(
     clock.advance(61)  # remembered misses expire with the cache's TTL
     assert cache.get("new", MISSING) is MISSING
     assert tier.calls["get"] == 2
+
+
+def test_memory_tier_bounded_by_bytes_too(
+    make: Callable[..., TieredCache], tiers: tuple[CountingTier, CountingTier]
+) -> None:
+    cache = make(MemoryTier(maxsize=1000, max_bytes=2000), tiers[0])
+    for i in range(20):
+        cache.set(f"k{i}", {"blob": "x" * 300, "i": i})  # ~350 bytes sealed
+    st = cache.stats()
+    assert st.tier("memory").size is not None and st.tier("memory").size <= 6
+    assert st.evictions >= 14
+    assert [cache.get(f"k{i}")["i"] for i in range(20)] == list(range(20)), "read back from below"

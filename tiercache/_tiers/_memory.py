@@ -201,9 +201,8 @@ class MemoryTier:
 
     def known_absent(self, key: str, now: float) -> bool:
         """Whether ``key`` is remembered as missing from every tier."""
-        try:
-            until = self.absent[key]
-        except KeyError:
+        until = self.absent.get(key, False)
+        if until is False:
             return False
         if until is not None and until <= now:
             del self.absent[key]
