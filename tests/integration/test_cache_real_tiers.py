@@ -227,3 +227,28 @@ with cache.session("k") as s:
     reader = TieredCache(MemoryTier(), DiskTier(tmp_path / "d"), namespace=namespace)
     assert reader.get("k") == {"v": 42}
     reader.close()
+
+
+def test_redis_down_raises_tier_error_and_keeps_the_change_pending(
+    redis_server: Any, namespace: str
+) -> None:
+    from tiercache import TierError
+    from tiercache.testing import RedisServer
+
+    server: RedisServer = redis_server
+    cache = TieredCache(MemoryTier(), RedisTier(server.url), namespace=namespace)
+    with cache.session("k") as s:
+        s["v"] = 1
+    server.stop()
+    with pytest.raises(TierError) as caught, cache.session("k") as s:
+        s["v"] = 2
+    assert caught.value.__cause__ is not None
+    assert cache.get("k") == {"v": 2}, "the change is kept in memory"
+    assert cache.stats().dirty == 1
+    assert cache.stats().tier("redis").errors >= 1
+    server.start()  # same port, empty: the pending write is all it will hold
+    assert cache.flush() == 1
+    fresh = TieredCache(MemoryTier(), RedisTier(server.url), namespace=namespace)
+    assert fresh.get("k") == {"v": 2}
+    fresh.close()
+    cache.close()
