@@ -795,7 +795,9 @@ class TieredCache:
         """A read-only scope's exit: 0 when there is something to write (run
         :meth:`_exit_flow`); else unpin, unlock and check the lock in, and
         return 2 when evicted entries wait to be drained, 1 otherwise."""
-        if entry is None or entry.pending is not None:
+        if entry is None or (entry.pending is not None and self._write_through):
+            # Write-through retries a failed earlier write at the next exit;
+            # under write-behind pending bytes are the timer's business.
             return 0
         root = entry.root
         if root is not None:
