@@ -7,19 +7,14 @@ a free loopback port and stops at the end, as in the test suite.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from tiercache.testing import RedisServer
+from tiercache import testing
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    given = os.environ.get("TIERCACHE_REDIS_URL")
-    if given:
-        yield given
-        return
-    with RedisServer() as server:
-        yield server.url
+    with testing.redis_url() as url:
+        yield url

@@ -9,12 +9,12 @@ never FLUSHALL; each gets its own namespace.
 from __future__ import annotations
 
 import itertools
-import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from tiercache import testing
 from tiercache.testing import FakeClock, RedisServer
 
 _counter = itertools.count()
@@ -22,12 +22,8 @@ _counter = itertools.count()
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    given = os.environ.get("TIERCACHE_REDIS_URL")
-    if given:
-        yield given
-        return
-    with RedisServer() as server:
-        yield server.url
+    with testing.redis_url() as url:
+        yield url
 
 
 @pytest.fixture

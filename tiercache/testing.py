@@ -26,11 +26,13 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 
 from ._tiers._dict import DictTier
 
-__all__ = ["DictTier", "FakeClock", "RedisServer", "find_redis_server"]
+__all__ = ["DictTier", "FakeClock", "RedisServer", "find_redis_server", "redis_url"]
 
 
 class FakeClock:
@@ -186,3 +188,23 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+@contextmanager
+def redis_url() -> Iterator[str]:
+    """The URL of a Redis to test against: ``$TIERCACHE_REDIS_URL`` when
+    set, else a private :class:`RedisServer` for the duration of the block.
+
+    A pytest fixture is one line::
+
+        @pytest.fixture(scope="session")
+        def redis_url():
+            with tiercache.testing.redis_url() as url:
+                yield url
+    """
+    given = os.environ.get("TIERCACHE_REDIS_URL")
+    if given:
+        yield given
+        return
+    with RedisServer() as server:
+        yield server.url
