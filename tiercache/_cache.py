@@ -293,9 +293,13 @@ class TieredCache:
         return False
 
     def _expire(self, entry: Entry) -> None:
-        # Under the memory lock. An expired value is gone, pending or not.
+        # Under the memory lock. An expired value is gone, pending or not,
+        # unless a scope is using it: then it waits in the evicted area, so
+        # what that scope commits is still written.
         self._memory.remove(entry.key)
-        if not entry.pins:
+        if entry.pins:
+            self._memory.evicted[entry.key] = entry
+        else:
             detach(entry.value)
 
     # -- loading (single-flight) ------------------------------------------------
@@ -394,6 +398,12 @@ class TieredCache:
     def _seal(self, entry: Entry) -> None:
         """Serialize the entry's value once into ``entry.pending`` and mark it
         clean; raises SerializationError and then changes nothing."""
+        if not self._core.tiers and self._memory.max_bytes is None:
+            # Memory only: nothing to write and no byte budget to measure.
+            mark_clean(entry.value)
+            entry.version += 1
+            entry.expires_at = self._core.memory_expiry(entry.ttl)
+            return
         data = self._core.seal(
             entry.key,
             entry.value,
