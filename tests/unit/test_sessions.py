@@ -442,3 +442,53 @@ def test_write_behind_returns_before_write(
     assert cache.get("k") == {"v": 1}
     cache.flush()
     assert stored(cache, tier, "k") == {"v": 1}
+
+
+async def test_async_stale_handles_and_migrations(
+    make: Callable[..., TieredCache], tier: DictTier
+) -> None:
+    old = make()
+    await old.aset("k", {"name": "ann"})
+    schema = Schema(1, {0: lambda v: {**v, "lang": "en"}})
+    cache = make(schema=schema)
+    async with cache.session("k") as s:
+        assert s == {"name": "ann", "lang": "en"}
+        s["list"] = [1]
+        inner = s["list"]
+    assert cache.stats().flushes["migrate"] == 1
+    with pytest.raises(DetachedError):
+        s["x"] = 1
+    with pytest.raises(DetachedError):
+        inner.append(2)
+    with pytest.raises(RuntimeError):
+        async with cache.session("k") as s:
+            s["name"] = "bob"
+            raise RuntimeError
+    with pytest.raises(DetachedError):
+        s["name"] = "eve"
+    reader = TieredCache(MemoryTier(), tier, namespace=cache.namespace, schema=schema)
+    assert reader.get("k") == {"name": "ann", "lang": "en", "list": [1]}
+
+
+async def test_async_scopes_on_real_redis_roll_back_and_lock(
+    redis_url: str, namespace: str
+) -> None:
+    from tiercache import RedisTier
+
+    cache = TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace)
+
+    @cached_session(cache, key=lambda fail=False: "counter")
+    async def incr(fail: bool = False, session: Any = None) -> None:
+        n = session.get("n", 0)
+        await asyncio.sleep(0)
+        session["n"] = n + 1
+        if fail:
+            raise ValueError("rolled back")
+
+    await asyncio.gather(*(incr() for _ in range(50)))
+    with pytest.raises(ValueError):
+        await incr(fail=True)
+    fresh = TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace)
+    assert await fresh.aget("counter") == {"n": 50}
+    await fresh.aclose()
+    await cache.aclose()
