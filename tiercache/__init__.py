@@ -21,7 +21,17 @@ from ._exceptions import (
     TierCacheError,
     TierError,
 )
-from ._policy import Expiry, FlushPolicy, Schema, WriteBehind, WriteThrough
+from ._policy import (
+    Expiry,
+    FlushPolicy,
+    Resolver,
+    Schema,
+    WriteBehind,
+    WriteThrough,
+    keep_ours,
+    keep_theirs,
+    raise_conflict,
+)
 from ._serializers import MsgpackSerializer, PickleSerializer, Serializer
 from ._session import LazySession, Scope, cached_session
 from ._stats import CacheStats, TierStats
@@ -46,6 +56,7 @@ __all__ = [
     "PersistentTier",
     "PickleSerializer",
     "RedisTier",
+    "Resolver",
     "Schema",
     "SchemaError",
     "Scope",
@@ -64,7 +75,10 @@ __all__ = [
     "dirty_fields",
     "is_detached",
     "is_dirty",
+    "keep_ours",
+    "keep_theirs",
     "mark_clean",
+    "raise_conflict",
     "to_plain",
     "track",
 ]

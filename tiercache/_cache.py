@@ -38,16 +38,31 @@ from typing import Any, TypeVar, cast
 
 from ._clock import Clock, SystemClock
 from ._core import Core, Loaded
-from ._exceptions import ConfigError, InvalidKeyError, TierCacheError
-from ._flow import Flow, arun, run
+from ._envelope import peek_version
+from ._exceptions import ConfigError, ConflictError, InvalidKeyError, TierCacheError, TierError
+from ._flow import Call, Flow, arun, run
 from ._locks import KeyLock, LockRegistry, held
-from ._policy import Expiry, FlushPolicy, Schema, WriteThrough
+from ._policy import Expiry, FlushPolicy, Resolver, Schema, WriteThrough, raise_conflict
 from ._serializers import MsgpackSerializer, Serializer
 from ._session import Scope
 from ._stats import CacheStats, TierStats
 from ._tiers._base import PersistentTier, SetItem
 from ._tiers._memory import Entry, MemoryTier
-from ._tracking import attach, detach, is_dirty, mark_clean, quick_clean, revert, track
+from ._tracking import (
+    MISSING as _TRACKING_MISSING,
+)
+from ._tracking import (
+    attach,
+    changes,
+    detach,
+    is_dirty,
+    mark_clean,
+    quick_clean,
+    revert,
+    root_of,
+    to_plain,
+    track,
+)
 
 __all__ = ["MISSING", "TieredCache"]
 
@@ -55,20 +70,9 @@ log = logging.getLogger("tiercache")
 T = TypeVar("T")
 
 
-class _Missing:
-    """The "no value" sentinel: distinct from a stored ``None``."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-#: Returned by ``get(key, MISSING)`` on a miss; never a stored value.
-MISSING: Any = _Missing()
+#: Returned by ``get(key, MISSING)`` on a miss; never a stored value. The
+#: same object marks a missing field in merges and in ``changes()``.
+MISSING: Any = _TRACKING_MISSING
 
 
 class _Flight:
@@ -116,6 +120,7 @@ class TieredCache:
         ttl: float | Expiry | None = None,
         clock: Clock | None = None,
         schema: Schema | None = None,
+        conflict: Resolver = raise_conflict,
         max_key_length: int = 1024,
     ) -> None:
         if not tiers or not isinstance(tiers[0], MemoryTier):
@@ -149,8 +154,12 @@ class TieredCache:
         ):
             raise ConfigError(f"max_key_length must be an int in 1..65536, got {max_key_length!r}")
 
+        if not callable(conflict):
+            raise ConfigError(f"conflict must be a resolver function, got {conflict!r}")
         self.namespace = namespace
         self.flush_policy = flush
+        #: Settles same-field write conflicts (see :data:`Resolver`).
+        self.conflict = conflict
         self.max_key_length = max_key_length
         self._memory = tiers[0]
         self._memory.on_drop = _drop
@@ -404,6 +413,12 @@ class TieredCache:
             entry.version += 1
             entry.expires_at = self._core.memory_expiry(entry.ttl)
             return
+        base = entry.base
+        if base is not None and entry.root is not None:
+            # First change of a field since the stored version: remember
+            # what it was then, the base of a merge if our write loses.
+            for field, was in changes(entry.value).items():
+                base.setdefault(field, was)
         data = self._core.seal(
             entry.key,
             entry.value,
@@ -423,23 +438,138 @@ class TieredCache:
             entry.created_ms = int(self._clock.time() * 1000)
 
     def _write_flow(self, entries: Iterable[Entry], reason: str) -> Flow[None]:
-        """Write the pending bytes of ``entries`` (caller holds their key locks)."""
+        """Write the pending bytes of ``entries`` (caller holds their key locks).
+
+        When the last (shared, authoritative) tier can compare-and-set, each
+        entry is written there only if it still holds the version this
+        process last saw; a lost race is merged (:meth:`_merge_flow`) and
+        retried. The tiers above get the same bytes once it succeeded.
+        Without compare-and-set the batch is written as is (last writer
+        wins).
+        """
         batch = [(e, e.pending) for e in entries if e.pending is not None]
         if not batch:
             return
-        if self._core.tiers:
-            items: list[SetItem] = [
-                (self._core.skey(e.key), data, self._core.ttl_for(e.ttl)) for e, data in batch
-            ]
-            yield from self._core.write_flow(items)
+        tiers = self._core.tiers
+        written: list[tuple[Entry, bytes]] = []
+        if tiers and tiers[-1].supports_cas:
+            for e, data in batch:
+                try:
+                    done = yield from self._cas_write_flow(e, data, reason)
+                except ConflictError:
+                    if reason in ("exit", "set"):
+                        raise
+                    # No handler to tell: theirs is kept, and it is loud.
+                    self._core.conflicts_lost += 1
+                    log.error(
+                        "tiercache: %s flush of %r lost a same-field conflict; the stored "
+                        "value was kept (use a conflict resolver to merge)",
+                        reason,
+                        e.key,
+                    )
+                    continue
+                if done is not None:
+                    written.append((e, done))
+        else:
+            if tiers:
+                items: list[SetItem] = [
+                    (self._core.skey(e.key), data, self._core.ttl_for(e.ttl)) for e, data in batch
+                ]
+                yield from self._core.write_flow(items)
+            written = batch
         with self._mlock:
             now = self._clock.time()
-            for e, data in batch:
+            for e, data in written:
                 if e.pending is data:
                     e.pending = None
                     e.touched_at = now
-            self._core.flushes[reason] += len(batch)
+                    e.stored = peek_version(data)
+                    if e.base is None or e.base:
+                        e.base = {}
+            self._core.flushes[reason] += len(written)
             self._drop_evicted()
+
+    def _cas_write_flow(self, e: Entry, data: bytes, reason: str) -> Flow[bytes | None]:
+        """Compare-and-set ``data`` on the authoritative tier, merging and
+        retrying when another writer got there first; then the tiers above.
+        Returns the bytes that were written (None: the entry was dropped)."""
+        core = self._core
+        tiers, counters = core.tiers, core.counters
+        skey, ttl = core.skey(e.key), core.ttl_for(e.ttl)
+        ok = yield Call(tiers[-1], counters[-1], "compare_and_set", (skey, data, ttl, e.stored))
+        if not ok:
+            if reason == "migrate":
+                # Someone wrote since we loaded: forget our migrated copy,
+                # the next access loads (and migrates) theirs.
+                with self._mlock:
+                    self._memory.remove(e.key)
+                    e.pending = None
+                return None
+            data = yield from self._merge_flow(e, skey, ttl)
+        for index in reversed(range(len(tiers) - 1)):
+            yield Call(tiers[index], counters[index], "set", (skey, data, ttl))
+        return data
+
+    def _merge_flow(self, e: Entry, skey: str, ttl: float | None) -> Flow[bytes]:
+        core = self._core
+        tier, counters = core.tiers[-1], core.counters[-1]
+        resolver = e.conflict or self.conflict
+        for _ in range(_MAX_MERGES):
+            theirs, version = yield from self._read_stored_flow(e.key, skey)
+            try:
+                merged = core.merge(e.key, e.base, to_plain(e.value), theirs, resolver)
+            except ConflictError:
+                # Keep theirs in memory so the next scope starts from it.
+                self._replace_value(e, track({} if theirs is MISSING else theirs), version)
+                e.pending = None
+                e.base = {}
+                raise
+            self._replace_value(e, track(merged), version)
+            if e.base is not None:
+                # If this write loses again, theirs is the new common base.
+                e.base = {
+                    f: (theirs.get(f, MISSING) if type(theirs) is dict else theirs) for f in e.base
+                }
+            data = core.seal(
+                e.key,
+                e.value,
+                version=version + 1,
+                created_ms=e.created_ms,
+                ttl=e.ttl,
+                schema_version=e.schema_version,
+            )
+            e.version = version + 1
+            e.pending = data
+            ok = yield Call(tier, counters, "compare_and_set", (skey, data, ttl, version))
+            if ok:
+                core.merges += 1
+                return data
+        raise TierError(f"gave up writing {e.key!r}: {_MAX_MERGES} other writers won in a row")
+
+    def _read_stored_flow(self, key: str, skey: str) -> Flow[tuple[Any, int]]:
+        """The value and version in the authoritative (last) tier, fresh:
+        ``(MISSING, version)`` when it is absent or unreadable."""
+        core = self._core
+        tier = core.tiers[-1]
+        raw = yield Call(tier, core.counters[-1], "get", (skey,))
+        if raw is None:
+            return MISSING, 0
+        opened = core.read(key, tier, raw, core.schema, self._now())
+        if opened is None:
+            return MISSING, _safe_version(raw)
+        return opened[0], opened[1].version
+
+    def _replace_value(self, e: Entry, value: Any, stored: int) -> None:
+        """Swap the entry's live value (key lock held); handles to the old
+        one go stale and raise on mutation."""
+        old = e.value
+        mark_clean(value)
+        detach(value)
+        e.value = value
+        e.root = root_of(value)
+        e.stored = e.version = stored
+        if old is not value:
+            detach(old)
 
     def _drop_evicted(self) -> None:
         # Under the memory lock: evicted entries that are written and unused go.
@@ -520,10 +650,12 @@ class TieredCache:
     def _set_flow(self, key: str, value: Any, ttl: float | None) -> Flow[None]:
         entry = Entry(key, track(value), ttl=ttl)
         entry.schema_version = self._core.schema.version
+        entry.base = None  # a replacement: it overwrites whatever is stored
         with self._mlock:
             old = self._memory.lookup(key)
         if old is not None:
             entry.version = old.version
+            entry.stored = old.stored
             entry.created_ms = old.created_ms
         self._seal(entry)  # raises before anything changed
         detach(entry.value)
@@ -536,6 +668,108 @@ class TieredCache:
             detach(old.value)
         yield from self._write_flow([entry], "set")
         yield from self._drain_flow()
+
+    def update(
+        self,
+        key: str,
+        fn: Callable[[Any], Any],
+        *,
+        initial: Callable[[], Any] = dict,
+        ttl: float | None = None,
+    ) -> Any:
+        """Apply ``fn`` to the stored value of ``key`` atomically; return the
+        new value (read-only, like :meth:`get`).
+
+        ``fn`` gets a live tracked copy of the value in the authoritative
+        (last) tier, or ``initial()`` when there is none, and changes it in
+        place or returns a replacement. The write is a compare-and-set: if
+        another writer got there first, ``fn`` runs again on their value.
+        For Mini App backends, admin scripts and jobs that are not handlers::
+
+            cache.update("chat:42", lambda s: s.update(plan="pro"))
+        """
+        if not callable(fn):
+            raise ConfigError(f"update needs a function, got {fn!r}")
+        lock = self._begin_write(key, ttl)
+        lock.acquire()
+        try:
+            return run(self._update_flow(key, fn, initial, ttl))
+        finally:
+            self._end_write(key, lock)
+
+    async def aupdate(
+        self,
+        key: str,
+        fn: Callable[[Any], Any],
+        *,
+        initial: Callable[[], Any] = dict,
+        ttl: float | None = None,
+    ) -> Any:
+        """Async :meth:`update` (``fn`` itself is a plain function)."""
+        if not callable(fn):
+            raise ConfigError(f"update needs a function, got {fn!r}")
+        lock = self._begin_write(key, ttl)
+        await lock.aacquire()
+        try:
+            return await arun(self._update_flow(key, fn, initial, ttl))
+        finally:
+            self._end_write(key, lock)
+
+    def _update_flow(
+        self, key: str, fn: Callable[[Any], Any], initial: Callable[[], Any], ttl: float | None
+    ) -> Flow[Any]:
+        core = self._core
+        tiers = core.tiers
+        skey = core.skey(key)
+        cas = bool(tiers) and tiers[-1].supports_cas
+        for _ in range(_MAX_MERGES):
+            if tiers:
+                plain, version = yield from self._read_stored_flow(key, skey)
+            else:
+                with self._mlock:
+                    current = self._memory.lookup(key)
+                if current is None or current.initial is not None:
+                    plain, version = MISSING, 0
+                else:
+                    plain, version = to_plain(current.value), current.version
+            value = track(initial() if plain is MISSING else plain)
+            result = fn(value)
+            if result is not None and result is not value:
+                value = track(result)
+            entry = Entry(key, value, version=version, ttl=ttl)
+            entry.schema_version = core.schema.version
+            entry.base = None
+            self._seal(entry)
+            detach(value)
+            if cas:
+                data = cast(bytes, entry.pending)
+                ok = yield Call(
+                    tiers[-1],
+                    core.counters[-1],
+                    "compare_and_set",
+                    (skey, data, core.ttl_for(ttl), version),
+                )
+                if not ok:
+                    core.conflicts += 1
+                    continue
+                for index in reversed(range(len(tiers) - 1)):
+                    yield Call(
+                        tiers[index], core.counters[index], "set", (skey, data, core.ttl_for(ttl))
+                    )
+                entry.stored = entry.version
+                entry.pending = None
+                entry.base = {}
+                core.flushes["set"] += 1
+            with self._mlock:
+                old = self._memory.remove(key)
+                self._memory.insert(entry)
+            if old is not None and old.value is not value:
+                detach(old.value)
+            if not cas:
+                yield from self._write_flow([entry], "set")
+            yield from self._drain_flow()
+            return value
+        raise TierError(f"gave up updating {key!r}: {_MAX_MERGES} other writers won in a row")
 
     def delete(self, key: str) -> bool:
         """Remove ``key`` from every tier; whether any tier had it."""
@@ -751,6 +985,7 @@ class TieredCache:
         ttl: float | None = None,
         schema: Schema | None = None,
         commit_on_error: bool = False,
+        conflict: Resolver | None = None,
     ) -> Scope:
         """A scope over ``key``'s live value, for ``with`` and ``async with``.
 
@@ -764,7 +999,7 @@ class TieredCache:
         """
         if not callable(initial):
             raise ConfigError(f"initial must be a callable (like dict), got {initial!r}")
-        return Scope(self, key, initial, ttl, schema, commit_on_error)
+        return Scope(self, key, initial, ttl, schema, commit_on_error, conflict)
 
     def _scope_open(
         self, key: str, initial: Callable[[], Any]
@@ -868,7 +1103,13 @@ class TieredCache:
         return entry, entry.value
 
     def _exit_flow(
-        self, key: str, entry: Entry | None, value: Any, ttl: float | None, failed: bool
+        self,
+        key: str,
+        entry: Entry | None,
+        value: Any,
+        ttl: float | None,
+        failed: bool,
+        conflict: Resolver | None = None,
     ) -> Flow[None]:
         """Scope exit, key lock held: commit or roll back, detach, write."""
         try:
@@ -880,6 +1121,7 @@ class TieredCache:
                     entry.pins = 1
                 self._seal_or_revert(entry)
                 entry.initial = None  # changed: a real entry from now on
+                entry.conflict = conflict
             else:
                 self._core.writes_avoided += 1
         finally:
@@ -941,6 +1183,9 @@ class TieredCache:
             writes_avoided=core.writes_avoided,
             evictions=self._memory.evictions,
             corrupt_entries=core.corrupt,
+            merges=core.merges,
+            conflicts=core.conflicts,
+            conflicts_lost=core.conflicts_lost,
             dirty=len(pending),
             oldest_dirty_age_s=max(0.0, oldest),
         )
@@ -951,6 +1196,19 @@ class TieredCache:
 
 
 _NEED_LOAD: Any = object()
+
+
+#: Merge-and-retry rounds before a write gives up with TierError.
+_MAX_MERGES = 16
+
+
+def _safe_version(data: bytes) -> int:
+    """The version field of stored bytes the cache cannot read; 0 when they
+    are not even an envelope (the tiers' compare-and-set does the same)."""
+    try:
+        return peek_version(data)
+    except Exception:
+        return 0
 
 
 def _drop(entry: Entry) -> None:

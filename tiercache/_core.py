@@ -27,11 +27,12 @@ from . import _envelope
 from ._clock import Clock
 from ._exceptions import CorruptEntryError, SchemaError, SerializationError
 from ._flow import Call, Flow
-from ._policy import Expiry, Schema
+from ._policy import Expiry, Resolver, Schema
 from ._serializers import Serializer
 from ._stats import TierCounters
 from ._tiers._base import PersistentTier, SetItem
-from ._tracking import track
+from ._tracking import MISSING, WHOLE, track
+from ._tracking import _same as same
 
 __all__ = ["Core", "Loaded"]
 
@@ -81,6 +82,9 @@ class Core:
         self.promotions = 0
         self.writes_avoided = 0
         self.corrupt = 0
+        self.conflicts = 0
+        self.merges = 0
+        self.conflicts_lost = 0
         self.flushes = dict.fromkeys(FLUSH_REASONS, 0)
         self._corrupt_logged: set[tuple[str, str]] = set()
 
@@ -180,25 +184,11 @@ class Core:
             data = yield Call(tier, counters, "get", (skey,))
             if data is None:
                 continue
-            env = self._open(key, tier, data)
-            if env is None:
-                continue
             now = self.clock.time()
-            if env.expires_ms and env.expires_ms / 1000.0 <= now:
+            opened = self.read(key, tier, data, schema, now)
+            if opened is None:
                 continue
-            if env.schema_version > schema.version:
-                raise SchemaError(
-                    f"key {key!r} was stored with schema version {env.schema_version}, newer "
-                    f"than this code's {schema.version}; the stored value is left as it is"
-                )
-            try:
-                plain = self.serializer.loads(env.payload)
-            except Exception as exc:
-                self._corrupt(key, tier, f"payload: {type(exc).__name__}: {exc}")
-                continue
-            migrated = env.schema_version < schema.version
-            if migrated:
-                plain = schema.migrate(plain, env.schema_version)
+            plain, env, migrated = opened
             if env.expires_ms:
                 remaining: float | None = env.expires_ms / 1000.0 - now
                 expires_at: float | None = env.expires_ms / 1000.0
@@ -219,6 +209,75 @@ class Core:
                 migrated=migrated,
             )
         return None
+
+    def read(
+        self, key: str, tier: PersistentTier, data: bytes, schema: Schema, now: float
+    ) -> tuple[Any, _envelope.Envelope, bool] | None:
+        """Open stored bytes: ``(plain value, envelope, migrated)``, or None
+        for a corrupt (counted, logged) or expired entry. A newer schema
+        raises :class:`SchemaError`."""
+        env = self._open(key, tier, data)
+        if env is None:
+            return None
+        if env.expires_ms and env.expires_ms / 1000.0 <= now:
+            return None
+        if env.schema_version > schema.version:
+            raise SchemaError(
+                f"key {key!r} was stored with schema version {env.schema_version}, newer "
+                f"than this code's {schema.version}; the stored value is left as it is"
+            )
+        try:
+            plain = self.serializer.loads(env.payload)
+        except Exception as exc:
+            self._corrupt(key, tier, f"payload: {type(exc).__name__}: {exc}")
+            return None
+        migrated = env.schema_version < schema.version
+        if migrated:
+            plain = schema.migrate(plain, env.schema_version)
+        return plain, env, migrated
+
+    def merge(
+        self, key: str, base: dict[Any, Any] | None, ours: Any, theirs: Any, resolver: Resolver
+    ) -> Any:
+        """Three-way merge of a value this process changed (``ours``, plain)
+        with the newer stored one (``theirs``, plain; ``MISSING`` if gone).
+
+        ``base`` maps each top-level field this process changed to its value
+        at the version both sides share. Fields only we changed take ours;
+        fields only they changed keep theirs; a field both changed to
+        different values goes to ``resolver``. Dict values merge per key;
+        any other value is one field. ``base is None`` (``cache.set``)
+        replaces theirs whole.
+        """
+        if base is None or theirs is MISSING:
+            # A replace (cache.set), or nothing stored any more (deleted, or
+            # a store that lost its data): there is nothing of theirs to keep.
+            return ours
+        if type(ours) is dict and (theirs is MISSING or type(theirs) is dict):
+            merged = {} if theirs is MISSING else dict(theirs)
+            for field, was in base.items():
+                mine = ours.get(field, MISSING)
+                other = merged.get(field, MISSING)
+                if same(other, was):
+                    value = mine
+                elif same(other, mine):
+                    continue
+                else:
+                    self.conflicts += 1
+                    value = resolver(key, field, was, mine, other)
+                if value is MISSING:
+                    merged.pop(field, None)
+                else:
+                    merged[field] = value
+            return merged
+        # One field: the whole value.
+        was = base.get(WHOLE, MISSING) if len(base) == 1 else MISSING
+        if not base or same(theirs, was):
+            return ours if base else theirs
+        if same(theirs, ours):
+            return theirs
+        self.conflicts += 1
+        return resolver(key, WHOLE, was, ours, theirs)
 
     def write_flow(self, items: list[SetItem]) -> Flow[None]:
         """Write sealed envelopes to every persistent tier, shared one first."""

@@ -11,9 +11,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, ConflictError
 
-__all__ = ["Expiry", "FlushPolicy", "Schema", "WriteBehind", "WriteThrough"]
+__all__ = [
+    "Expiry",
+    "FlushPolicy",
+    "Resolver",
+    "Schema",
+    "WriteBehind",
+    "WriteThrough",
+    "keep_ours",
+    "keep_theirs",
+    "raise_conflict",
+]
 
 
 def _positive(name: str, value: object, *, allow_none: bool = False) -> None:
@@ -143,3 +153,31 @@ class Schema:
             if step is not None:
                 value = step(value)
         return value
+
+
+#: How a same-field write conflict is settled: called with the key, the
+#: top-level field, and the field's value at the last common version
+#: (``base``), in this process (``ours``) and in the store (``theirs``);
+#: returns the value to keep (``tiercache._tracking.MISSING`` deletes the
+#: field) or raises :class:`ConflictError`.
+Resolver = Callable[[str, Any, Any, Any, Any], Any]
+
+
+def raise_conflict(key: str, field: Any, base: Any, ours: Any, theirs: Any) -> Any:
+    """The default: refuse to guess. The scope that wrote last gets a
+    :class:`ConflictError`; the stored value (theirs) is kept."""
+    raise ConflictError(
+        f"key {key!r}: field {field!r} was changed here and by another writer since "
+        "version this process last saw; pass conflict=keep_ours, keep_theirs or a "
+        "resolver function to settle it"
+    )
+
+
+def keep_ours(key: str, field: Any, base: Any, ours: Any, theirs: Any) -> Any:
+    """Last writer wins, per field: this process's value replaces theirs."""
+    return ours
+
+
+def keep_theirs(key: str, field: Any, base: Any, ours: Any, theirs: Any) -> Any:
+    """First writer wins, per field: the stored value stays."""
+    return theirs

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 from ._exceptions import ConfigError, TierCacheError
 from ._flow import arun, run
 from ._locks import KeyLock, held
-from ._policy import Schema
+from ._policy import Resolver, Schema
 from ._tiers._memory import Entry
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ class Scope:
         "_token",
         "_value",
         "commit_on_error",
+        "conflict",
         "initial",
         "key",
         "schema",
@@ -69,8 +70,10 @@ class Scope:
         ttl: float | None,
         schema: Schema | None,
         commit_on_error: bool,
+        conflict: Resolver | None = None,
     ) -> None:
         self._cache = cache
+        self.conflict = conflict
         self.key = key
         self.initial = initial
         self.ttl = ttl
@@ -164,7 +167,11 @@ class Scope:
             return
         failed = exc is not None and not self.commit_on_error
         try:
-            run(cache._exit_flow(self.key, self._entry, self._value, self.ttl, failed))
+            run(
+                cache._exit_flow(
+                    self.key, self._entry, self._value, self.ttl, failed, self.conflict
+                )
+            )
         finally:
             self._release()
 
@@ -212,7 +219,11 @@ class Scope:
             return
         failed = exc is not None and not self.commit_on_error
         try:
-            await arun(cache._exit_flow(self.key, self._entry, self._value, self.ttl, failed))
+            await arun(
+                cache._exit_flow(
+                    self.key, self._entry, self._value, self.ttl, failed, self.conflict
+                )
+            )
         finally:
             self._release()
 
@@ -263,7 +274,17 @@ class LazySession(Generic[V]):
 
 
 class _Spec:
-    __slots__ = ("arg", "cache", "commit_on_error", "initial", "key", "lazy", "schema", "ttl")
+    __slots__ = (
+        "arg",
+        "cache",
+        "commit_on_error",
+        "conflict",
+        "initial",
+        "key",
+        "lazy",
+        "schema",
+        "ttl",
+    )
 
     def __init__(
         self,
@@ -275,8 +296,10 @@ class _Spec:
         ttl: float | None,
         schema: Schema | None,
         commit_on_error: bool,
+        conflict: Resolver | None,
     ) -> None:
         self.cache = cache
+        self.conflict = conflict
         self.key = key
         self.initial = initial
         self.arg = arg
@@ -286,7 +309,15 @@ class _Spec:
         self.commit_on_error = commit_on_error
 
     def scope(self, key: str) -> Scope:
-        return Scope(self.cache, key, self.initial, self.ttl, self.schema, self.commit_on_error)
+        return Scope(
+            self.cache,
+            key,
+            self.initial,
+            self.ttl,
+            self.schema,
+            self.commit_on_error,
+            self.conflict,
+        )
 
 
 def _plan(
@@ -319,6 +350,7 @@ def cached_session(
     ttl: float | None = None,
     schema: Schema | None = None,
     commit_on_error: bool = False,
+    conflict: Resolver | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Inject a session scope's live value into a handler as keyword ``arg``.
 
@@ -345,7 +377,7 @@ def cached_session(
         raise ConfigError(f"cached_session initial must be a callable (like dict), got {initial!r}")
     if not isinstance(arg, str) or not arg.isidentifier():
         raise ConfigError(f"cached_session arg must be an identifier, got {arg!r}")
-    spec = _Spec(cache, key, initial, arg, lazy, ttl, schema, commit_on_error)
+    spec = _Spec(cache, key, initial, arg, lazy, ttl, schema, commit_on_error, conflict)
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         inner: tuple[_Spec, ...] = getattr(fn, "__tiercache_specs__", ())

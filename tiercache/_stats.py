@@ -125,6 +125,12 @@ class CacheStats:
     writes_avoided: int = 0
     evictions: int = 0
     corrupt_entries: int = 0
+    #: Writes that lost a compare-and-set race and were merged and retried;
+    #: same-field conflicts handed to the resolver; and conflicts that a
+    #: background flush could not report to a handler (theirs was kept).
+    merges: int = 0
+    conflicts: int = 0
+    conflicts_lost: int = 0
     dirty: int = 0
     oldest_dirty_age_s: float = 0.0
 
@@ -190,6 +196,10 @@ class CacheStats:
             f"loads {self.loads}  promotions {self.promotions}"
             f"  writes avoided {self.writes_avoided}  evictions {self.evictions}"
             f"  corrupt {self.corrupt_entries}"
+        )
+        out.append(
+            f"merges {self.merges}  conflicts {self.conflicts}"
+            f"  conflicts lost {self.conflicts_lost}"
         )
         out.append(f"flushes: {flushes}")
         out.append(f"dirty now {self.dirty}  oldest dirty {self.oldest_dirty_age_s:.3f} s")

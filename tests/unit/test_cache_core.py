@@ -60,8 +60,12 @@ class CountingTier(DictTier):
         self._hit("set_many")
         super().set_many(items)
 
+    def compare_and_set(self, key: str, value: bytes, ttl: float | None, expected: int) -> bool:
+        self._hit("set_cas")
+        return super().compare_and_set(key, value, ttl, expected)
+
     def writes(self) -> int:
-        return self.calls.get("set", 0) + self.calls.get("set_many", 0)
+        return sum(n for name, n in self.calls.items() if name.startswith("set"))
 
 
 @pytest.fixture

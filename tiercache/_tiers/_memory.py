@@ -38,6 +38,8 @@ class Entry:
     """
 
     __slots__ = (
+        "base",
+        "conflict",
         "created_ms",
         "expires_at",
         "initial",
@@ -48,6 +50,7 @@ class Entry:
         "root",
         "schema_version",
         "size",
+        "stored",
         "touched_at",
         "ttl",
         "value",
@@ -86,6 +89,15 @@ class Entry:
         #: is a memory hit too. ``get`` treats it as a miss; the first real
         #: change makes it an ordinary entry (``initial`` back to None).
         self.initial: Callable[[], Any] | None = None
+        #: The entry version the authoritative (last) tier is known to hold:
+        #: the ``expected`` of the next compare-and-set write.
+        self.stored = version
+        #: For each top-level field changed since ``stored``: its plain value
+        #: then (the merge base when a compare-and-set write loses). ``None``
+        #: means "replace the whole value" (``cache.set``).
+        self.base: dict[Any, Any] | None = {}
+        #: The conflict resolver of the scope that last changed the entry.
+        self.conflict: Callable[..., Any] | None = None
 
     def __repr__(self) -> str:
         return f"<Entry {self.key!r} v{self.version} pending={self.pending is not None}>"
