@@ -458,7 +458,8 @@ class RedisBus(_BusBase):
         # The socket timeout exceeds the block so only a dead or hung server
         # times out; no retries inside redis-py, the listener loop owns them;
         # RESP2 so the reply shape is fixed; a name so operators (and tests)
-        # can find it in CLIENT LIST.
+        # can find it in CLIENT LIST. A pool of one, not
+        # single_connection_client, which would connect (and fail) here.
         settings: dict[str, Any] = {
             "socket_timeout": self._block_ms / 1000 + 2.0,
             "socket_connect_timeout": 1.0,
@@ -468,13 +469,15 @@ class RedisBus(_BusBase):
             "protocol": 2,
         }
         if self._url is not None:
-            return redis.Redis.from_url(self._url, single_connection_client=True, **settings)
+            return redis.Redis.from_url(self._url, max_connections=1, **settings)
         assert self._sync is not None
         pool = self._sync.connection_pool
         kwargs = {**pool.connection_kwargs, **settings}
         kwargs.pop("retry_on_error", None)
-        new_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-        return redis.Redis(connection_pool=new_pool, single_connection_client=True)
+        new_pool = redis.ConnectionPool(
+            connection_class=pool.connection_class, max_connections=1, **kwargs
+        )
+        return redis.Redis(connection_pool=new_pool)
 
     async def _aclient(self) -> _LoopClient:
         loop = asyncio.get_running_loop()

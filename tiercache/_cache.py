@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import random
 import threading
 import time
 import weakref
@@ -40,7 +41,7 @@ from ._clock import Clock, SystemClock
 from ._core import Core, Loaded
 from ._envelope import peek_version
 from ._exceptions import ConfigError, ConflictError, InvalidKeyError, TierCacheError, TierError
-from ._flow import Call, Flow, arun, run
+from ._flow import Call, Flow, Pause, arun, run
 from ._locks import KeyLock, LockRegistry, held
 from ._policy import Expiry, FlushPolicy, Resolver, Schema, WriteThrough, raise_conflict
 from ._serializers import MsgpackSerializer, Serializer
@@ -514,7 +515,9 @@ class TieredCache:
         core = self._core
         tier, counters = core.tiers[-1], core.counters[-1]
         resolver = e.conflict or self.conflict
-        for _ in range(_MAX_MERGES):
+        for attempt in range(_MAX_MERGES):
+            if attempt:
+                yield _backoff(attempt)
             theirs, version = yield from self._read_stored_flow(e.key, skey)
             try:
                 merged = core.merge(e.key, e.base, to_plain(e.value), theirs, resolver)
@@ -722,7 +725,9 @@ class TieredCache:
         tiers = core.tiers
         skey = core.skey(key)
         cas = bool(tiers) and tiers[-1].supports_cas
-        for _ in range(_MAX_MERGES):
+        for attempt in range(_MAX_MERGES):
+            if attempt:
+                yield _backoff(attempt)
             if tiers:
                 plain, version = yield from self._read_stored_flow(key, skey)
             else:
@@ -1198,8 +1203,14 @@ class TieredCache:
 _NEED_LOAD: Any = object()
 
 
-#: Merge-and-retry rounds before a write gives up with TierError.
-_MAX_MERGES = 16
+#: Merge-and-retry rounds before a write gives up with TierError. Between
+#: rounds a lost writer backs off (jittered, doubling from 1 ms up to 50 ms):
+#: without it, optimistic writers on one hot key starve each other.
+_MAX_MERGES = 64
+
+
+def _backoff(attempt: int) -> Pause:
+    return Pause(random.uniform(0.5, 1.0) * min(0.05, 0.001 * 2**attempt))
 
 
 def _safe_version(data: bytes) -> int:

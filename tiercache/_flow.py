@@ -14,6 +14,7 @@ stats are gathered in exactly one place.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Generator, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -22,7 +23,7 @@ from ._exceptions import TierError
 from ._stats import TierCounters
 from ._tiers._base import PersistentTier
 
-__all__ = ["Call", "Flow", "arun", "run"]
+__all__ = ["Call", "Flow", "Pause", "arun", "run"]
 
 T = TypeVar("T")
 
@@ -36,7 +37,14 @@ class Call(NamedTuple):
     args: tuple[Any, ...]
 
 
-Flow = Generator[Call, Any, T]
+class Pause(NamedTuple):
+    """A wait a flow asks for (backoff between compare-and-set retries):
+    ``time.sleep`` for sync callers, ``asyncio.sleep`` for async ones."""
+
+    seconds: float
+
+
+Flow = Generator[Call | Pause, Any, T]
 
 
 def _account(call: Call, result: Any, micros: float) -> None:
@@ -87,6 +95,10 @@ def run(flow: Flow[T]) -> T:
     try:
         call = next(flow)
         while True:
+            if isinstance(call, Pause):
+                time.sleep(call.seconds)
+                call = flow.send(None)
+                continue
             start = time.perf_counter()
             try:
                 result = getattr(call.tier, call.method)(*call.args)
@@ -104,6 +116,10 @@ async def arun(flow: Flow[T]) -> T:
     try:
         call = next(flow)
         while True:
+            if isinstance(call, Pause):
+                await asyncio.sleep(call.seconds)
+                call = flow.send(None)
+                continue
             start = time.perf_counter()
             try:
                 result = await getattr(call.tier, "a" + call.method)(*call.args)
