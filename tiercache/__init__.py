@@ -24,6 +24,7 @@ from ._exceptions import (
 from ._policy import (
     Expiry,
     FlushPolicy,
+    Lease,
     Resolver,
     Schema,
     WriteBehind,
@@ -51,6 +52,7 @@ __all__ = [
     "FlushPolicy",
     "InvalidKeyError",
     "LazySession",
+    "Lease",
     "MemoryTier",
     "MsgpackSerializer",
     "PersistentTier",

@@ -43,7 +43,15 @@ from ._envelope import peek_version
 from ._exceptions import ConfigError, ConflictError, InvalidKeyError, TierCacheError, TierError
 from ._flow import Call, Flow, Pause, arun, run
 from ._locks import KeyLock, LockRegistry, held
-from ._policy import Expiry, FlushPolicy, Resolver, Schema, WriteThrough, raise_conflict
+from ._policy import (
+    Expiry,
+    FlushPolicy,
+    Lease,
+    Resolver,
+    Schema,
+    WriteThrough,
+    raise_conflict,
+)
 from ._serializers import MsgpackSerializer, Serializer
 from ._session import Scope
 from ._stats import CacheStats, TierStats
@@ -122,6 +130,7 @@ class TieredCache:
         clock: Clock | None = None,
         schema: Schema | None = None,
         conflict: Resolver = raise_conflict,
+        lease: Lease | None = None,
         max_key_length: int = 1024,
     ) -> None:
         if not tiers or not isinstance(tiers[0], MemoryTier):
@@ -161,6 +170,11 @@ class TieredCache:
         self.flush_policy = flush
         #: Settles same-field write conflicts (see :data:`Resolver`).
         self.conflict = conflict
+        if lease is not None and not isinstance(lease, Lease):
+            raise ConfigError(f"lease must be a Lease(...) or None, got {lease!r}")
+        #: Strict mode for every scope of this cache (a scope may override).
+        self.lease = lease
+        self._renewer = _Renewer()
         self.max_key_length = max_key_length
         self._memory = tiers[0]
         self._memory.on_drop = _drop
@@ -991,6 +1005,7 @@ class TieredCache:
         schema: Schema | None = None,
         commit_on_error: bool = False,
         conflict: Resolver | None = None,
+        lease: Lease | None = None,
     ) -> Scope:
         """A scope over ``key``'s live value, for ``with`` and ``async with``.
 
@@ -1004,7 +1019,9 @@ class TieredCache:
         """
         if not callable(initial):
             raise ConfigError(f"initial must be a callable (like dict), got {initial!r}")
-        return Scope(self, key, initial, ttl, schema, commit_on_error, conflict)
+        return Scope(
+            self, key, initial, ttl, schema, commit_on_error, conflict, lease or self.lease
+        )
 
     def _scope_open(
         self, key: str, initial: Callable[[], Any]
@@ -1142,6 +1159,100 @@ class TieredCache:
                 self._ensure_timer()
         yield from self._drain_flow()
 
+    # -- strict mode: leases ----------------------------------------------------------
+
+    def _lease_keys(self, skey: str) -> tuple[str, str]:
+        # A NUL cannot follow the namespace in a user key: no collision.
+        return "lease\x00" + skey, "fence\x00" + self.namespace
+
+    def _strict_enter_flow(
+        self, key: str, initial: Callable[[], Any], ttl: float | None, lease: Lease
+    ) -> Flow[tuple[Entry, Any, int]]:
+        """Strict scope entry, local key lock held: take the lease, then read
+        the value fresh from the authoritative tier (memory may be stale)."""
+        core = self._core
+        if not core.tiers or not core.tiers[-1].supports_lease:
+            raise ConfigError("strict mode (lease=...) needs a last tier with leases (RedisTier)")
+        tier, counters = core.tiers[-1], core.counters[-1]
+        skey = core.skey(key)
+        lkey, fkey = self._lease_keys(skey)
+        deadline = self._clock.monotonic() + lease.wait
+        attempt = 0
+        while True:
+            token = yield Call(tier, counters, "acquire_lease", (lkey, fkey, lease.seconds))
+            if token:
+                break
+            if self._clock.monotonic() > deadline:
+                raise TierError(f"the lease of {key!r} stayed busy for {lease.wait} s")
+            attempt += 1
+            yield _backoff(min(attempt, 6))
+        try:
+            plain, version = yield from self._read_stored_flow(key, skey)
+        except BaseException:
+            yield Call(tier, counters, "release_lease", (lkey, token))
+            raise
+        value = track(initial() if plain is MISSING else plain)
+        entry = Entry(key, value, version=version, ttl=ttl, expires_at=core.memory_expiry(ttl))
+        entry.schema_version = core.schema.version
+        entry.touched_at = self._clock.time()
+        if plain is MISSING:
+            entry.initial = initial
+        entry.pins = 1
+        with self._mlock:
+            old = self._memory.remove(key)
+            self._memory.insert(entry)
+        if old is not None:
+            detach(old.value)
+        self._renewer.hold(tier, lkey, token, lease.seconds)
+        return entry, value, token
+
+    def _strict_exit_flow(
+        self, key: str, entry: Entry, value: Any, failed: bool, token: int
+    ) -> Flow[None]:
+        """Strict scope exit: write with the fencing token, release the lease."""
+        core = self._core
+        tier, counters = core.tiers[-1], core.counters[-1]
+        skey = core.skey(key)
+        lkey, _ = self._lease_keys(skey)
+        self._renewer.drop(lkey)
+        try:
+            if failed:
+                revert(value)
+            elif is_dirty(value):
+                self._seal_or_revert(entry)
+                entry.initial = None
+                data = cast(bytes, entry.pending)
+                ttl = core.ttl_for(entry.ttl)
+                args = (skey, data, ttl, entry.stored, lkey, token)
+                written = yield Call(tier, counters, "compare_and_set_fenced", args)
+                if written != 1:
+                    with self._mlock:
+                        self._memory.remove(key)
+                    raise TierError(
+                        f"strict write of {key!r} refused: "
+                        + (
+                            "the lease expired and another process holds it"
+                            if written == -1
+                            else "the stored version changed under the lease"
+                        )
+                        + "; nothing was written"
+                    )
+                for index in reversed(range(len(core.tiers) - 1)):
+                    yield Call(core.tiers[index], core.counters[index], "set", (skey, data, ttl))
+                with self._mlock:
+                    entry.pending = None
+                    entry.stored = entry.version
+                    entry.base = {}
+                    core.flushes["exit"] += 1
+            else:
+                core.writes_avoided += 1
+        finally:
+            detach(value)
+            with self._mlock:
+                entry.pins -= 1
+            yield Call(tier, counters, "release_lease", (lkey, token))
+        yield from self._drain_flow()
+
     def _seal_or_revert(self, entry: Entry) -> None:
         try:
             self._seal(entry)
@@ -1220,6 +1331,55 @@ def _safe_version(data: bytes) -> int:
         return peek_version(data)
     except Exception:
         return 0
+
+
+class _Renewer:
+    """Renews the leases this cache holds, from one daemon thread.
+
+    A lease is renewed every third of its duration while its scope runs;
+    a renewal that finds the lease gone is logged (the scope's write will
+    then be refused by the fencing check).
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[PersistentTier, int, float]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, tier: PersistentTier, lease: str, token: int, seconds: float) -> None:
+        with self._lock:
+            self._held[lease] = (tier, token, seconds)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="tiercache-leases", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def drop(self, lease: str) -> None:
+        with self._lock:
+            self._held.pop(lease, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                held = dict(self._held)
+                if not held:
+                    self._thread = None
+                    return
+            period = min(seconds for _, _, seconds in held.values()) / 3
+            self._wake.clear()
+            self._wake.wait(period)
+            for lease, (tier, token, seconds) in held.items():
+                with self._lock:
+                    if self._held.get(lease, (None, None))[1] != token:
+                        continue
+                try:
+                    if not tier.renew_lease(lease, token, seconds):
+                        log.warning("tiercache: a lease was lost before its scope ended")
+                except Exception:
+                    log.warning("tiercache: renewing a lease failed", exc_info=True)
 
 
 def _drop(entry: Entry) -> None:

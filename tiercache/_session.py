@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 from ._exceptions import ConfigError, TierCacheError
 from ._flow import arun, run
 from ._locks import KeyLock, held
-from ._policy import Resolver, Schema
+from ._policy import Lease, Resolver, Schema
 from ._tiers._memory import Entry
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ class Scope:
     __slots__ = (
         "_cache",
         "_entry",
+        "_fence",
         "_lock",
         "_token",
         "_value",
@@ -58,6 +59,7 @@ class Scope:
         "conflict",
         "initial",
         "key",
+        "lease",
         "schema",
         "ttl",
     )
@@ -71,9 +73,11 @@ class Scope:
         schema: Schema | None,
         commit_on_error: bool,
         conflict: Resolver | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self._cache = cache
         self.conflict = conflict
+        self.lease = lease
         self.key = key
         self.initial = initial
         self.ttl = ttl
@@ -83,6 +87,7 @@ class Scope:
         self._entry: Entry | None = None
         self._value: Any = None
         self._token: contextvars.Token[tuple[tuple[int, str], ...]] | None = None
+        self._fence = 0
 
     def _check(self) -> tuple[tuple[int, str], ...]:
         cache, key = self._cache, self.key
@@ -132,6 +137,19 @@ class Scope:
         mine = held.get()
         if mine and (cache._id, key) in mine:
             self._check()
+        if self.lease is not None:
+            lock = cache._locks.checkout(key)
+            lock.acquire()
+            try:
+                strict, value, self._fence = run(
+                    cache._strict_enter_flow(key, self.initial, self.ttl, self.lease)
+                )
+            except BaseException:
+                self._failed_open(lock)
+                raise
+            self._lock, self._entry, self._value = lock, strict, value
+            self._token = held.set((*mine, (cache._id, key)))
+            return value
         lock, entry, taken = cache._scope_open(key, self.initial)
         if entry is not None:
             value = entry.value
@@ -156,7 +174,15 @@ class Scope:
         cache, lock = self._cache, self._lock
         if lock is None:
             return
-        if (exc is None or self.commit_on_error) and (
+        failed = exc is not None and not self.commit_on_error
+        if self._fence:
+            fence, self._fence = self._fence, 0
+            try:
+                run(cache._strict_exit_flow(self.key, self._entry, self._value, failed, fence))  # type: ignore[arg-type]
+            finally:
+                self._release()
+            return
+        if not failed and (
             done := cache._scope_close_clean(self.key, lock, self._entry, self._value)
         ):
             self._lock = self._entry = self._value = None
@@ -165,7 +191,6 @@ class Scope:
             if done == 2:
                 run(cache._drain_flow())
             return
-        failed = exc is not None and not self.commit_on_error
         try:
             run(
                 cache._exit_flow(
@@ -182,6 +207,19 @@ class Scope:
         mine = held.get()
         if mine and (cache._id, key) in mine:
             self._check()
+        if self.lease is not None:
+            lock = cache._locks.checkout(key)
+            await lock.aacquire()
+            try:
+                strict, value, self._fence = await arun(
+                    cache._strict_enter_flow(key, self.initial, self.ttl, self.lease)
+                )
+            except BaseException:
+                self._failed_open(lock)
+                raise
+            self._lock, self._entry, self._value = lock, strict, value
+            self._token = held.set((*mine, (cache._id, key)))
+            return value
         lock, entry, taken = cache._scope_open(key, self.initial)
         if entry is not None:
             value = entry.value
@@ -208,7 +246,17 @@ class Scope:
         cache, lock = self._cache, self._lock
         if lock is None:
             return
-        if (exc is None or self.commit_on_error) and (
+        failed = exc is not None and not self.commit_on_error
+        if self._fence:
+            fence, self._fence = self._fence, 0
+            try:
+                await arun(
+                    cache._strict_exit_flow(self.key, self._entry, self._value, failed, fence)  # type: ignore[arg-type]
+                )
+            finally:
+                self._release()
+            return
+        if not failed and (
             done := cache._scope_close_clean(self.key, lock, self._entry, self._value)
         ):
             self._lock = self._entry = self._value = None
@@ -217,7 +265,6 @@ class Scope:
             if done == 2:
                 await arun(cache._drain_flow())
             return
-        failed = exc is not None and not self.commit_on_error
         try:
             await arun(
                 cache._exit_flow(
@@ -282,6 +329,7 @@ class _Spec:
         "initial",
         "key",
         "lazy",
+        "lease",
         "schema",
         "ttl",
     )
@@ -297,9 +345,11 @@ class _Spec:
         schema: Schema | None,
         commit_on_error: bool,
         conflict: Resolver | None,
+        lease: Lease | None,
     ) -> None:
         self.cache = cache
         self.conflict = conflict
+        self.lease = lease
         self.key = key
         self.initial = initial
         self.arg = arg
@@ -351,6 +401,7 @@ def cached_session(
     schema: Schema | None = None,
     commit_on_error: bool = False,
     conflict: Resolver | None = None,
+    lease: Lease | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Inject a session scope's live value into a handler as keyword ``arg``.
 
@@ -377,7 +428,7 @@ def cached_session(
         raise ConfigError(f"cached_session initial must be a callable (like dict), got {initial!r}")
     if not isinstance(arg, str) or not arg.isidentifier():
         raise ConfigError(f"cached_session arg must be an identifier, got {arg!r}")
-    spec = _Spec(cache, key, initial, arg, lazy, ttl, schema, commit_on_error, conflict)
+    spec = _Spec(cache, key, initial, arg, lazy, ttl, schema, commit_on_error, conflict, lease)
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         inner: tuple[_Spec, ...] = getattr(fn, "__tiercache_specs__", ())

@@ -28,6 +28,17 @@ WORKER = textwrap.dedent(
     if mode == "update":
         for _ in range(n):
             cache.update("counter", bump)
+    elif mode == "strict":
+        from tiercache import Lease
+        for _ in range(n):
+            with cache.session("counter", lease=Lease(5)) as s:
+                s["n"] = s.get("n", 0) + 1
+    elif mode == "hold":
+        from tiercache import Lease
+        with cache.session("held", lease=Lease(float(n))) as s:
+            s["by"] = "doomed"
+            print("holding", flush=True)
+            time.sleep(60)
     elif mode in ("bot", "app"):
         # Each process changes only its own fields of one shared session.
         for i in range(n):
@@ -73,4 +84,38 @@ def test_bot_and_mini_app_change_different_fields_and_both_survive(
     assert session["app_count"] == 300, "no Mini App change was lost"
     assert session["bot_log"] == [297, 298, 299]
     assert session["app_log"] == [297, 298, 299]
+    cache.close()
+
+
+def test_four_processes_in_strict_mode_count_exactly(redis_url: str, namespace: str) -> None:
+    procs = [spawn(redis_url, namespace, "strict", 500) for _ in range(4)]
+    wait_all(procs)
+    cache = TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace)
+    assert cache.get("counter") == {"n": 2000}
+    cache.close()
+
+
+def test_a_killed_lease_holder_blocks_only_until_the_lease_expires(
+    redis_url: str, namespace: str
+) -> None:
+    import signal
+    import time
+
+    from tiercache import Lease
+
+    holder = spawn(redis_url, namespace, "hold", 2)  # a 2 s lease
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == b"holding"
+    holder.send_signal(signal.SIGKILL)
+    holder.communicate(timeout=10)  # reaps it and closes its pipes
+    killed_at = time.monotonic()
+    cache = TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace)
+    with cache.session("held", lease=Lease(5, wait=10)) as s:
+        waited = time.monotonic() - killed_at
+        assert s == {}, "the holder died before writing"
+        s["by"] = "next"
+    assert 0.5 < waited < 4.0, f"blocked {waited:.2f} s by a 2 s lease"
+    fresh = TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace)
+    assert fresh.get("held") == {"by": "next"}
+    fresh.close()
     cache.close()

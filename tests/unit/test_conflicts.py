@@ -184,3 +184,52 @@ async def test_aupdate_and_return_value(proc: Callable[..., TieredCache]) -> Non
     out = await a.aupdate("k", lambda s: s.update(more=1))
     assert out == {"fresh": True, "more": 1}
     assert await a.aget("k") == out
+
+
+# -- strict mode ------------------------------------------------------------------
+
+
+def test_strict_scopes_in_two_caches_never_lose_an_increment(
+    proc: Callable[..., TieredCache],
+) -> None:
+    import threading
+
+    from tiercache import Lease
+
+    caches = [proc(lease=Lease(5, wait=30)) for _ in range(3)]
+
+    def work(cache: TieredCache) -> None:
+        for _ in range(100):
+            with cache.session("counter") as s:
+                n = s.get("n", 0)
+                threading.Event().wait(0)
+                s["n"] = n + 1
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in caches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert proc().get("counter") == {"n": 300}
+
+
+def test_strict_write_after_losing_the_lease_is_refused(
+    proc: Callable[..., TieredCache], shared: DictTier, clock: FakeClock
+) -> None:
+    from tiercache import Lease, TierError
+
+    a, b = proc(lease=Lease(1)), proc(lease=Lease(1))
+    with pytest.raises(TierError, match="lease expired"), a.session("k") as s:
+        s["who"] = "a"
+        clock.advance(2)  # a stalls past its lease; b takes the key meanwhile
+        with b.session("k") as t:
+            t["who"] = "b"
+    assert stored(shared, a, "k")[1] == {"who": "b"}, "the stale holder wrote nothing"
+
+
+def test_strict_mode_needs_a_tier_with_leases(namespace: str) -> None:
+    from tiercache import ConfigError, Lease
+
+    cache = TieredCache(MemoryTier(), namespace=namespace, lease=Lease())
+    with pytest.raises(ConfigError, match="lease"), cache.session("k"):
+        pass

@@ -64,6 +64,8 @@ class PersistentTier(abc.ABC):
     name: ClassVar[str] = "tier"
     #: True when ``compare_and_set`` is implemented atomically.
     supports_cas: ClassVar[bool] = False
+    #: True when the lease methods are implemented (strict mode).
+    supports_lease: ClassVar[bool] = False
     #: True when the async methods may be called straight from the event
     #: loop without a thread hop (the sync call is fast and local).
     async_inline: ClassVar[bool] = False
@@ -98,6 +100,31 @@ class PersistentTier(abc.ABC):
     def compare_and_set(self, key: str, value: bytes, ttl: float | None, expected: int) -> bool:
         """Store only if the stored entry version is ``expected`` (0: absent)."""
         raise NotImplementedError(f"{type(self).__name__} does not support compare-and-set")
+
+    # -- optional: leases for strict mode --------------------------------------
+    #
+    # A lease is a key (``lease``) holding a fencing token, a number from a
+    # counter (``fence``) that only grows; it expires after ``ttl`` seconds,
+    # so a crashed holder blocks the key only until then.
+
+    def acquire_lease(self, lease: str, fence: str, ttl: float) -> int:
+        """Take the lease if it is free: the new fencing token, else 0."""
+        raise NotImplementedError(f"{type(self).__name__} has no leases")
+
+    def renew_lease(self, lease: str, token: int, ttl: float) -> bool:
+        """Extend the lease if ``token`` still holds it."""
+        raise NotImplementedError(f"{type(self).__name__} has no leases")
+
+    def release_lease(self, lease: str, token: int) -> bool:
+        """Free the lease if ``token`` still holds it."""
+        raise NotImplementedError(f"{type(self).__name__} has no leases")
+
+    def compare_and_set_fenced(
+        self, key: str, value: bytes, ttl: float | None, expected: int, lease: str, token: int
+    ) -> int:
+        """``compare_and_set`` that also requires ``token`` to hold ``lease``:
+        1 written, 0 version mismatch, -1 the lease is no longer ours."""
+        raise NotImplementedError(f"{type(self).__name__} has no leases")
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Release connections and files."""
@@ -140,6 +167,22 @@ class PersistentTier(abc.ABC):
         if self.async_inline:
             return self.compare_and_set(key, value, ttl, expected)
         return await asyncio.to_thread(self.compare_and_set, key, value, ttl, expected)
+
+    async def aacquire_lease(self, lease: str, fence: str, ttl: float) -> int:
+        return await asyncio.to_thread(self.acquire_lease, lease, fence, ttl)
+
+    async def arenew_lease(self, lease: str, token: int, ttl: float) -> bool:
+        return await asyncio.to_thread(self.renew_lease, lease, token, ttl)
+
+    async def arelease_lease(self, lease: str, token: int) -> bool:
+        return await asyncio.to_thread(self.release_lease, lease, token)
+
+    async def acompare_and_set_fenced(
+        self, key: str, value: bytes, ttl: float | None, expected: int, lease: str, token: int
+    ) -> int:
+        return await asyncio.to_thread(
+            self.compare_and_set_fenced, key, value, ttl, expected, lease, token
+        )
 
     async def aclose(self) -> None:
         self.close()

@@ -18,6 +18,13 @@ from ._base import PersistentTier, SetItem
 __all__ = ["DictTier"]
 
 
+def _version_or_zero(current: bytes | None) -> int:
+    try:
+        return 0 if current is None else peek_version(current)
+    except CorruptEntryError:
+        return 0  # unreadable bytes count as absent (see _base)
+
+
 class DictTier(PersistentTier):
     """An in-process persistent tier for tests.
 
@@ -27,6 +34,7 @@ class DictTier(PersistentTier):
 
     name = "dict"
     supports_cas = True
+    supports_lease = True
     async_inline = True
 
     def __init__(self, *, clock: Clock | None = None) -> None:
@@ -81,15 +89,45 @@ class DictTier(PersistentTier):
 
     def compare_and_set(self, key: str, value: bytes, ttl: float | None, expected: int) -> bool:
         with self._lock:
-            current = self._live(key)
-            try:
-                found = 0 if current is None else peek_version(current)
-            except CorruptEntryError:
-                found = 0  # unreadable bytes count as absent (see _base)
-            if found != expected:
+            if _version_or_zero(self._live(key)) != expected:
                 return False
             self._data[key] = (bytes(value), self._deadline(ttl))
             return True
+
+    def acquire_lease(self, lease: str, fence: str, ttl: float) -> int:
+        with self._lock:
+            if self._live(lease) is not None:
+                return 0
+            token = int(self._live(fence) or b"0") + 1
+            self._data[fence] = (str(token).encode(), None)
+            self._data[lease] = (str(token).encode(), self._deadline(ttl))
+            return token
+
+    def renew_lease(self, lease: str, token: int, ttl: float) -> bool:
+        with self._lock:
+            if self._live(lease) != str(token).encode():
+                return False
+            self._data[lease] = (str(token).encode(), self._deadline(ttl))
+            return True
+
+    def release_lease(self, lease: str, token: int) -> bool:
+        with self._lock:
+            if self._live(lease) != str(token).encode():
+                return False
+            del self._data[lease]
+            return True
+
+    def compare_and_set_fenced(
+        self, key: str, value: bytes, ttl: float | None, expected: int, lease: str, token: int
+    ) -> int:
+        with self._lock:
+            if self._live(lease) != str(token).encode():
+                return -1
+            current = self._live(key)
+            if _version_or_zero(current) != expected:
+                return 0
+            self._data[key] = (bytes(value), self._deadline(ttl))
+            return 1
 
     def __len__(self) -> int:
         with self._lock:

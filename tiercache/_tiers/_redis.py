@@ -74,6 +74,54 @@ return 1
 """
 
 
+_CHECK_VERSION_LUA = f"""
+local cur = redis.call('GET', KEYS[1])
+local found = string.rep(string.char(0), 8)
+if cur and string.len(cur) >= {HEADER_SIZE + 4} and string.sub(cur, 1, 2) == '{MAGIC.decode()}' then
+    found = string.sub(cur, {VERSION_OFFSET + 1}, {VERSION_OFFSET + 8})
+end
+"""
+
+# Strict mode. A lease key holds a fencing token drawn from a counter that
+# only grows; each script checks the token it is given still holds it.
+_ACQUIRE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
+return token
+"""
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+_FENCED_CAS_LUA = (
+    """
+if redis.call('GET', KEYS[2]) ~= ARGV[4] then return -1 end
+"""
+    + _CHECK_VERSION_LUA
+    + """
+if found ~= ARGV[2] then return 0 end
+local px = tonumber(ARGV[3])
+if px <= 0 then
+    redis.call('SET', KEYS[1], ARGV[1])
+else
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
+end
+return 1
+"""
+)
+
+
+def _lease_ms(ttl: float) -> int:
+    return max(1, math.ceil(ttl * 1000))
+
+
 def _px(ttl: float | None) -> int:
     """Milliseconds for SET PX: 0 for no expiry, -1 for already expired.
 
@@ -338,6 +386,63 @@ class RedisTier(PersistentTier):
             return bool(self._script()(keys=[self._key(key)], args=args))
         except _BACKEND_ERRORS as exc:
             self._fail("compare_and_set", key, exc)
+
+    # -- leases (strict mode) ----------------------------------------------------
+
+    supports_lease = True
+
+    def _eval(self, op: str, script: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return self._client().eval(script, len(keys), *keys, *args)
+        except _BACKEND_ERRORS as exc:
+            self._fail(op, keys[0], exc)
+
+    async def _aeval(self, op: str, script: str, keys: list[str], args: list[Any]) -> Any:
+        entry = self._loops.get(asyncio.get_running_loop()) or await self._aclient()
+        try:
+            return await entry.client.eval(script, len(keys), *keys, *args)
+        except _BACKEND_ERRORS as exc:
+            self._fail(op, keys[0], exc)
+
+    def _lease_args(self, lease: str, fence: str) -> list[str]:
+        return [self._key(lease), self._key(fence)]
+
+    def acquire_lease(self, lease: str, fence: str, ttl: float) -> int:
+        keys = self._lease_args(lease, fence)
+        return int(self._eval("acquire_lease", _ACQUIRE_LUA, keys, [_lease_ms(ttl)]))
+
+    def renew_lease(self, lease: str, token: int, ttl: float) -> bool:
+        keys, args = [self._key(lease)], [token, _lease_ms(ttl)]
+        return bool(self._eval("renew_lease", _RENEW_LUA, keys, args))
+
+    def release_lease(self, lease: str, token: int) -> bool:
+        return bool(self._eval("release_lease", _RELEASE_LUA, [self._key(lease)], [token]))
+
+    def compare_and_set_fenced(
+        self, key: str, value: bytes, ttl: float | None, expected: int, lease: str, token: int
+    ) -> int:
+        keys = [self._key(key), self._key(lease)]
+        args = [value, _U64.pack(expected), max(0, _px(ttl)), token]
+        return int(self._eval("compare_and_set_fenced", _FENCED_CAS_LUA, keys, args))
+
+    async def aacquire_lease(self, lease: str, fence: str, ttl: float) -> int:
+        keys = self._lease_args(lease, fence)
+        return int(await self._aeval("acquire_lease", _ACQUIRE_LUA, keys, [_lease_ms(ttl)]))
+
+    async def arenew_lease(self, lease: str, token: int, ttl: float) -> bool:
+        keys, args = [self._key(lease)], [token, _lease_ms(ttl)]
+        return bool(await self._aeval("renew_lease", _RENEW_LUA, keys, args))
+
+    async def arelease_lease(self, lease: str, token: int) -> bool:
+        keys = [self._key(lease)]
+        return bool(await self._aeval("release_lease", _RELEASE_LUA, keys, [token]))
+
+    async def acompare_and_set_fenced(
+        self, key: str, value: bytes, ttl: float | None, expected: int, lease: str, token: int
+    ) -> int:
+        keys = [self._key(key), self._key(lease)]
+        args = [value, _U64.pack(expected), max(0, _px(ttl)), token]
+        return int(await self._aeval("compare_and_set_fenced", _FENCED_CAS_LUA, keys, args))
 
     def close(self) -> None:
         """Close the connections the tier opened; clients passed in stay open.
