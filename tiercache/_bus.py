@@ -11,7 +11,7 @@
                                        └──> XREAD BLOCK ms STREAMS key last_id
                                                (listener thread, own connection)
                                                   └─> on_messages([Invalidation, ...])
-                                                      (skips A's... and B's own origin)
+                                                      (entries with B's own origin skipped)
                      connection lost ──> healthy=False, back off, reconnect,
                                          XREAD from last_id again: the missed
                                          entries are replayed; when they cannot
@@ -38,11 +38,16 @@ fault hooks. Example::
     # prints [Invalidation(origin='…', key='chat:42', action='set', version=7)]
 
 **Latency and the GIL.** The listener is a thread: while it waits in
-``XREAD`` it holds no GIL, but to handle a reply it must take the GIL back.
-If the process is CPU-bound in Python, the busy thread gives the GIL up only
-every ``sys.getswitchinterval()`` (5 ms by default), so each delivery waits
-up to one interval more (see ``benchmarks/bench_bus.py`` for numbers). The
-bus does not change the switch interval: that is the application's call.
+``XREAD`` it holds no GIL, but to handle a reply it must take the GIL back,
+and each socket call on the way (poll, recv, the next XREAD's send) gives it
+up again. If the process is CPU-bound in Python, the busy thread hands the
+GIL over only every ``sys.getswitchinterval()`` (5 ms by default), so each
+of those steps may wait one interval. Measured across processes
+(``benchmarks/bench_bus.py``, 2-core VM, loopback): idle median 0.23 ms,
+p99 0.75 ms; receiver CPU-bound median 5.4 ms, p99 28 ms (runs vary from
+4 to 14 ms median); CPU-bound with the interval at 1 ms median 2.8 ms, p99
+5.8 ms. The bus does not change the switch interval (it is process-wide):
+an application that needs fresher invalidations while CPU-bound can.
 """
 
 from __future__ import annotations
@@ -472,8 +477,15 @@ class RedisBus(_BusBase):
             return redis.Redis.from_url(self._url, max_connections=1, **settings)
         assert self._sync is not None
         pool = self._sync.connection_pool
-        kwargs = {**pool.connection_kwargs, **settings}
-        kwargs.pop("retry_on_error", None)
+        # Same server, credentials and TLS; not the caller's retry policy nor
+        # redis-py's per-pool bookkeeping (maintenance-notification handlers
+        # belong to that pool and need RESP3).
+        kwargs = {
+            name: value
+            for name, value in pool.connection_kwargs.items()
+            if not name.startswith(("maint_notifications", "orig_", "retry"))
+        }
+        kwargs.update(settings)
         new_pool = redis.ConnectionPool(
             connection_class=pool.connection_class, max_connections=1, **kwargs
         )

@@ -17,8 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from tiercache import ConfigError, InvalidKeyError, TierCacheError, TierError
-from tiercache import _bus
+from tiercache import ConfigError, InvalidKeyError, TierCacheError, TierError, _bus
 from tiercache._bus import (
     LISTENER_NAME,
     Bus,
@@ -68,7 +67,9 @@ class Inbox:
             return [m.key for m in self.messages]
 
     def wait_count(self, n: int) -> None:
-        wait_until(lambda: len(self.messages) >= n, what=f"{n} messages (have {len(self.messages)})")
+        wait_until(
+            lambda: len(self.messages) >= n, what=f"{n} messages (have {len(self.messages)})"
+        )
 
 
 @pytest.fixture
@@ -159,7 +160,9 @@ def test_a_batch_of_1000_is_one_round_trip_and_arrives_in_order(
     real_send = redis.connection.AbstractConnection.send_packed_command
     publisher = threading.current_thread()
 
-    def counting_send(self: redis.connection.AbstractConnection, *args: object, **kw: object) -> None:
+    def counting_send(
+        self: redis.connection.AbstractConnection, *args: object, **kw: object
+    ) -> None:
         if threading.current_thread() is publisher:
             sends.append(1)
         real_send(self, *args, **kw)  # type: ignore[arg-type]
@@ -232,7 +235,10 @@ def test_malformed_entries_are_skipped_and_counted(
 
 
 def test_a_raising_callback_does_not_stop_the_listener(
-    redis_url: str, namespace: str, make_bus: Callable[..., RedisBus], caplog: pytest.LogCaptureFixture
+    redis_url: str,
+    namespace: str,
+    make_bus: Callable[..., RedisBus],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     a, b = make_bus(redis_url, namespace), make_bus(redis_url, namespace)
     seen: list[str] = []
@@ -443,7 +449,9 @@ def test_bad_items_are_rejected_before_anything_is_sent(namespace: str) -> None:
     bus.close()
 
 
-def _probe(first: str | None, end: str = "9-0", run: str = "r1", deleted: str | None = None) -> _Probe:
+def _probe(
+    first: str | None, end: str = "9-0", run: str = "r1", deleted: str | None = None
+) -> _Probe:
     return _Probe(run, first, end, deleted)
 
 
