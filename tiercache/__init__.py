@@ -7,6 +7,7 @@ when they actually changed. Everything public is importable from here.
 
 from __future__ import annotations
 
+from ._bus import Bus, Invalidation, LocalBus, LocalHub, RedisBus
 from ._cache import MISSING, TieredCache
 from ._clock import Clock, SystemClock
 from ._exceptions import (
@@ -41,6 +42,7 @@ from ._tracking import detach, dirty_fields, is_detached, is_dirty, mark_clean, 
 
 __all__ = [
     "MISSING",
+    "Bus",
     "CacheStats",
     "Clock",
     "ConfigError",
@@ -51,12 +53,16 @@ __all__ = [
     "Expiry",
     "FlushPolicy",
     "InvalidKeyError",
+    "Invalidation",
     "LazySession",
     "Lease",
+    "LocalBus",
+    "LocalHub",
     "MemoryTier",
     "MsgpackSerializer",
     "PersistentTier",
     "PickleSerializer",
+    "RedisBus",
     "RedisTier",
     "Resolver",
     "Schema",

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
+from ._bus import Bus, Invalidation
 from ._clock import Clock, SystemClock
 from ._core import Core, Loaded
 from ._envelope import peek_version
@@ -54,7 +55,7 @@ from ._policy import (
 )
 from ._serializers import MsgpackSerializer, Serializer
 from ._session import Scope
-from ._stats import CacheStats, TierStats
+from ._stats import CacheStats, TierCounters, TierStats
 from ._tiers._base import PersistentTier, SetItem
 from ._tiers._memory import Entry, MemoryTier
 from ._tracking import (
@@ -131,6 +132,8 @@ class TieredCache:
         schema: Schema | None = None,
         conflict: Resolver = raise_conflict,
         lease: Lease | None = None,
+        bus: Bus | None = None,
+        max_stale: float | None = None,
         max_key_length: int = 1024,
     ) -> None:
         if not tiers or not isinstance(tiers[0], MemoryTier):
@@ -175,6 +178,23 @@ class TieredCache:
         #: Strict mode for every scope of this cache (a scope may override).
         self.lease = lease
         self._renewer = _Renewer()
+        if max_stale is not None:
+            Expiry(max_stale)  # validates: a number > 0
+        #: Longest time a memory copy is served without being known current
+        #: (a healthy bus, or a re-read of the shared tier); None: no bound.
+        self.max_stale = max_stale
+        if bus is not None:
+            if not isinstance(bus, Bus):
+                raise ConfigError(f"bus must implement Bus (RedisBus, LocalBus), got {bus!r}")
+            if getattr(bus, "namespace", namespace) != namespace:
+                raise ConfigError(
+                    f"the bus is for namespace {bus.namespace!r}, the cache for {namespace!r}"  # type: ignore[attr-defined]
+                )
+        self._bus = bus
+        self._bus_counters = TierCounters("bus")
+        self._invalidated = 0
+        self._gaps = 0
+        self._revalidations = 0
         self.max_key_length = max_key_length
         self._memory = tiers[0]
         self._memory.on_drop = _drop
@@ -210,6 +230,11 @@ class TieredCache:
         ref = weakref.ref(self)
         self._atexit = lambda: _flush_at_exit(ref)
         atexit.register(self._atexit)
+        #: Memory copies loaded before this moment are not vouched for by the
+        #: bus (it starts, or lost track at a gap, here).
+        self._trusted_since = self._clock.monotonic()
+        if bus is not None:
+            bus.start(self._on_invalidations, self._on_gap)
 
     # -- reading ---------------------------------------------------------------
 
@@ -230,6 +255,7 @@ class TieredCache:
             entry is None
             or entry.initial is not None
             or (entry.expires_at is not None and not self._fresh(entry))
+            or (self.max_stale is not None and self._stale(entry))
         ):
             lock.release()
             return self._get_slow(key, default)
@@ -251,6 +277,7 @@ class TieredCache:
             entry is None
             or entry.initial is not None
             or (entry.expires_at is not None and not self._fresh(entry))
+            or (self.max_stale is not None and self._stale(entry))
         ):
             lock.release()
             return await self._aget_slow(key, default)
@@ -271,6 +298,20 @@ class TieredCache:
                 return False
             entry.expires_at = now + (entry.ttl or self._ttl_seconds)
         return True
+
+    def _stale(self, entry: Entry) -> bool:
+        """Under the memory lock: true when the entry must be re-read before
+        it is served (older than ``max_stale`` and not vouched for by a
+        healthy bus)."""
+        now = self._clock.monotonic()
+        if now - entry.checked_at <= cast(float, self.max_stale):
+            return False
+        bus = self._bus
+        if bus is not None and bus.healthy and entry.checked_at >= self._trusted_since:
+            # Every write since the entry was checked would have reached us.
+            entry.checked_at = now
+            return False
+        return entry.pins == 0 and entry.pending is None
 
     def _get_slow(self, key: str, default: Any) -> Any:
         entry = run(self._lookup_flow(key))
@@ -298,13 +339,38 @@ class TieredCache:
             if entry is None:
                 self._misses += 1
                 return None
-            self._hits += 1
-            if pin:
-                entry.pins += 1
-            due = self._slide(entry, now)
+            stale = self.max_stale is not None and self._stale(entry)
+            if not stale:
+                self._hits += 1
+                if pin:
+                    entry.pins += 1
+                due = self._slide(entry, now)
+        if stale:
+            return (yield from self._revalidate_flow(entry, pin))
         if due:
             yield from self._core.touch_flow(key, self._core.ttl_for(entry.ttl))
         return entry
+
+    def _revalidate_flow(self, entry: Entry, pin: bool) -> Flow[Entry | None]:
+        """Re-read a stale entry's version from the shared tier: keep the
+        memory copy if it is current, else drop it (the caller loads)."""
+        self._revalidations += 1
+        if not self._core.tiers:
+            entry.checked_at = self._clock.monotonic()
+            return entry
+        _, version = yield from self._read_stored_flow(entry.key, self._core.skey(entry.key))
+        with self._mlock:
+            if version == entry.stored:
+                entry.checked_at = self._clock.monotonic()
+                self._hits += 1
+                if pin:
+                    entry.pins += 1
+                return entry
+            if not entry.pins and entry.pending is None:
+                self._memory.remove(entry.key)
+                detach(entry.value)
+            self._misses += 1
+        return None
 
     def _slide(self, entry: Entry, now: float) -> bool:
         """Extend a sliding expiry; whether the persistent tiers are due a touch."""
@@ -413,6 +479,11 @@ class TieredCache:
                 size=loaded.size,
             )
             entry.touched_at = self._clock.time()
+            entry.checked_at = self._clock.monotonic()
+            if loaded.tier_index < len(self._core.tiers) - 1:
+                # A local copy: only as current as when it was written.
+                age = max(0.0, entry.touched_at - loaded.updated_ms / 1000.0)
+                entry.checked_at -= age
             detach(entry.value)
             self._memory.insert(entry)
             return entry
@@ -493,16 +564,30 @@ class TieredCache:
                 yield from self._core.write_flow(items)
             written = batch
         with self._mlock:
-            now = self._clock.time()
+            now, mono = self._clock.time(), self._clock.monotonic()
             for e, data in written:
                 if e.pending is data:
                     e.pending = None
                     e.touched_at = now
+                    e.checked_at = mono
                     e.stored = peek_version(data)
                     if e.base is None or e.base:
                         e.base = {}
             self._core.flushes[reason] += len(written)
             self._drop_evicted()
+        if written:
+            yield from self._publish_flow([(e.key, "set", peek_version(d)) for e, d in written])
+
+    def _publish_flow(self, items: list[tuple[str, str, int]]) -> Flow[None]:
+        """Tell other processes, after the write was acknowledged. A failed
+        publish does not undo the write: it is logged, and readers elsewhere
+        stay within ``max_stale`` through revalidation."""
+        if self._bus is None or not items:
+            return
+        try:
+            yield Call(self._bus, self._bus_counters, "publish", (items,))
+        except TierError as exc:
+            log.warning("tiercache: publishing %d invalidation(s) failed: %s", len(items), exc)
 
     def _cas_write_flow(self, e: Entry, data: bytes, reason: str) -> Flow[bytes | None]:
         """Compare-and-set ``data`` on the authoritative tier, merging and
@@ -758,6 +843,7 @@ class TieredCache:
             entry = Entry(key, value, version=version, ttl=ttl)
             entry.schema_version = core.schema.version
             entry.base = None
+            entry.checked_at = self._clock.monotonic()
             self._seal(entry)
             detach(value)
             if cas:
@@ -779,6 +865,7 @@ class TieredCache:
                 entry.pending = None
                 entry.base = {}
                 core.flushes["set"] += 1
+                yield from self._publish_flow([(key, "set", entry.version)])
             with self._mlock:
                 old = self._memory.remove(key)
                 self._memory.insert(entry)
@@ -816,6 +903,7 @@ class TieredCache:
         existed = yield from self._core.delete_flow(key)
         with self._mlock:
             self._memory.absent[key] = self._core.memory_expiry(None)
+        yield from self._publish_flow([(key, "del", 0)])
         return existed or (entry is not None and entry.initial is None)
 
     def touch(self, key: str, ttl: float | None = None) -> bool:
@@ -952,6 +1040,8 @@ class TieredCache:
         self._flush_all("close")
         self._closed = True
         atexit.unregister(self._atexit)
+        if self._bus is not None:
+            self._bus.close()
         for tier in self._core.tiers:
             tier.close()
 
@@ -963,6 +1053,8 @@ class TieredCache:
         await self._aflush_all("close")
         self._closed = True
         atexit.unregister(self._atexit)
+        if self._bus is not None:
+            await self._bus.aclose()
         for tier in self._core.tiers:
             await tier.aclose()
 
@@ -1045,6 +1137,7 @@ class TieredCache:
             entry is None
             or (entry.initial is not None and entry.initial is not initial)
             or (entry.expires_at is not None and not self._fresh(entry))
+            or (self.max_stale is not None and self._stale(entry))
         ):
             mlock.release()
             return lock, None, True
@@ -1111,6 +1204,7 @@ class TieredCache:
             entry.initial = initial
             entry.schema_version = (schema or self._core.schema).version
             entry.touched_at = self._clock.time()
+            entry.checked_at = self._clock.monotonic()
             entry.pins = 1
             with self._mlock:
                 self._memory.insert(entry)
@@ -1195,6 +1289,7 @@ class TieredCache:
         entry = Entry(key, value, version=version, ttl=ttl, expires_at=core.memory_expiry(ttl))
         entry.schema_version = core.schema.version
         entry.touched_at = self._clock.time()
+        entry.checked_at = self._clock.monotonic()
         if plain is MISSING:
             entry.initial = initial
         entry.pins = 1
@@ -1243,7 +1338,9 @@ class TieredCache:
                     entry.pending = None
                     entry.stored = entry.version
                     entry.base = {}
+                    entry.checked_at = self._clock.monotonic()
                     core.flushes["exit"] += 1
+                yield from self._publish_flow([(key, "set", entry.version)])
             else:
                 core.writes_avoided += 1
         finally:
@@ -1262,6 +1359,49 @@ class TieredCache:
             raise
 
     # -- misc ------------------------------------------------------------------------
+
+    # -- invalidations from other processes -------------------------------------------
+
+    def _on_invalidations(self, batch: list[Invalidation]) -> None:
+        """Listener thread: drop memory copies older than what another
+        process wrote (and the local tiers' copies); they reload lazily on
+        next access, so there is no refresh storm. A copy in use by a scope,
+        or with changes of ours not yet written, stays: its write-back is a
+        compare-and-set and merges."""
+        keys = []
+        with self._mlock:
+            memory = self._memory
+            for inv in batch:
+                key = inv.key
+                memory.absent.pop(key, None)
+                entry = memory.peek(key) or memory.evicted.get(key)
+                if entry is not None and (inv.action == "del" or entry.stored < inv.version):
+                    if not entry.pins and entry.pending is None:
+                        memory.remove(key)
+                        detach(entry.value)
+                        self._invalidated += 1
+                keys.append(key)
+        for tier in self._core.tiers[:-1]:
+            for key in keys:
+                try:
+                    tier.delete(self._core.skey(key))
+                except Exception:
+                    log.warning("tiercache: dropping %r from the %s tier failed", key, tier.name)
+
+    def _on_gap(self) -> None:
+        """Listener thread: invalidations were lost and cannot be replayed
+        (server restart, stream trimmed). Every clean memory copy is dropped
+        and the remembered misses forgotten; loads go to the shared tier."""
+        with self._mlock:
+            self._gaps += 1
+            self._trusted_since = self._clock.monotonic()
+            memory = self._memory
+            memory.absent.clear()
+            for entry in list(memory.data.values()):
+                if not entry.pins and entry.pending is None:
+                    memory.remove(entry.key)
+                    detach(entry.value)
+                    self._invalidated += 1
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1290,9 +1430,17 @@ class TieredCache:
             now = self._clock.monotonic()
             oldest = max((now - e.pending_since for e in pending), default=0.0)
         core = self._core
+        bus = self._bus
+        extra = (self._bus_counters.snapshot(),) if bus is not None else ()
+        since = bus.unhealthy_since if bus is not None else None
         return CacheStats(
             namespace=self.namespace,
-            tiers=(mem, *(c.snapshot() for c in core.counters)),
+            tiers=(mem, *(c.snapshot() for c in core.counters), *extra),
+            invalidations=self._invalidated,
+            bus_gaps=self._gaps,
+            revalidations=self._revalidations,
+            bus_healthy=None if bus is None else bus.healthy,
+            bus_unhealthy_for_s=0.0 if since is None else self._clock.monotonic() - since,
             loads=core.loads,
             promotions=core.promotions,
             flushes=dict(core.flushes),

@@ -53,6 +53,10 @@ class Loaded:
     size: int
     #: Set when migrations changed the value: it must be written once.
     migrated: bool
+    #: Which persistent tier had it (0 = first) and when it was written
+    #: (epoch ms): a copy from a local tier may be older than the shared one.
+    tier_index: int = 0
+    updated_ms: int = 0
 
 
 class Core:
@@ -207,6 +211,8 @@ class Core:
                 schema_version=schema.version,
                 size=len(env.payload),
                 migrated=migrated,
+                tier_index=index,
+                updated_ms=env.updated_ms,
             )
         return None
 

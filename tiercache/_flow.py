@@ -29,9 +29,11 @@ T = TypeVar("T")
 
 
 class Call(NamedTuple):
-    """One tier call a flow asks for."""
+    """One tier (or bus) call a flow asks for."""
 
-    tier: PersistentTier
+    #: A PersistentTier, or the invalidation bus: anything with the method
+    #: and its ``a``-prefixed async twin.
+    tier: PersistentTier | Any
     counters: TierCounters
     method: str
     args: tuple[Any, ...]
@@ -85,7 +87,8 @@ def _failed(call: Call, exc: BaseException) -> TierError:
         call.counters.errors += 1
     if isinstance(exc, TierError):
         return exc
-    err = TierError(f"{call.tier.name} tier {call.method} failed: {type(exc).__name__}: {exc}")
+    name = getattr(call.tier, "name", type(call.tier).__name__)
+    err = TierError(f"{name} {call.method} failed: {type(exc).__name__}: {exc}")
     err.__cause__ = exc
     return err
 

@@ -131,6 +131,14 @@ class CacheStats:
     merges: int = 0
     conflicts: int = 0
     conflicts_lost: int = 0
+    #: Memory copies dropped because another process wrote (or a bus gap);
+    #: bus gaps seen; stale copies re-read because of ``max_stale``; whether
+    #: the bus is healthy (None: no bus) and for how long it has not been.
+    invalidations: int = 0
+    bus_gaps: int = 0
+    revalidations: int = 0
+    bus_healthy: bool | None = None
+    bus_unhealthy_for_s: float = 0.0
     dirty: int = 0
     oldest_dirty_age_s: float = 0.0
 
@@ -201,6 +209,12 @@ class CacheStats:
             f"merges {self.merges}  conflicts {self.conflicts}"
             f"  conflicts lost {self.conflicts_lost}"
         )
+        if self.bus_healthy is not None:
+            state = "healthy" if self.bus_healthy else f"DOWN {self.bus_unhealthy_for_s:.1f} s"
+            out.append(
+                f"bus {state}  invalidations {self.invalidations}  gaps {self.bus_gaps}"
+                f"  revalidations {self.revalidations}"
+            )
         out.append(f"flushes: {flushes}")
         out.append(f"dirty now {self.dirty}  oldest dirty {self.oldest_dirty_age_s:.3f} s")
         return "\n".join(out)

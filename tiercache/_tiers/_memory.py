@@ -39,6 +39,7 @@ class Entry:
 
     __slots__ = (
         "base",
+        "checked_at",
         "conflict",
         "created_ms",
         "expires_at",
@@ -98,6 +99,9 @@ class Entry:
         self.base: dict[Any, Any] | None = {}
         #: The conflict resolver of the scope that last changed the entry.
         self.conflict: Callable[..., Any] | None = None
+        #: When (monotonic) the value was last known to match the shared
+        #: tier: loaded, written or revalidated. ``max_stale`` bounds its age.
+        self.checked_at = 0.0
 
     def __repr__(self) -> str:
         return f"<Entry {self.key!r} v{self.version} pending={self.pending is not None}>"
