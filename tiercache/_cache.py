@@ -448,6 +448,8 @@ class TieredCache:
             if self._memory.known_absent(key, self._now()):
                 return None
         loaded = yield from self._core.load_flow(key, schema)
+        if loaded is not None and self._local_copy_suspect(loaded):
+            loaded = yield from self._confirm_flow(key, loaded, schema)
         entry = self._install(key, loaded)
         if (
             loaded is not None
@@ -460,6 +462,36 @@ class TieredCache:
             yield from self._write_flow([entry], "migrate")
         yield from self._drain_flow()
         return entry
+
+    def _local_copy_suspect(self, loaded: Loaded) -> bool:
+        """Whether a copy found in a local tier (disk) must be checked
+        against the shared tier before it is served: it was written before
+        the bus started listening (no invalidation could have removed it),
+        or longer ago than ``max_stale``."""
+        tiers = self._core.tiers
+        if loaded.tier_index >= len(tiers) - 1:
+            return False
+        age = self._clock.time() - loaded.updated_ms / 1000.0
+        if self.max_stale is not None and age > self.max_stale:
+            return True
+        if self._bus is None:
+            return False
+        listening_for = self._clock.monotonic() - self._trusted_since
+        return age > listening_for
+
+    def _confirm_flow(self, key: str, loaded: Loaded, schema: Schema | None) -> Flow[Loaded | None]:
+        """Compare a local copy's version with the shared tier's; when they
+        differ, drop the local copies and load from the shared tier."""
+        core = self._core
+        self._revalidations += 1
+        skey = core.skey(key)
+        _, version = yield from self._read_stored_flow(key, skey)
+        if version == loaded.version:
+            loaded.updated_ms = int(self._clock.time() * 1000)  # confirmed now
+            return loaded
+        for index in range(len(core.tiers) - 1):
+            yield Call(core.tiers[index], core.counters[index], "delete", (skey,))
+        return (yield from core.load_flow(key, schema))
 
     def _install(self, key: str, loaded: Loaded | None) -> Entry | None:
         """Insert a loaded value unless another caller already did."""

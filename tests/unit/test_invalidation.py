@@ -182,3 +182,22 @@ def test_bus_state_is_in_stats(proc: Callable[..., TieredCache]) -> None:
     assert st.bus_healthy is True
     assert "bus healthy" in str(st)
     assert st.tier("bus").name == "bus"
+
+
+def test_an_old_local_copy_is_confirmed_before_it_is_served(
+    proc: Callable[..., TieredCache], tmp_path: Path, clock: FakeClock
+) -> None:
+    """Processes on one host share a disk tier; a copy left there while no
+    process was listening is checked against the shared tier first."""
+    disk = DiskTier(tmp_path / "d")
+    first = proc(disk)
+    first.set("k", {"v": 1})  # in disk and in the shared tier
+    first.close()
+    clock.advance(60)
+    other = proc(bus=False)
+    other.set("k", {"v": 2})  # nobody on this host heard about it
+    clock.advance(1)
+    late = proc(disk)  # starts now: its bus cannot vouch for the old disk copy
+    assert late.get("k") == {"v": 2}
+    assert late.stats().revalidations == 1
+    assert disk.get(f"{late.namespace}:k") is not None, "re-promoted, current"
