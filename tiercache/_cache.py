@@ -56,7 +56,7 @@ from ._policy import (
 from ._serializers import MsgpackSerializer, Serializer
 from ._session import Scope
 from ._stats import CacheStats, TierCounters, TierStats
-from ._tiers._base import PersistentTier, SetItem
+from ._tiers._base import CasItem, PersistentTier, SetItem
 from ._tiers._memory import Entry, MemoryTier
 from ._tracking import (
     MISSING as _TRACKING_MISSING,
@@ -568,17 +568,36 @@ class TieredCache:
         batch = [(e, e.pending) for e in entries if e.pending is not None]
         if not batch:
             return
-        tiers = self._core.tiers
+        core = self._core
+        tiers = core.tiers
         written: list[tuple[Entry, bytes]] = []
         if tiers and tiers[-1].supports_cas:
-            for e, data in batch:
+            last, counters = tiers[-1], core.counters[-1]
+            items: list[CasItem] = [
+                (core.skey(e.key), data, core.ttl_for(e.ttl), e.stored) for e, data in batch
+            ]
+            if len(items) == 1:
+                oks = [(yield Call(last, counters, "compare_and_set", items[0]))]
+            else:
+                oks = yield Call(last, counters, "compare_and_set_many", (items,))
+            for (e, data), ok in zip(batch, oks, strict=True):
+                if ok:
+                    written.append((e, data))
+                    continue
+                if reason == "migrate":
+                    # Someone wrote since we loaded: forget our migrated
+                    # copy; the next access loads (and migrates) theirs.
+                    with self._mlock:
+                        self._memory.remove(e.key)
+                        e.pending = None
+                    continue
                 try:
-                    done = yield from self._cas_write_flow(e, data, reason)
+                    merged = yield from self._merge_flow(e, core.skey(e.key), core.ttl_for(e.ttl))
                 except ConflictError:
                     if reason in ("exit", "set"):
                         raise
                     # No handler to tell: theirs is kept, and it is loud.
-                    self._core.conflicts_lost += 1
+                    core.conflicts_lost += 1
                     log.error(
                         "tiercache: %s flush of %r lost a same-field conflict; the stored "
                         "value was kept (use a conflict resolver to merge)",
@@ -586,14 +605,21 @@ class TieredCache:
                         e.key,
                     )
                     continue
-                if done is not None:
-                    written.append((e, done))
+                written.append((e, merged))
+            upper: list[SetItem] = [
+                (core.skey(e.key), data, core.ttl_for(e.ttl)) for e, data in written
+            ]
+            for index in reversed(range(len(tiers) - 1)):
+                if len(upper) == 1:
+                    yield Call(tiers[index], core.counters[index], "set", upper[0])
+                elif upper:
+                    yield Call(tiers[index], core.counters[index], "set_many", (upper,))
         else:
             if tiers:
-                items: list[SetItem] = [
-                    (self._core.skey(e.key), data, self._core.ttl_for(e.ttl)) for e, data in batch
+                plain_items: list[SetItem] = [
+                    (core.skey(e.key), data, core.ttl_for(e.ttl)) for e, data in batch
                 ]
-                yield from self._core.write_flow(items)
+                yield from core.write_flow(plain_items)
             written = batch
         with self._mlock:
             now, mono = self._clock.time(), self._clock.monotonic()
@@ -620,27 +646,6 @@ class TieredCache:
             yield Call(self._bus, self._bus_counters, "publish", (items,))
         except TierError as exc:
             log.warning("tiercache: publishing %d invalidation(s) failed: %s", len(items), exc)
-
-    def _cas_write_flow(self, e: Entry, data: bytes, reason: str) -> Flow[bytes | None]:
-        """Compare-and-set ``data`` on the authoritative tier, merging and
-        retrying when another writer got there first; then the tiers above.
-        Returns the bytes that were written (None: the entry was dropped)."""
-        core = self._core
-        tiers, counters = core.tiers, core.counters
-        skey, ttl = core.skey(e.key), core.ttl_for(e.ttl)
-        ok = yield Call(tiers[-1], counters[-1], "compare_and_set", (skey, data, ttl, e.stored))
-        if not ok:
-            if reason == "migrate":
-                # Someone wrote since we loaded: forget our migrated copy,
-                # the next access loads (and migrates) theirs.
-                with self._mlock:
-                    self._memory.remove(e.key)
-                    e.pending = None
-                return None
-            data = yield from self._merge_flow(e, skey, ttl)
-        for index in reversed(range(len(tiers) - 1)):
-            yield Call(tiers[index], counters[index], "set", (skey, data, ttl))
-        return data
 
     def _merge_flow(self, e: Entry, skey: str, ttl: float | None) -> Flow[bytes]:
         core = self._core

@@ -69,9 +69,12 @@ def _account(call: Call, result: Any, micros: float) -> None:
                 else:
                     c.hits += 1
                     c.bytes_read += len(r)
-        elif m in ("set", "compare_and_set"):
+        elif m in ("set", "compare_and_set", "compare_and_set_fenced"):
             c.writes += 1
             c.bytes_written += len(call.args[1])
+        elif m == "compare_and_set_many":
+            c.writes += len(call.args[0])
+            c.bytes_written += sum(len(item[1]) for item in call.args[0])
         elif m == "set_many":
             items: Sequence[tuple[str, bytes, float | None]] = call.args[0]
             c.writes += len(items)

@@ -255,3 +255,18 @@ def test_redis_down_raises_tier_error_and_keeps_the_change_pending(
     assert fresh.get("k") == {"v": 2}
     fresh.close()
     cache.close()
+
+
+async def test_async_write_behind_flush_is_one_batched_compare_and_set(
+    make: Callable[..., TieredCache], r: redis.Redis
+) -> None:
+    cache = make(disk=False, flush=WriteBehind(3600))
+    for i in range(20):
+        async with cache.session(f"u{i}") as s:
+            s["i"] = i
+    r.config_resetstat()
+    assert await cache.aflush() == 20
+    cmds = write_commands(r)
+    assert cmds.get("evalsha") == 20 and cmds.get("set") == 20
+    fresh = make(disk=False)
+    assert [await fresh.aget(f"u{i}") for i in range(20)] == [{"i": i} for i in range(20)]

@@ -233,3 +233,22 @@ def test_strict_mode_needs_a_tier_with_leases(namespace: str) -> None:
     cache = TieredCache(MemoryTier(), namespace=namespace, lease=Lease())
     with pytest.raises(ConfigError, match="lease"), cache.session("k"):
         pass
+
+
+def test_a_batched_flush_merges_only_the_entry_that_lost(
+    proc: Callable[..., TieredCache], shared: DictTier
+) -> None:
+    bot, app = proc(flush=WriteBehind(3600)), proc()
+    for i in range(3):
+        bot.set(f"k{i}", {"a": 0, "b": 0})
+    for i in range(3):
+        with bot.session(f"k{i}") as s:
+            s["a"] = i + 1
+    app.update("k1", lambda s: s.__setitem__("b", 9))  # k1 moved underneath bot
+    assert bot.flush() == 3
+    assert [stored(shared, bot, f"k{i}")[1] for i in range(3)] == [
+        {"a": 1, "b": 0},
+        {"a": 2, "b": 9},
+        {"a": 3, "b": 0},
+    ]
+    assert bot.stats().merges == 1

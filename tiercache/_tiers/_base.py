@@ -40,10 +40,12 @@ import asyncio
 from collections.abc import Sequence
 from typing import ClassVar
 
-__all__ = ["PersistentTier", "SetItem"]
+__all__ = ["CasItem", "PersistentTier", "SetItem"]
 
 #: One write of a batch: key, envelope bytes, ttl in seconds or None.
 SetItem = tuple[str, bytes, float | None]
+#: One compare-and-set of a batch: a SetItem plus the expected version.
+CasItem = tuple[str, bytes, float | None, int]
 
 
 class PersistentTier(abc.ABC):
@@ -126,6 +128,11 @@ class PersistentTier(abc.ABC):
         1 written, 0 version mismatch, -1 the lease is no longer ours."""
         raise NotImplementedError(f"{type(self).__name__} has no leases")
 
+    def compare_and_set_many(self, items: Sequence[CasItem]) -> list[bool]:
+        """``compare_and_set`` for each item, in order; batching tiers
+        override this (one round trip for a timer flush)."""
+        return [self.compare_and_set(*item) for item in items]
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Release connections and files."""
 
@@ -167,6 +174,11 @@ class PersistentTier(abc.ABC):
         if self.async_inline:
             return self.compare_and_set(key, value, ttl, expected)
         return await asyncio.to_thread(self.compare_and_set, key, value, ttl, expected)
+
+    async def acompare_and_set_many(self, items: Sequence[CasItem]) -> list[bool]:
+        if self.async_inline:
+            return self.compare_and_set_many(items)
+        return await asyncio.to_thread(self.compare_and_set_many, items)
 
     async def aacquire_lease(self, lease: str, fence: str, ttl: float) -> int:
         return await asyncio.to_thread(self.acquire_lease, lease, fence, ttl)

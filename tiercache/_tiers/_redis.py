@@ -35,7 +35,7 @@ from redis.retry import Retry
 
 from .._envelope import HEADER_SIZE, MAGIC, VERSION_OFFSET
 from .._exceptions import ConfigError, TierError
-from ._base import PersistentTier, SetItem
+from ._base import CasItem, PersistentTier, SetItem
 
 __all__ = ["RedisTier"]
 
@@ -357,6 +357,19 @@ class RedisTier(PersistentTier):
         except _BACKEND_ERRORS as exc:
             self._fail("set_many", None, exc)
 
+    def compare_and_set_many(self, items: Sequence[CasItem]) -> list[bool]:
+        if not items:
+            return []
+        script = self._script()
+        try:
+            with self._client().pipeline(transaction=False) as pipe:
+                for key, value, ttl, expected in items:
+                    args = [value, _U64.pack(expected), _px(ttl)]
+                    script(keys=[self._key(key)], args=args, client=pipe)
+                return [bool(r) for r in pipe.execute()]
+        except _BACKEND_ERRORS as exc:
+            self._fail("compare_and_set_many", None, exc)
+
     def delete(self, key: str) -> bool:
         try:
             return bool(self._client().delete(self._key(key)))
@@ -525,6 +538,19 @@ class RedisTier(PersistentTier):
                 await pipe.execute()
         except _BACKEND_ERRORS as exc:
             self._fail("set_many", None, exc)
+
+    async def acompare_and_set_many(self, items: Sequence[CasItem]) -> list[bool]:
+        if not items:
+            return []
+        entry = await self._aclient()
+        try:
+            async with entry.client.pipeline(transaction=False) as pipe:
+                for key, value, ttl, expected in items:
+                    args = [value, _U64.pack(expected), _px(ttl)]
+                    await entry.script(keys=[self._key(key)], args=args, client=pipe)
+                return [bool(r) for r in await pipe.execute()]
+        except _BACKEND_ERRORS as exc:
+            self._fail("compare_and_set_many", None, exc)
 
     async def adelete(self, key: str) -> bool:
         entry = await self._aclient()
