@@ -213,6 +213,9 @@ class TieredCache:
             schema=schema or Schema(),
         )
         self._sliding = self._core.sliding
+        # Neither sliding expiry nor a staleness bound: a hit is one
+        # comparison at most.
+        self._plain_hits = not self._sliding and self.max_stale is None
         self._ttl_seconds = expiry.seconds if expiry is not None else 0.0
         self._touch_interval = expiry.touch_interval if expiry is not None else 0.0
         self._write_through = flush.interval is None
@@ -251,19 +254,15 @@ class TieredCache:
             entry = self._peek(key)
         except TypeError:  # an unhashable key: the slow path names the problem
             entry = None
-        if (
-            entry is None
-            or entry.initial is not None
-            or (entry.expires_at is not None and not self._fresh(entry))
-            or (self.max_stale is not None and self._stale(entry))
-        ):
-            lock.release()
-            return self._get_slow(key, default)
-        if self._recent is not None:
-            self._recent(key)
-        self._hits += 1
+        if entry is not None and entry.initial is None:
+            exp = entry.expires_at
+            if (exp is None or self._now() < exp) if self._plain_hits else self._hit_ok(entry):
+                self._recent(key)
+                self._hits += 1
+                lock.release()
+                return entry.value
         lock.release()
-        return entry.value
+        return self._get_slow(key, default)
 
     async def aget(self, key: str, default: Any = None) -> Any:
         """Async :meth:`get`; never blocks the event loop on network I/O."""
@@ -273,19 +272,22 @@ class TieredCache:
             entry = self._peek(key)
         except TypeError:
             entry = None
-        if (
-            entry is None
-            or entry.initial is not None
-            or (entry.expires_at is not None and not self._fresh(entry))
-            or (self.max_stale is not None and self._stale(entry))
-        ):
-            lock.release()
-            return await self._aget_slow(key, default)
-        if self._recent is not None:
-            self._recent(key)
-        self._hits += 1
+        if entry is not None and entry.initial is None:
+            exp = entry.expires_at
+            if (exp is None or self._now() < exp) if self._plain_hits else self._hit_ok(entry):
+                self._recent(key)
+                self._hits += 1
+                lock.release()
+                return entry.value
         lock.release()
-        return entry.value
+        return await self._aget_slow(key, default)
+
+    def _hit_ok(self, entry: Entry) -> bool:
+        """Under the memory lock, for caches with sliding expiry or
+        ``max_stale``: whether a hit can be served without a flow."""
+        return (entry.expires_at is None or self._fresh(entry)) and (
+            self.max_stale is None or not self._stale(entry)
+        )
 
     def _fresh(self, entry: Entry) -> bool:
         """Under the memory lock: true when a hit needs no flow (not expired,
@@ -1178,8 +1180,7 @@ class TieredCache:
         ):
             mlock.release()
             return lock, None, True
-        if self._recent is not None:
-            self._recent(key)
+        self._recent(key)
         self._hits += 1
         entry.pins += 1
         mlock.release()

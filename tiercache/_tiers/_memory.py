@@ -113,6 +113,10 @@ def _entry_size(entry: Entry) -> int:
     return max(1, entry.size)
 
 
+def _no_op(key: str) -> None:
+    return None
+
+
 class MemoryTier:
     """The in-process tier of live values (cachetools).
 
@@ -176,10 +180,11 @@ class MemoryTier:
         order = getattr(self.data, "_LRUCache__order", None)
         if policy is cachetools.LRUCache and isinstance(index, dict) and order is not None:
             self.peek: Callable[[str], Entry | None] = index.get
-            self.recent: Callable[[str], Any] | None = order.move_to_end
+            self.recent: Callable[[str], Any] = order.move_to_end
         else:
+            # data.get already tells the policy about the hit.
             self.peek = self.data.get
-            self.recent = None
+            self.recent = _no_op
 
     # Every method below expects ``self.lock`` to be held by the caller: the
     # cache takes it once around a whole lookup-or-insert.
