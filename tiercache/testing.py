@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 
@@ -97,15 +97,27 @@ class RedisServer:
     there for fault tests.
     """
 
-    def __init__(self, *, binary: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        binary: str | None = None,
+        port: int | None = None,
+        args: Sequence[str] = (),
+        password: str | None = None,
+    ) -> None:
         self.binary = binary or find_redis_server()
         self.port = port or _free_port()
+        #: Extra ``redis-server`` arguments (``["--maxmemory", "10mb"]``...).
+        self.args = list(args)
+        #: Set with ``--requirepass``; :attr:`url` then carries it.
+        self.password = password
         self._dir = tempfile.mkdtemp(prefix="tiercache-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -130,6 +142,8 @@ class RedisServer:
                 self._dir,
                 "--protected-mode",
                 "no",
+                *(["--requirepass", self.password] if self.password else []),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -141,7 +155,8 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    # A password-protected server answers NOAUTH: it is up.
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 pass
