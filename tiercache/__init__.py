@@ -21,6 +21,7 @@ from ._exceptions import (
     SignatureError,
     TierCacheError,
     TierError,
+    ValueTooLargeError,
 )
 from ._policy import (
     Expiry,
@@ -76,6 +77,7 @@ __all__ = [
     "TierError",
     "TierStats",
     "TieredCache",
+    "ValueTooLargeError",
     "WriteBehind",
     "WriteThrough",
     "cached_session",

@@ -134,6 +134,7 @@ class TieredCache:
         lease: Lease | None = None,
         bus: Bus | None = None,
         max_stale: float | None = None,
+        max_value_bytes: int | None = None,
         max_key_length: int = 1024,
     ) -> None:
         if not tiers or not isinstance(tiers[0], MemoryTier):
@@ -169,6 +170,14 @@ class TieredCache:
 
         if not callable(conflict):
             raise ConfigError(f"conflict must be a resolver function, got {conflict!r}")
+        if max_value_bytes is not None and (
+            isinstance(max_value_bytes, bool)
+            or not isinstance(max_value_bytes, int)
+            or max_value_bytes < 1
+        ):
+            raise ConfigError(
+                f"max_value_bytes must be None or an int >= 1, got {max_value_bytes!r}"
+            )
         self.namespace = namespace
         self.flush_policy = flush
         #: Settles same-field write conflicts (see :data:`Resolver`).
@@ -211,6 +220,7 @@ class TieredCache:
             clock=self._clock,
             expiry=expiry,
             schema=schema or Schema(),
+            max_value_bytes=max_value_bytes,
         )
         self._sliding = self._core.sliding
         # Neither sliding expiry nor a staleness bound: a hit is one
@@ -527,7 +537,11 @@ class TieredCache:
     def _seal(self, entry: Entry) -> None:
         """Serialize the entry's value once into ``entry.pending`` and mark it
         clean; raises SerializationError and then changes nothing."""
-        if not self._core.tiers and self._memory.max_bytes is None:
+        if (
+            not self._core.tiers
+            and self._memory.max_bytes is None
+            and self._core.max_value_bytes is None
+        ):
             # Memory only: nothing to write and no byte budget to measure.
             mark_clean(entry.value)
             entry.version += 1

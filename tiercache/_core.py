@@ -25,7 +25,7 @@ from typing import Any
 
 from . import _envelope
 from ._clock import Clock
-from ._exceptions import CorruptEntryError, SchemaError, SerializationError
+from ._exceptions import CorruptEntryError, SchemaError, SerializationError, ValueTooLargeError
 from ._flow import Call, Flow
 from ._policy import Expiry, Resolver, Schema
 from ._serializers import Serializer
@@ -71,6 +71,7 @@ class Core:
         clock: Clock,
         expiry: Expiry | None,
         schema: Schema,
+        max_value_bytes: int | None = None,
     ) -> None:
         self.tiers = tiers
         self.counters = [TierCounters(t.name) for t in tiers]
@@ -80,6 +81,7 @@ class Core:
         self.clock = clock
         self.expiry = expiry
         self.schema = schema
+        self.max_value_bytes = max_value_bytes
         # Cache-wide counters; bumped under the cache's memory lock or, for
         # flows, by one flow at a time per key, so plain ints suffice.
         self.loads = 0
@@ -130,6 +132,11 @@ class Core:
             raise SerializationError(
                 f"cannot store key {key!r}: {type(exc).__name__}: {exc}"
             ) from exc
+        if self.max_value_bytes is not None and len(payload) > self.max_value_bytes:
+            raise ValueTooLargeError(
+                f"cannot store key {key!r}: {len(payload)} bytes, over max_value_bytes "
+                f"({self.max_value_bytes}); largest fields: {self._largest_fields(value)}"
+            )
         now_ms = int(self.clock.time() * 1000)
         seconds = self.ttl_for(ttl)
         # Sliding expiry lives in the backends' TTL (touch refreshes it
@@ -146,6 +153,24 @@ class Core:
                 payload=payload,
             )
         )
+
+    def _largest_fields(self, value: Any) -> str:
+        """Error path only: the three top-level fields that serialize
+        largest, as ``value['name'] (bytes)``."""
+        if isinstance(value, dict):
+            items = list(value.items())
+        elif hasattr(value, "__dict__"):
+            items = [(k, v) for k, v in vars(value).items() if not k.startswith("_tc_")]
+        else:
+            return "(the value is not a mapping)"
+        sizes = []
+        for k, v in items:
+            try:
+                sizes.append((len(self.serializer.dumps(v)), k))
+            except Exception:
+                continue
+        sizes.sort(key=lambda item: item[0], reverse=True)
+        return ", ".join(f"value[{k!r}] ({n} bytes)" for n, k in sizes[:3]) or "(none)"
 
     def _corrupt(self, key: str, tier: PersistentTier, reason: str) -> None:
         self.corrupt += 1

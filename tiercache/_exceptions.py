@@ -10,6 +10,7 @@ are wrapped with ``raise ... from exc`` so the original stays on
     ├── InvalidKeyError (also TypeError) a key of the wrong type or length
     ├── DetachedError                   a mutation of a value whose root was detached
     ├── SerializationError              a value the serializer cannot store
+    │   └── ValueTooLargeError          a value over the cache's byte budget
     ├── CorruptEntryError               stored bytes that cannot be decoded
     │   └── SignatureError              an HMAC that does not match
     ├── SchemaError                     stored schema newer than the code knows
@@ -30,6 +31,7 @@ __all__ = [
     "SignatureError",
     "TierCacheError",
     "TierError",
+    "ValueTooLargeError",
 ]
 
 
@@ -60,6 +62,11 @@ class DetachedError(TierCacheError):
 
 class SerializationError(TierCacheError):
     """A value cannot be serialized; the message names the key and the path."""
+
+
+class ValueTooLargeError(SerializationError):
+    """A value serializes to more bytes than the cache's ``max_value_bytes``;
+    the message names the key and its largest top-level fields."""
 
 
 class CorruptEntryError(TierCacheError):

@@ -496,3 +496,24 @@ def test_memory_tier_bounded_by_bytes_too(
     assert st.tier("memory").size is not None and st.tier("memory").size <= 6
     assert st.evictions >= 14
     assert [cache.get(f"k{i}")["i"] for i in range(20)] == list(range(20)), "read back from below"
+
+
+def test_a_value_over_the_byte_budget_fails_in_the_handler_and_stores_nothing(
+    make: Callable[..., TieredCache], tiers: tuple[CountingTier, CountingTier]
+) -> None:
+    from tiercache import ValueTooLargeError
+
+    cache = make(MemoryTier(), tiers[0], max_value_bytes=1000)
+    with cache.session("k") as s:
+        s["small"] = "x" * 10
+    writes = tiers[0].writes()
+    with (
+        pytest.raises(ValueTooLargeError, match=r"'k'.*value\['history'\]"),
+        cache.session("k") as s,
+    ):
+        s["history"] = ["line"] * 500
+        s["small"] = "y"
+    assert tiers[0].writes() == writes, "nothing was written"
+    assert cache.get("k") == {"small": "x" * 10}, "the session is as before the scope"
+    with pytest.raises(ConfigError):
+        make(MemoryTier(), max_value_bytes=0)
