@@ -48,6 +48,18 @@ def test_readme_quick_start_runs_as_written(tmp_path: Path) -> None:
     assert "'count': 2" in out
 
 
+@pytest.mark.redis
+def test_readme_several_processes_example_runs(tmp_path: Path, redis_url: str) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Several processes", 1)[1].split("\n### ", 1)[0]
+    (block,) = python_blocks(section)
+    assert 'url = "redis://localhost:6379/0"' in block
+    script = tmp_path / "several.py"
+    script.write_text(block.replace("redis://localhost:6379/0", redis_url))
+    out = run_py([str(script)], cwd=tmp_path)
+    assert "'plan': 'pro'" in out and "'credits': 99" in out
+
+
 def test_readme_gives_exactly_two_setup_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Install and run", 1)[1].split("\n## ", 1)[0]
