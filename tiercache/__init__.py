@@ -16,6 +16,7 @@ from ._exceptions import (
     CorruptEntryError,
     DetachedError,
     InvalidKeyError,
+    JournalFullError,
     SchemaError,
     SerializationError,
     SignatureError,
@@ -23,6 +24,7 @@ from ._exceptions import (
     TierError,
     ValueTooLargeError,
 )
+from ._journal import Journal
 from ._policy import (
     Expiry,
     FlushPolicy,
@@ -55,6 +57,8 @@ __all__ = [
     "FlushPolicy",
     "InvalidKeyError",
     "Invalidation",
+    "Journal",
+    "JournalFullError",
     "LazySession",
     "Lease",
     "LocalBus",

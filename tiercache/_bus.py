@@ -72,7 +72,7 @@ from redis.retry import Retry
 
 from ._clock import Clock, SystemClock
 from ._exceptions import ConfigError, InvalidKeyError, TierCacheError, TierError
-from ._tiers._redis import _close_at_loop_shutdown, _LoopClient
+from ._tiers._redis import _close_at_loop_shutdown, _LoopClient, redact_url
 
 __all__ = [
     "Bus",
@@ -405,7 +405,7 @@ class RedisBus(_BusBase):
         if isinstance(url_or_client, str):
             if urlsplit(url_or_client).scheme not in ("redis", "rediss", "unix"):
                 raise ConfigError(
-                    f"bad Redis URL {url_or_client!r}: the scheme must be redis://, "
+                    f"bad Redis URL {redact_url(url_or_client)!r}: the scheme must be redis://, "
                     "rediss:// or unix://"
                 )
             self._url = url_or_client
@@ -430,7 +430,7 @@ class RedisBus(_BusBase):
         self._rng = random.Random()
 
     def __repr__(self) -> str:
-        where = self._url if self._url is not None else "client"
+        where = redact_url(self._url) if self._url is not None else "client"
         return f"RedisBus({where!r}, namespace={self._namespace!r})"
 
     @property

@@ -33,16 +33,18 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from ._bus import Bus, Invalidation
 from ._clock import Clock, SystemClock
 from ._core import Core, Loaded
+from ._envelope import decode as _envelope_decode
 from ._envelope import peek_version
 from ._exceptions import ConfigError, ConflictError, InvalidKeyError, TierCacheError, TierError
 from ._flow import Call, Flow, Pause, arun, run
+from ._journal import Journal, Record
 from ._locks import KeyLock, LockRegistry, held
 from ._policy import (
     Expiry,
@@ -135,6 +137,7 @@ class TieredCache:
         bus: Bus | None = None,
         max_stale: float | None = None,
         max_value_bytes: int | None = None,
+        journal: Journal | None = None,
         max_key_length: int = 1024,
     ) -> None:
         if not tiers or not isinstance(tiers[0], MemoryTier):
@@ -222,6 +225,19 @@ class TieredCache:
             schema=schema or Schema(),
             max_value_bytes=max_value_bytes,
         )
+        self._breaker: _Breaker | None = None
+        if persistent:
+            # Every call to the shared tier goes through a circuit breaker:
+            # a dead server fails fast instead of costing a timeout per call.
+            self._breaker = _Breaker(persistent[-1], self._clock)
+            self._core.tiers[-1] = cast(PersistentTier, self._breaker)
+        if journal is not None and not isinstance(journal, Journal):
+            raise ConfigError(f"journal must be a Journal(directory) or None, got {journal!r}")
+        if journal is not None and not persistent:
+            raise ConfigError("a journal needs a persistent tier to replay into")
+        self._journal = journal
+        self._replay_lock = threading.Lock()
+        self._journaled = 0
         self._sliding = self._core.sliding
         # Neither sliding expiry nor a staleness bound: a hit is one
         # comparison at most.
@@ -248,6 +264,13 @@ class TieredCache:
         self._trusted_since = self._clock.monotonic()
         if bus is not None:
             bus.start(self._on_invalidations, self._on_gap)
+        if journal is not None and journal.depth:
+            # Changes a previous run acknowledged while the shared tier was
+            # down: put them where they belong now, if it is back.
+            try:
+                run(self._replay_flow())
+            except TierError as exc:
+                log.warning("tiercache: journal replay deferred: %s", exc)
 
     # -- reading ---------------------------------------------------------------
 
@@ -313,15 +336,11 @@ class TieredCache:
 
     def _stale(self, entry: Entry) -> bool:
         """Under the memory lock: true when the entry must be re-read before
-        it is served (older than ``max_stale`` and not vouched for by a
-        healthy bus)."""
-        now = self._clock.monotonic()
-        if now - entry.checked_at <= cast(float, self.max_stale):
-            return False
-        bus = self._bus
-        if bus is not None and bus.healthy and entry.checked_at >= self._trusted_since:
-            # Every write since the entry was checked would have reached us.
-            entry.checked_at = now
+        it is served: it was last confirmed more than ``max_stale`` ago."""
+        # A hard bound, whatever the bus says: a healthy bus delivers
+        # invalidations in well under a millisecond, but a writer whose
+        # publish failed would leave a copy stale forever without it.
+        if self._clock.monotonic() - entry.checked_at <= cast(float, self.max_stale):
             return False
         return entry.pins == 0 and entry.pending is None
 
@@ -459,7 +478,17 @@ class TieredCache:
         with self._mlock:
             if self._memory.known_absent(key, self._now()):
                 return None
+        if self._journal is not None and self._journal.depth:
+            try:  # so the shared tier has our acknowledged changes before we read it
+                yield from self._replay_flow()
+            except TierError:
+                pass
+        corrupt_before = self._core.corrupt
         loaded = yield from self._core.load_flow(key, schema)
+        if loaded is None and self._core.corrupt != corrupt_before:
+            # Unreadable, not absent: do not remember it as a miss (the
+            # failure may pass; a write replaces the bad bytes anyway).
+            return (yield from self._unremembered(key))
         if loaded is not None and self._local_copy_suspect(loaded):
             loaded = yield from self._confirm_flow(key, loaded, schema)
         entry = self._install(key, loaded)
@@ -504,6 +533,12 @@ class TieredCache:
         for index in range(len(core.tiers) - 1):
             yield Call(core.tiers[index], core.counters[index], "delete", (skey,))
         return (yield from core.load_flow(key, schema))
+
+    def _unremembered(self, key: str) -> Flow[Entry | None]:
+        with self._mlock:
+            existing = self._memory.lookup(key)
+        return existing
+        yield  # a flow, for symmetry with _load_flow's other exits
 
     def _install(self, key: str, loaded: Loaded | None) -> Entry | None:
         """Insert a loaded value unless another caller already did."""
@@ -571,7 +606,9 @@ class TieredCache:
         if not entry.created_ms:
             entry.created_ms = int(self._clock.time() * 1000)
 
-    def _write_flow(self, entries: Iterable[Entry], reason: str) -> Flow[None]:
+    def _write_flow(
+        self, entries: Iterable[Entry], reason: str, *, journal: bool = True
+    ) -> Flow[None]:
         """Write the pending bytes of ``entries`` (caller holds their key locks).
 
         When the last (shared, authoritative) tier can compare-and-set, each
@@ -586,16 +623,31 @@ class TieredCache:
             return
         core = self._core
         tiers = core.tiers
+        journaling = journal and self._journal is not None
+        if journaling and cast(Journal, self._journal).depth:
+            # Older acknowledged changes first: they go to the shared tier
+            # in the order they were made, or this batch joins them.
+            try:
+                yield from self._replay_flow()
+            except TierError:
+                self._journal_batch(batch)
+                return
         written: list[tuple[Entry, bytes]] = []
         if tiers and tiers[-1].supports_cas:
             last, counters = tiers[-1], core.counters[-1]
             items: list[CasItem] = [
                 (core.skey(e.key), data, core.ttl_for(e.ttl), e.stored) for e, data in batch
             ]
-            if len(items) == 1:
-                oks = [(yield Call(last, counters, "compare_and_set", items[0]))]
-            else:
-                oks = yield Call(last, counters, "compare_and_set_many", (items,))
+            try:
+                if len(items) == 1:
+                    oks = [(yield Call(last, counters, "compare_and_set", items[0]))]
+                else:
+                    oks = yield Call(last, counters, "compare_and_set_many", (items,))
+            except TierError:
+                if not journaling:
+                    raise
+                self._journal_batch(batch)
+                return
             for (e, data), ok in zip(batch, oks, strict=True):
                 if ok:
                     written.append((e, data))
@@ -651,6 +703,57 @@ class TieredCache:
             self._drop_evicted()
         if written:
             yield from self._publish_flow([(e.key, "set", peek_version(d)) for e, d in written])
+
+    def _journal_batch(self, batch: list[tuple[Entry, bytes]]) -> None:
+        """The shared tier is down: acknowledge ``batch`` by storing it in the
+        journal (durable), to be replayed in order when the tier is back.
+        JournalFullError when there is no room: then nothing is
+        acknowledged and the entries stay pending."""
+        journal = cast(Journal, self._journal)
+        records = [
+            Record(e.key, data, e.stored, None if e.base is None else dict(e.base))
+            for e, data in batch
+        ]
+        journal.append(records, self._core.serializer)
+        with self._mlock:
+            for e, data in batch:
+                if e.pending is data:
+                    # The journal owns the write now; the entry continues
+                    # from the version it will have once replayed.
+                    e.pending = None
+                    e.stored = peek_version(data)
+                    e.base = {}
+            self._journaled += len(batch)
+            self._drop_evicted()
+
+    def _replay_flow(self) -> Flow[int]:
+        """Write the journal's records to the shared tier, oldest first,
+        each a compare-and-set that merges like a live write; then forget
+        them. One replay at a time per cache; TierError leaves the journal
+        as it was (replaying a record twice only merges it again)."""
+        journal = self._journal
+        if journal is None or not journal.depth or not self._replay_lock.acquire(False):
+            return 0
+        try:
+            core = self._core
+            records = journal.snapshot(core.serializer)
+            for rec in records:
+                env = _envelope_decode(rec.data)
+                e = Entry(rec.key, track(core.serializer.loads(env.payload)), version=env.version)
+                e.stored, e.base, e.pending = rec.expected, rec.base, rec.data
+                e.schema_version, e.created_ms = env.schema_version, env.created_ms
+                yield from self._write_flow([e], "replay", journal=False)
+            journal.drop(len(records))
+            with self._mlock:
+                # Memory copies of replayed keys may predate a merge.
+                for key in {rec.key for rec in records}:
+                    entry = self._memory.peek(key)
+                    if entry is not None and not entry.pins and entry.pending is None:
+                        self._memory.remove(key)
+                        detach(entry.value)
+            return len(records)
+        finally:
+            self._replay_lock.release()
 
     def _publish_flow(self, items: list[tuple[str, str, int]]) -> Flow[None]:
         """Tell other processes, after the write was acknowledged. A failed
@@ -1015,6 +1118,14 @@ class TieredCache:
         return await self._aflush_all("explicit")
 
     def _flush_all(self, reason: str) -> int:
+        if self._journal is not None and self._journal.depth:
+            try:
+                run(self._replay_flow())
+            except TierError:
+                if reason != "close":
+                    raise
+                # The records stay in the journal for the next start.
+                log.warning("tiercache: closing with %d journaled change(s)", self._journal.depth)
         # One batch for every key whose lock is free; then, one at a time,
         # the keys an open scope holds (waiting for it), so an older pending
         # write can never land after a newer one.
@@ -1031,6 +1142,13 @@ class TieredCache:
         return len(entries)
 
     async def _aflush_all(self, reason: str) -> int:
+        if self._journal is not None and self._journal.depth:
+            try:
+                await arun(self._replay_flow())
+            except TierError:
+                if reason != "close":
+                    raise
+                log.warning("tiercache: closing with %d journaled change(s)", self._journal.depth)
         entries = self._pending_entries()
         await arun(self._locked_write_flow(entries, reason))
         for e in entries:
@@ -1091,12 +1209,14 @@ class TieredCache:
             return
         self._stop_timer()
         self._flush_all("close")
-        self._closed = True
         atexit.unregister(self._atexit)
+        closers: list[Callable[[], None]] = [t.close for t in self._core.tiers]
         if self._bus is not None:
-            self._bus.close()
-        for tier in self._core.tiers:
-            tier.close()
+            closers.insert(0, self._bus.close)
+        if self._journal is not None:
+            closers.insert(0, self._journal.close)
+        _close_all(closers)
+        self._closed = True
 
     async def aclose(self) -> None:
         """Async :meth:`close`."""
@@ -1104,12 +1224,21 @@ class TieredCache:
             return
         self._stop_timer()
         await self._aflush_all("close")
-        self._closed = True
         atexit.unregister(self._atexit)
+        first: BaseException | None = None
+        closers: list[Callable[[], Awaitable[None]]] = [t.aclose for t in self._core.tiers]
         if self._bus is not None:
-            await self._bus.aclose()
-        for tier in self._core.tiers:
-            await tier.aclose()
+            closers.insert(0, self._bus.aclose)
+        for aclose in closers:
+            try:
+                await aclose()
+            except Exception as exc:  # close the others all the same
+                first = first or exc
+        if self._journal is not None:
+            self._journal.close()
+        self._closed = True
+        if first is not None:
+            raise first
 
     def _stop_timer(self) -> None:
         self._stop.set()
@@ -1493,6 +1622,14 @@ class TieredCache:
             revalidations=self._revalidations,
             bus_healthy=None if bus is None else bus.healthy,
             bus_unhealthy_for_s=0.0 if since is None else self._clock.monotonic() - since,
+            degraded=self._breaker is not None and self._breaker.degraded,
+            unreachable_for_s=(
+                self._clock.monotonic() - self._breaker.down_since
+                if self._breaker is not None and self._breaker.down_since is not None
+                else 0.0
+            ),
+            journal_depth=self._journal.depth if self._journal is not None else 0,
+            journaled=self._journaled,
             loads=core.loads,
             promotions=core.promotions,
             flushes=dict(core.flushes),
@@ -1531,6 +1668,85 @@ def _safe_version(data: bytes) -> int:
         return peek_version(data)
     except Exception:
         return 0
+
+
+class _Breaker:
+    """The shared tier behind a circuit breaker (a transparent proxy).
+
+    After a failure, calls fail fast with TierError for a backoff that
+    doubles from 0.1 s to 5 s; the first call after it is the probe. A
+    success closes the breaker. Read by ``stats()``: whether it is open and
+    how long the tier has been unreachable.
+    """
+
+    _PASS = frozenset({"close", "aclose"})
+
+    def __init__(self, tier: PersistentTier, clock: Clock) -> None:
+        self._tier = tier
+        self._clock = clock
+        self.name = tier.name
+        self.supports_cas = tier.supports_cas
+        self.supports_lease = tier.supports_lease
+        self.async_inline = tier.async_inline
+        self.failures = 0
+        self.open_until = 0.0
+        self.down_since: float | None = None
+        #: The failure that opened the circuit: the cause of fast failures.
+        self.last_error: BaseException | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return self.down_since is not None
+
+    def _before(self, method: str) -> None:
+        if self.failures and self._clock.monotonic() < self.open_until:
+            down = self._clock.monotonic() - cast(float, self.down_since)
+            raise TierError(
+                f"the {self.name} tier is unreachable (failing for {down:.1f} s; "
+                f"circuit open, {method} not sent): {self.last_error}"
+            ) from self.last_error
+
+    def _failed(self, exc: BaseException) -> None:
+        now = self._clock.monotonic()
+        self.last_error = exc.__cause__ or exc
+        self.failures += 1
+        if self.down_since is None:
+            self.down_since = now
+        self.open_until = now + min(5.0, 0.1 * 2 ** (self.failures - 1))
+
+    def _ok(self) -> None:
+        self.failures = 0
+        self.down_since = None
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._tier, name)
+        if name.startswith("_") or name in self._PASS or not callable(attr):
+            return attr
+        if asyncio.iscoroutinefunction(attr):
+
+            async def acall(*args: Any) -> Any:
+                self._before(name)
+                try:
+                    result = await attr(*args)
+                except TierError as exc:
+                    self._failed(exc)
+                    raise
+                self._ok()
+                return result
+
+            return acall
+
+        def call(*args: Any) -> Any:
+            self._before(name)
+            try:
+                result = attr(*args)
+            except TierError as exc:
+                self._failed(exc)
+                raise
+            self._ok()
+            return result
+
+        return call
 
 
 class _Renewer:
@@ -1580,6 +1796,18 @@ class _Renewer:
                         log.warning("tiercache: a lease was lost before its scope ended")
                 except Exception:
                     log.warning("tiercache: renewing a lease failed", exc_info=True)
+
+
+def _close_all(closers: list[Callable[[], None]]) -> None:
+    """Call every closer even if one fails; re-raise the first failure."""
+    first: BaseException | None = None
+    for close in closers:
+        try:
+            close()
+        except Exception as exc:
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 def _drop(entry: Entry) -> None:

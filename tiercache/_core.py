@@ -38,7 +38,7 @@ __all__ = ["Core", "Loaded"]
 
 log = logging.getLogger("tiercache")
 
-FLUSH_REASONS = ("exit", "set", "evict", "timer", "close", "explicit", "migrate")
+FLUSH_REASONS = ("exit", "set", "evict", "timer", "close", "explicit", "migrate", "replay")
 
 
 @dataclass(slots=True)
@@ -260,7 +260,8 @@ class Core:
         try:
             plain = self.serializer.loads(env.payload)
         except Exception as exc:
-            self._corrupt(key, tier, f"payload: {type(exc).__name__}: {exc}")
+            # The type only: decoder messages can quote the stored bytes.
+            self._corrupt(key, tier, f"unreadable payload ({type(exc).__name__})")
             return None
         migrated = env.schema_version < schema.version
         if migrated:

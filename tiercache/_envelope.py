@@ -130,7 +130,8 @@ def decode(data: bytes) -> Envelope:
         data
     )
     if magic != MAGIC:
-        raise CorruptEntryError(f"foreign bytes: magic {magic!r} is not {MAGIC!r}")
+        # The stored bytes themselves never go into a message (nor a log).
+        raise CorruptEntryError(f"foreign bytes: no {MAGIC!r} magic")
     if fmt != FORMAT_VERSION:
         raise CorruptEntryError(
             f"unknown envelope format version {fmt} (this code reads {FORMAT_VERSION})"

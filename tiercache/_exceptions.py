@@ -15,6 +15,7 @@ are wrapped with ``raise ... from exc`` so the original stays on
     │   └── SignatureError              an HMAC that does not match
     ├── SchemaError                     stored schema newer than the code knows
     ├── TierError                       a tier's backend failed (wraps the cause)
+    │   └── JournalFullError            the outage journal has no room left
     └── ConflictError                   a same-field write conflict (policy "raise")
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "CorruptEntryError",
     "DetachedError",
     "InvalidKeyError",
+    "JournalFullError",
     "SchemaError",
     "SerializationError",
     "SignatureError",
@@ -87,6 +89,11 @@ class SchemaError(TierCacheError):
 
 class TierError(TierCacheError):
     """A tier's backend failed; the backend's exception is ``__cause__``."""
+
+
+class JournalFullError(TierError):
+    """The shared tier is down and the local journal is full: the change was
+    not acknowledged (it stays pending in memory)."""
 
 
 class ConflictError(TierCacheError):

@@ -139,6 +139,12 @@ class CacheStats:
     revalidations: int = 0
     bus_healthy: bool | None = None
     bus_unhealthy_for_s: float = 0.0
+    #: The shared tier is failing (circuit open or probing), for how long;
+    #: writes acknowledged into the journal meanwhile, and how many wait.
+    degraded: bool = False
+    unreachable_for_s: float = 0.0
+    journaled: int = 0
+    journal_depth: int = 0
     dirty: int = 0
     oldest_dirty_age_s: float = 0.0
 
@@ -214,6 +220,12 @@ class CacheStats:
             out.append(
                 f"bus {state}  invalidations {self.invalidations}  gaps {self.bus_gaps}"
                 f"  revalidations {self.revalidations}"
+            )
+        if self.degraded or self.journal_depth or self.journaled:
+            state = f"DEGRADED {self.unreachable_for_s:.1f} s" if self.degraded else "ok"
+            out.append(
+                f"shared tier {state}  journal depth {self.journal_depth}"
+                f"  journaled {self.journaled}"
             )
         out.append(f"flushes: {flushes}")
         out.append(f"dirty now {self.dirty}  oldest dirty {self.oldest_dirty_age_s:.3f} s")

@@ -4,6 +4,9 @@
 * :class:`DictTier` — a persistent tier in a dict, the reference tier.
 * :class:`RedisServer` — start a throwaway ``redis-server`` on a free
   loopback port, with no persistence, and stop it by its process.
+* :class:`Faults`, :class:`FaultyTier`, :class:`FaultyBus`,
+  :class:`FaultySerializer` — wrappers that make a tier, a bus or a
+  serializer fail, lose messages or slow down on cue.
 
 Example::
 
@@ -30,9 +33,20 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 
+from ._faults import Faults, FaultyBus, FaultySerializer, FaultyTier
 from ._tiers._dict import DictTier
 
-__all__ = ["DictTier", "FakeClock", "RedisServer", "find_redis_server", "redis_url"]
+__all__ = [
+    "DictTier",
+    "FakeClock",
+    "Faults",
+    "FaultyBus",
+    "FaultySerializer",
+    "FaultyTier",
+    "RedisServer",
+    "find_redis_server",
+    "redis_url",
+]
 
 
 class FakeClock:

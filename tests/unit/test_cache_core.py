@@ -330,17 +330,15 @@ def test_corrupt_bytes_are_a_counted_miss(
     tiers: tuple[CountingTier, CountingTier],
     garbage: bytes,
     caplog: pytest.LogCaptureFixture,
-    clock: FakeClock,
 ) -> None:
     tier = tiers[0]
-    cache = make(MemoryTier(), tier, ttl=1)
+    cache = make(MemoryTier(), tier)
     # Planted with no TTL of its own: only the envelope could expire it.
     tier.set(f"{cache.namespace}:bad", garbage)
     with caplog.at_level(logging.WARNING, logger="tiercache"):
         assert cache.get("bad", MISSING) is MISSING
-        assert cache.get("bad", MISSING) is MISSING  # remembered as a miss: no read
-        assert cache.stats().corrupt_entries == 1
-        clock.advance(2)  # the remembered miss expires with the cache's TTL
+        # Unreadable is not absent: it is not remembered as a miss, so a
+        # passing fault (a flaky serializer) cannot hide a stored value.
         assert cache.get("bad", MISSING) is MISSING
     assert cache.stats().corrupt_entries == 2
     warnings = [r for r in caplog.records if "unreadable" in r.getMessage()]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import math
+import re
 import struct
 import threading
 from collections.abc import AsyncGenerator, Sequence
@@ -122,6 +123,15 @@ def _lease_ms(ttl: float) -> int:
     return max(1, math.ceil(ttl * 1000))
 
 
+def redact_url(url: str) -> str:
+    """A Redis URL fit for logs and reprs: any password replaced by ``***``.
+
+    >>> redact_url("redis://bot:s3cret@10.0.0.1:6379/0")
+    'redis://bot:***@10.0.0.1:6379/0'
+    """
+    return re.sub(r"(?<=[:/])([^:/@]*):([^@]*)@", r"\1:***@", url, count=1)
+
+
 def _px(ttl: float | None) -> int:
     """Milliseconds for SET PX: 0 for no expiry, -1 for already expired.
 
@@ -215,7 +225,7 @@ class RedisTier(PersistentTier):
             # Check now so a bad URL fails at construction, not first use.
             if urlsplit(url_or_client).scheme not in ("redis", "rediss", "unix"):
                 raise ConfigError(
-                    f"bad Redis URL {url_or_client!r}: the scheme must be redis://, "
+                    f"bad Redis URL {redact_url(url_or_client)!r}: the scheme must be redis://, "
                     "rediss:// or unix://"
                 )
         elif isinstance(url_or_client, redis.asyncio.Redis):
@@ -245,7 +255,7 @@ class RedisTier(PersistentTier):
         self._closing: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
-        where = self._url if self._url is not None else "client"
+        where = redact_url(self._url) if self._url is not None else "client"
         return f"RedisTier({where!r}, prefix={self._prefix!r})"
 
     @property
