@@ -644,6 +644,8 @@ class TieredCache:
                 else:
                     oks = yield Call(last, counters, "compare_and_set_many", (items,))
             except TierError:
+                for e, data in batch:
+                    e.uncertain = (e.uncertain or set()) | {data}
                 if not journaling:
                     raise
                 self._journal_batch(batch)
@@ -694,6 +696,7 @@ class TieredCache:
             for e, data in written:
                 if e.pending is data:
                     e.pending = None
+                    e.uncertain = None
                     e.touched_at = now
                     e.checked_at = mono
                     e.stored = peek_version(data)
@@ -711,7 +714,13 @@ class TieredCache:
         acknowledged and the entries stay pending."""
         journal = cast(Journal, self._journal)
         records = [
-            Record(e.key, data, e.stored, None if e.base is None else dict(e.base))
+            Record(
+                e.key,
+                data,
+                e.stored,
+                None if e.base is None else dict(e.base),
+                tuple(e.uncertain or ()),
+            )
             for e, data in batch
         ]
         journal.append(records, self._core.serializer)
@@ -727,22 +736,51 @@ class TieredCache:
             self._drop_evicted()
 
     def _replay_flow(self) -> Flow[int]:
-        """Write the journal's records to the shared tier, oldest first,
-        each a compare-and-set that merges like a live write; then forget
-        them. One replay at a time per cache; TierError leaves the journal
-        as it was (replaying a record twice only merges it again)."""
+        """Write the journal's records to the shared tier, one
+        compare-and-set per key that merges like a live write; then forget
+        them. One replay at a time per cache; a TierError stops it with the
+        records still in the journal (replaying a key again is harmless:
+        finding its own bytes stored, it merges to the same value)."""
         journal = self._journal
         if journal is None or not journal.depth or not self._replay_lock.acquire(False):
             return 0
         try:
             core = self._core
             records = journal.snapshot(core.serializer)
+            # One write per key: all of this process's journaled changes of
+            # it since the version the first record expected. Replaying a
+            # chain record by record would make a merged record look, to
+            # the next one, like another writer's change of the same field.
+            groups: dict[str, list[Record]] = {}
             for rec in records:
-                env = _envelope_decode(rec.data)
-                e = Entry(rec.key, track(core.serializer.loads(env.payload)), version=env.version)
-                e.stored, e.base, e.pending = rec.expected, rec.base, rec.data
+                groups.setdefault(rec.key, []).append(rec)
+            for key, recs in groups.items():
+                env = _envelope_decode(recs[-1].data)
+                e = Entry(key, track(core.serializer.loads(env.payload)), version=env.version)
+                base: dict[Any, Any] | None = {}
+                for rec in recs:
+                    if rec.base is None or base is None:
+                        base = None
+                    else:
+                        for field, was in rec.base.items():
+                            base.setdefault(field, was)
+                e.stored, e.base, e.pending = recs[0].expected, base, recs[-1].data
+                # Any of them may have landed before its reply was lost.
+                e.uncertain = {rec.data for rec in recs}.union(*(rec.maybe for rec in recs))
                 e.schema_version, e.created_ms = env.schema_version, env.created_ms
-                yield from self._write_flow([e], "replay", journal=False)
+                try:
+                    yield from self._write_flow([e], "replay", journal=False)
+                except TierError:
+                    # A merged write made here may have landed before the
+                    # error: remember its bytes too, so the next replay
+                    # knows them for its own.
+                    extra = (e.uncertain or set()) - {rec.data for rec in recs}
+                    if extra:
+                        journal.append(
+                            [Record(key, recs[-1].data, recs[0].expected, base, tuple(extra))],
+                            core.serializer,
+                        )
+                    raise
             journal.drop(len(records))
             with self._mlock:
                 # Memory copies of replayed keys may predate a merge.
@@ -773,7 +811,13 @@ class TieredCache:
         for attempt in range(_MAX_MERGES):
             if attempt:
                 yield _backoff(attempt)
-            theirs, version = yield from self._read_stored_flow(e.key, skey)
+            theirs, version, raw = yield from self._read_raw_flow(e.key, skey)
+            if e.uncertain is not None and raw in e.uncertain:
+                if e.base is not None and type(theirs) is dict:
+                    # A write whose reply we lost did land: the stored value
+                    # is our own, so what we changed since is relative to it.
+                    e.base = {f: theirs.get(f, MISSING) for f in e.base}
+                e.uncertain = None
             try:
                 merged = core.merge(e.key, e.base, to_plain(e.value), theirs, resolver)
             except ConflictError:
@@ -798,7 +842,11 @@ class TieredCache:
             )
             e.version = version + 1
             e.pending = data
-            ok = yield Call(tier, counters, "compare_and_set", (skey, data, ttl, version))
+            try:
+                ok = yield Call(tier, counters, "compare_and_set", (skey, data, ttl, version))
+            except TierError:
+                e.uncertain = (e.uncertain or set()) | {data}
+                raise
             if ok:
                 core.merges += 1
                 return data
@@ -807,15 +855,20 @@ class TieredCache:
     def _read_stored_flow(self, key: str, skey: str) -> Flow[tuple[Any, int]]:
         """The value and version in the authoritative (last) tier, fresh:
         ``(MISSING, version)`` when it is absent or unreadable."""
+        value, version, _ = yield from self._read_raw_flow(key, skey)
+        return value, version
+
+    def _read_raw_flow(self, key: str, skey: str) -> Flow[tuple[Any, int, bytes | None]]:
+        """:meth:`_read_stored_flow` plus the stored bytes themselves."""
         core = self._core
         tier = core.tiers[-1]
         raw = yield Call(tier, core.counters[-1], "get", (skey,))
         if raw is None:
-            return MISSING, 0
+            return MISSING, 0, None
         opened = core.read(key, tier, raw, core.schema, self._now())
         if opened is None:
-            return MISSING, _safe_version(raw)
-        return opened[0], opened[1].version
+            return MISSING, _safe_version(raw), raw
+        return opened[0], opened[1].version, raw
 
     def _replace_value(self, e: Entry, value: Any, stored: int) -> None:
         """Swap the entry's live value (key lock held); handles to the old

@@ -37,6 +37,8 @@ class Record:
     expected: int
     #: field -> value at ``expected`` (MISSING: absent); None: replace whole.
     base: dict[Any, Any] | None
+    #: Earlier writes of this key whose reply was lost: any may be stored.
+    maybe: tuple[bytes, ...] = ()
 
 
 class Journal:
@@ -107,14 +109,15 @@ def _encode(r: Record, serializer: Serializer) -> bytes:
         if r.base is None
         else [(f, v is not MISSING, None if v is MISSING else v) for f, v in r.base.items()]
     )
-    return serializer.dumps((r.key, r.data, r.expected, base))
+    return serializer.dumps((r.key, r.data, r.expected, base, list(r.maybe)))
 
 
 def _decode(item: Any, serializer: Serializer) -> Record:
-    key, data, expected, base = serializer.loads(bytes(item))
+    key, data, expected, base, maybe = serializer.loads(bytes(item))
     return Record(
         key=key,
         data=bytes(data),
         expected=int(expected),
         base=None if base is None else {f: (v if present else MISSING) for f, present, v in base},
+        maybe=tuple(bytes(m) for m in maybe),
     )

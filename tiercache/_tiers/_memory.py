@@ -54,6 +54,7 @@ class Entry:
         "stored",
         "touched_at",
         "ttl",
+        "uncertain",
         "value",
         "version",
     )
@@ -102,6 +103,10 @@ class Entry:
         #: When (monotonic) the value was last known to match the shared
         #: tier: loaded, written or revalidated. ``max_stale`` bounds its age.
         self.checked_at = 0.0
+        #: Bytes whose write failed in a way that may still have landed (the
+        #: connection died before the reply): if the shared tier holds exactly
+        #: one of these, that version is our own, not another writer's.
+        self.uncertain: set[bytes] | None = None
 
     def __repr__(self) -> str:
         return f"<Entry {self.key!r} v{self.version} pending={self.pending is not None}>"
