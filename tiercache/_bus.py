@@ -53,7 +53,6 @@ an application that needs fresher invalidations while CPU-bound can.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import random
 import secrets
@@ -72,7 +71,7 @@ from redis.retry import Retry
 
 from ._clock import Clock, SystemClock
 from ._exceptions import ConfigError, InvalidKeyError, TierCacheError, TierError
-from ._tiers._redis import _close_at_loop_shutdown, _LoopClient, redact_url
+from ._tiers._redis import _close_at_loop_shutdown, _LoopClient, close_loop_client, redact_url
 
 __all__ = [
     "Bus",
@@ -752,21 +751,7 @@ class RedisBus(_BusBase):
         entry: _LoopClient,
         here: asyncio.AbstractEventLoop | None,
     ) -> None:
-        closer = entry.closer
-        if closer is None or loop.is_closed():
-            return
-        if loop is here:
-            task = loop.create_task(closer.aclose())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-        elif loop.is_running():
-            future = asyncio.run_coroutine_threadsafe(closer.aclose(), loop)
-            try:
-                future.result(timeout=3.0)
-            except (concurrent.futures.TimeoutError, *_BACKEND_ERRORS):
-                pass  # best effort: its loop's shutdown will try again
-        elif here is None:
-            loop.run_until_complete(closer.aclose())
+        close_loop_client(loop, entry, here, self._closing, 3.0)
 
     async def aclose(self) -> None:
         """:meth:`close`, awaiting this loop's async client."""

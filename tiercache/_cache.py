@@ -1775,6 +1775,12 @@ class _Breaker:
         attr = getattr(self._tier, name)
         if name.startswith("_") or name in self._PASS or not callable(attr):
             return attr
+        wrapped = self._wrap(name, attr)
+        # Cached on the instance: __getattr__ runs only for the first call.
+        setattr(self, name, wrapped)
+        return wrapped
+
+    def _wrap(self, name: str, attr: Any) -> Any:
         if asyncio.iscoroutinefunction(attr):
 
             async def acall(*args: Any) -> Any:

@@ -132,6 +132,33 @@ def redact_url(url: str) -> str:
     return re.sub(r"(?<=[:/])([^:/@]*):([^@]*)@", r"\1:***@", url, count=1)
 
 
+def close_loop_client(
+    loop: asyncio.AbstractEventLoop,
+    entry: _LoopClient,
+    here: asyncio.AbstractEventLoop | None,
+    closing: set[asyncio.Task[None]],
+    timeout: float,
+) -> None:
+    """Close an async client on the loop it belongs to, from wherever
+    ``close()`` runs (``here`` is the caller's running loop, if any)."""
+    closer = entry.closer
+    if closer is None or loop.is_closed():
+        return
+    if loop is here:
+        # close() called from a coroutine on this loop: cannot wait here.
+        task = loop.create_task(closer.aclose())
+        closing.add(task)
+        task.add_done_callback(closing.discard)
+    elif loop.is_running():
+        future = asyncio.run_coroutine_threadsafe(closer.aclose(), loop)
+        try:
+            future.result(timeout=timeout)
+        except (concurrent.futures.TimeoutError, *_BACKEND_ERRORS):
+            pass  # best effort: its loop's shutdown will try again
+    elif here is None:
+        loop.run_until_complete(closer.aclose())
+
+
 def _px(ttl: float | None) -> int:
     """Milliseconds for SET PX: 0 for no expiry, -1 for already expired.
 
@@ -492,22 +519,7 @@ class RedisTier(PersistentTier):
         entry: _LoopClient,
         here: asyncio.AbstractEventLoop | None,
     ) -> None:
-        closer = entry.closer
-        if closer is None or loop.is_closed():
-            return
-        if loop is here:
-            # close() called from a coroutine on this loop: cannot wait here.
-            task = loop.create_task(closer.aclose())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-        elif loop.is_running():
-            future = asyncio.run_coroutine_threadsafe(closer.aclose(), loop)
-            try:
-                future.result(timeout=self._timeouts[0] + 1.0)
-            except (concurrent.futures.TimeoutError, *_BACKEND_ERRORS):
-                pass  # best effort: its loop's shutdown will try again
-        elif here is None:
-            loop.run_until_complete(closer.aclose())
+        close_loop_client(loop, entry, here, self._closing, self._timeouts[0] + 1.0)
 
     # -- async: native redis.asyncio ------------------------------------------
 
