@@ -71,3 +71,55 @@ def test_sigkilled_workers_lose_no_acknowledged_update(
     # A kill between the write and the print loses at most the one
     # unacknowledged increment per crash: never more than that.
     assert stored <= acked + KILLS
+
+
+TIMER_WORKER = """
+import sys, time
+from tiercache import DiskTier, MemoryTier, RedisTier, TieredCache, WriteBehind
+url, directory, namespace, interval = sys.argv[1:5]
+cache = TieredCache(MemoryTier(), RedisTier(url), namespace=namespace,
+                    flush=WriteBehind(float(interval)))
+while True:
+    with cache.session("counter") as s:
+        s["n"] = s.get("n", 0) + 1
+        n = s["n"]
+    sys.stdout.write(f"{n} {time.time():.6f}\\n")
+    sys.stdout.flush()
+    time.sleep(0.001)
+"""
+
+
+def test_write_behind_crash_loses_at_most_one_interval(
+    redis_url: str, tmp_path: Path, namespace: str
+) -> None:
+    """With a timer, a crash may lose what changed since the last tick, never
+    more: everything acknowledged more than an interval before the kill (plus
+    one write's time) is in the store."""
+    interval, slack = 0.1, 0.3  # slack: the timer thread waits for the GIL too
+    rng = random.Random(99)
+    for _ in range(20):
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                TIMER_WORKER,
+                redis_url,
+                str(tmp_path),
+                namespace,
+                str(interval),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline()
+        time.sleep(rng.uniform(0.2, 0.5))
+        killed_at = time.time()
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=10)
+        acks = [tuple(map(float, ln.split())) for ln in out.decode().splitlines() if ln.strip()]
+        must_have = max((n for n, t in acks if t < killed_at - interval - slack), default=0)
+        cache = TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace)
+        stored = (cache.get("counter") or {}).get("n", 0)
+        cache.close()
+        assert stored >= must_have, f"lost more than one interval: {stored} < {must_have}"
