@@ -63,6 +63,7 @@ from ._tiers._memory import Entry, MemoryTier
 from ._tracking import (
     MISSING as _TRACKING_MISSING,
 )
+from ._tracking import _same as same
 from ._tracking import (
     attach,
     changes,
@@ -389,6 +390,14 @@ class TieredCache:
         if not self._core.tiers:
             entry.checked_at = self._clock.monotonic()
             return entry
+        if entry.journaled:
+            # Our own changes wait in the journal: write them (merging what
+            # others wrote) and reload; TierError if the store is still
+            # out of reach, rather than serve a copy older than max_stale.
+            yield from self._replay_flow()
+            if entry.journaled:  # another replay was running: reload anyway
+                raise TierError(f"{entry.key!r} is being replayed; try again")
+            return None
         _, version = yield from self._read_stored_flow(entry.key, self._core.skey(entry.key))
         with self._mlock:
             if version == entry.stored:
@@ -730,6 +739,7 @@ class TieredCache:
                     # The journal owns the write now; the entry continues
                     # from the version it will have once replayed.
                     e.pending = None
+                    e.journaled = True
                     e.stored = peek_version(data)
                     e.base = {}
             self._journaled += len(batch)
@@ -786,9 +796,11 @@ class TieredCache:
                 # Memory copies of replayed keys may predate a merge.
                 for key in {rec.key for rec in records}:
                     entry = self._memory.peek(key)
-                    if entry is not None and not entry.pins and entry.pending is None:
-                        self._memory.remove(key)
-                        detach(entry.value)
+                    if entry is not None:
+                        entry.journaled = False
+                        if not entry.pins and entry.pending is None:
+                            self._memory.remove(key)
+                            detach(entry.value)
             return len(records)
         finally:
             self._replay_lock.release()
@@ -818,6 +830,11 @@ class TieredCache:
                     # is our own, so what we changed since is relative to it.
                     e.base = {f: theirs.get(f, MISSING) for f in e.base}
                 e.uncertain = None
+            elif e.uncertain and e.base and type(theirs) is dict:
+                # It may have landed and been written over by others since:
+                # a field whose stored value is exactly what one of our
+                # lost-reply writes set is our own change, not a conflict.
+                self._rebase_on_own_writes(e, theirs)
             try:
                 merged = core.merge(e.key, e.base, to_plain(e.value), theirs, resolver)
             except ConflictError:
@@ -852,6 +869,21 @@ class TieredCache:
                 return data
         raise TierError(f"gave up writing {e.key!r}: {_MAX_MERGES} other writers won in a row")
 
+    def _rebase_on_own_writes(self, e: Entry, theirs: dict[Any, Any]) -> None:
+        base = cast(dict[Any, Any], e.base)
+        core = self._core
+        for blob in cast(set[bytes], e.uncertain):
+            try:
+                ours = core.serializer.loads(_envelope_decode(blob).payload)
+            except Exception:
+                continue
+            if type(ours) is not dict:
+                continue
+            for field in base:
+                mine = ours.get(field, MISSING)
+                if mine is not MISSING and same(theirs.get(field, MISSING), mine):
+                    base[field] = mine
+
     def _read_stored_flow(self, key: str, skey: str) -> Flow[tuple[Any, int]]:
         """The value and version in the authoritative (last) tier, fresh:
         ``(MISSING, version)`` when it is absent or unreadable."""
@@ -885,7 +917,9 @@ class TieredCache:
     def _drop_evicted(self) -> None:
         # Under the memory lock: evicted entries that are written and unused go.
         ev = self._memory.evicted
-        for key in [k for k, e in ev.items() if e.pending is None and not e.pins]:
+        for key in [
+            k for k, e in ev.items() if e.pending is None and not e.pins and not e.journaled
+        ]:
             detach(ev.pop(key).value)
 
     def _drain_flow(self) -> Flow[None]:
@@ -1610,7 +1644,9 @@ class TieredCache:
                 memory.absent.pop(key, None)
                 entry = memory.peek(key) or memory.evicted.get(key)
                 if entry is not None and (inv.action == "del" or entry.stored < inv.version):
-                    if not entry.pins and entry.pending is None:
+                    # Not a copy with changes of ours still to be written
+                    # (pending, or journaled): those are newer than the store.
+                    if not entry.pins and entry.pending is None and not entry.journaled:
                         memory.remove(key)
                         detach(entry.value)
                         self._invalidated += 1
@@ -1632,7 +1668,7 @@ class TieredCache:
             memory = self._memory
             memory.absent.clear()
             for entry in list(memory.data.values()):
-                if not entry.pins and entry.pending is None:
+                if not entry.pins and entry.pending is None and not entry.journaled:
                     memory.remove(entry.key)
                     detach(entry.value)
                     self._invalidated += 1

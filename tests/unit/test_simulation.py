@@ -83,6 +83,30 @@ class Store(DictTier):
         return self.history[-1][1]
 
 
+class LostReplies(FaultyTier):
+    """Writes that land but whose reply is lost: the server applied the
+    command, then the connection died (the worst case of an outage)."""
+
+    def __init__(self, tier: Store, faults: Faults) -> None:
+        super().__init__(tier, faults)
+        self.lose = 0
+
+    def _maybe_lose(self) -> None:
+        if self.lose:
+            self.lose -= 1
+            raise TierError("connection lost after the write was sent")
+
+    def compare_and_set(self, key: str, value: bytes, ttl: float | None, expected: int) -> bool:
+        ok = super().compare_and_set(key, value, ttl, expected)
+        self._maybe_lose()
+        return ok
+
+    def compare_and_set_many(self, items: Any) -> list[bool]:
+        oks = super().compare_and_set_many(items)
+        self._maybe_lose()
+        return oks
+
+
 class Workers(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -93,10 +117,11 @@ class Workers(RuleBasedStateMachine):
         hub = LocalHub()
         self.tier_faults = [Faults() for _ in range(WORKERS)]
         self.bus_faults = [Faults() for _ in range(WORKERS)]
+        self.tiers = [LostReplies(self.store, self.tier_faults[i]) for i in range(WORKERS)]
         self.caches = [
             TieredCache(
                 MemoryTier(),
-                FaultyTier(self.store, self.tier_faults[i]),
+                self.tiers[i],
                 namespace=self.namespace,
                 clock=self.clock,
                 bus=FaultyBus(
@@ -148,6 +173,10 @@ class Workers(RuleBasedStateMachine):
     def tier_up(self, i: int) -> None:
         self.tier_faults[i].up()
 
+    @rule(i=st.integers(0, WORKERS - 1))
+    def lose_next_reply(self, i: int) -> None:
+        self.tiers[i].lose += 1
+
     @rule(i=st.integers(0, WORKERS - 1), n=st.integers(1, 3))
     def drop_invalidations(self, i: int, n: int) -> None:
         self.bus_faults[i].drop_next(n)
@@ -182,6 +211,8 @@ class Workers(RuleBasedStateMachine):
         try:
             for faults in (*self.tier_faults, *self.bus_faults):
                 faults.heal()
+            for tier in self.tiers:
+                tier.lose = 0
             self.clock.advance(60)  # past every breaker backoff
             for cache in self.caches:
                 cache.flush()

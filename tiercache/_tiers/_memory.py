@@ -44,6 +44,7 @@ class Entry:
         "created_ms",
         "expires_at",
         "initial",
+        "journaled",
         "key",
         "pending",
         "pending_since",
@@ -107,6 +108,9 @@ class Entry:
         #: connection died before the reply): if the shared tier holds exactly
         #: one of these, that version is our own, not another writer's.
         self.uncertain: set[bytes] | None = None
+        #: Changes of this entry wait in the journal: the memory copy is
+        #: newer than the store and must not be dropped for a stale one.
+        self.journaled = False
 
     def __repr__(self) -> str:
         return f"<Entry {self.key!r} v{self.version} pending={self.pending is not None}>"
@@ -196,7 +200,7 @@ class MemoryTier:
 
     def _evicted(self, key: str, entry: Entry) -> None:
         self.evictions += 1
-        if entry.pending is not None or entry.pins:
+        if entry.pending is not None or entry.pins or entry.journaled:
             self.evicted[key] = entry
         else:
             self.on_drop(entry)
