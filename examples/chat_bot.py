@@ -92,8 +92,12 @@ def main() -> None:
             f" ({len(updates) / elapsed:,.0f} updates/s)"
         )
         print(
-            f"handlers that changed their session: {counts['changed']},"
+            f"handlers that assigned into their session: {counts['changed']},"
             f" that only read it: {counts['replies'] - counts['changed']}"
+        )
+        print(
+            f"scopes that really changed something: {stats.flushes['exit']}"
+            " (setting a value a session already had is no change: nothing written)"
         )
         print(f"the busiest chat's session: {busiest}")
         print(f"disk writes: {stats.tier('disk').writes}  writes avoided: {stats.writes_avoided}")
