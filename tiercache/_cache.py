@@ -488,10 +488,10 @@ class TieredCache:
             if self._memory.known_absent(key, self._now()):
                 return None
         if self._journal is not None and self._journal.depth:
-            try:  # so the shared tier has our acknowledged changes before we read it
-                yield from self._replay_flow()
-            except TierError:
-                pass
+            # The shared tier must have our acknowledged changes before we
+            # read it: loading an older value past an unreplayed journal
+            # would hand the handler a session without its own changes.
+            yield from self._replay_flow()
         corrupt_before = self._core.corrupt
         loaded = yield from self._core.load_flow(key, schema)
         if loaded is None and self._core.corrupt != corrupt_before:
