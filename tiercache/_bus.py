@@ -71,7 +71,7 @@ from redis.retry import Retry
 
 from ._clock import Clock, SystemClock
 from ._exceptions import ConfigError, InvalidKeyError, TierCacheError, TierError
-from ._tiers._redis import _close_at_loop_shutdown, _LoopClient, close_loop_client, redact_url
+from ._tiers._redis import _close_at_loop_shutdown, _LoopClient, close_loop_clients, redact_url
 
 __all__ = [
     "Bus",
@@ -718,12 +718,7 @@ class RedisBus(_BusBase):
             loops, self._loops = self._loops, {}
         if sync is not None:
             sync.close()
-        try:
-            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            here = None
-        for loop, entry in list(loops.items()):
-            self._close_on(loop, entry, here)
+        close_loop_clients(loops, self._closing, 3.0)
         self._healthy = False
 
     def _stop_listener(self) -> None:
@@ -744,14 +739,6 @@ class RedisBus(_BusBase):
             thread.join(0.05)
         if thread.is_alive():
             log.warning("bus %s: listener thread did not stop in time", self._namespace)
-
-    def _close_on(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        entry: _LoopClient,
-        here: asyncio.AbstractEventLoop | None,
-    ) -> None:
-        close_loop_client(loop, entry, here, self._closing, 3.0)
 
     async def aclose(self) -> None:
         """:meth:`close`, awaiting this loop's async client."""

@@ -497,7 +497,8 @@ class TieredCache:
         if loaded is None and self._core.corrupt != corrupt_before:
             # Unreadable, not absent: do not remember it as a miss (the
             # failure may pass; a write replaces the bad bytes anyway).
-            return (yield from self._unremembered(key))
+            with self._mlock:
+                return self._memory.lookup(key)
         if loaded is not None and self._local_copy_suspect(loaded):
             loaded = yield from self._confirm_flow(key, loaded, schema)
         entry = self._install(key, loaded)
@@ -542,12 +543,6 @@ class TieredCache:
         for index in range(len(core.tiers) - 1):
             yield Call(core.tiers[index], core.counters[index], "delete", (skey,))
         return (yield from core.load_flow(key, schema))
-
-    def _unremembered(self, key: str) -> Flow[Entry | None]:
-        with self._mlock:
-            existing = self._memory.lookup(key)
-        return existing
-        yield  # a flow, for symmetry with _load_flow's other exits
 
     def _install(self, key: str, loaded: Loaded | None) -> Entry | None:
         """Insert a loaded value unless another caller already did."""
@@ -700,21 +695,21 @@ class TieredCache:
                 ]
                 yield from core.write_flow(plain_items)
             written = batch
+        published = [(e.key, "set", peek_version(data)) for e, data in written]
         with self._mlock:
             now, mono = self._clock.time(), self._clock.monotonic()
-            for e, data in written:
+            for (e, data), (_, _, version) in zip(written, published, strict=True):
                 if e.pending is data:
                     e.pending = None
                     e.uncertain = None
                     e.touched_at = now
                     e.checked_at = mono
-                    e.stored = peek_version(data)
+                    e.stored = version
                     if e.base is None or e.base:
                         e.base = {}
             self._core.flushes[reason] += len(written)
             self._drop_evicted()
-        if written:
-            yield from self._publish_flow([(e.key, "set", peek_version(d)) for e, d in written])
+        yield from self._publish_flow(published)
 
     def _journal_batch(self, batch: list[tuple[Entry, bytes]]) -> None:
         """The shared tier is down: acknowledge ``batch`` by storing it in the
@@ -1735,9 +1730,6 @@ class TieredCache:
     def __repr__(self) -> str:
         names = ", ".join(["memory", *(t.name for t in self._core.tiers)])
         return f"<TieredCache {self.namespace!r} [{names}]>"
-
-
-_NEED_LOAD: Any = object()
 
 
 #: Merge-and-retry rounds before a write gives up with TierError. Between

@@ -132,6 +132,21 @@ def redact_url(url: str) -> str:
     return re.sub(r"(?<=[:/])([^:/@]*):([^@]*)@", r"\1:***@", url, count=1)
 
 
+def close_loop_clients(
+    loops: dict[asyncio.AbstractEventLoop, _LoopClient],
+    closing: set[asyncio.Task[None]],
+    timeout: float,
+) -> None:
+    """Close every per-loop async client, each on its own loop."""
+    try:
+        here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        here = None
+    # list(): each closer removes its own entry from the map as it runs.
+    for loop, entry in list(loops.items()):
+        close_loop_client(loop, entry, here, closing, timeout)
+
+
 def close_loop_client(
     loop: asyncio.AbstractEventLoop,
     entry: _LoopClient,
@@ -505,21 +520,7 @@ class RedisTier(PersistentTier):
             loops, self._loops = self._loops, {}
         if sync is not None:
             sync.close()
-        try:
-            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            here = None
-        # list(): each closer removes its own entry from the map as it runs.
-        for loop, entry in list(loops.items()):
-            self._close_on(loop, entry, here)
-
-    def _close_on(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        entry: _LoopClient,
-        here: asyncio.AbstractEventLoop | None,
-    ) -> None:
-        close_loop_client(loop, entry, here, self._closing, self._timeouts[0] + 1.0)
+        close_loop_clients(loops, self._closing, self._timeouts[0] + 1.0)
 
     # -- async: native redis.asyncio ------------------------------------------
 
