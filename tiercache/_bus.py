@@ -71,7 +71,14 @@ from redis.retry import Retry
 
 from ._clock import Clock, SystemClock
 from ._exceptions import ConfigError, InvalidKeyError, TierCacheError, TierError
-from ._tiers._redis import _close_at_loop_shutdown, _LoopClient, close_loop_clients, redact_url
+from ._tiers._redis import (
+    _close_at_loop_shutdown,
+    _LoopClient,
+    check_url,
+    close_loop_clients,
+    error_text,
+    redact_url,
+)
 
 __all__ = [
     "Bus",
@@ -366,7 +373,8 @@ class RedisBus(_BusBase):
     publish in a worker thread). ``maxlen`` caps the stream (approximately,
     ``MAXLEN ~``): it is how much a disconnected listener can miss and still
     replay. ``block_ms`` is how long one ``XREAD`` waits; it bounds nothing
-    a user sees, since ``close`` unblocks the read.
+    a user sees, since ``close`` unblocks the read. A URL is checked as
+    :class:`~tiercache.RedisTier` checks it (``rediss://`` works the same).
 
     ``on_messages`` and ``on_gap`` run on the listener thread: keep them
     short and thread-safe.
@@ -407,6 +415,7 @@ class RedisBus(_BusBase):
                     f"bad Redis URL {redact_url(url_or_client)!r}: the scheme must be redis://, "
                     "rediss:// or unix://"
                 )
+            check_url(url_or_client)
             self._url = url_or_client
             self._owns_sync = True
         elif isinstance(url_or_client, redis.Redis):
@@ -534,7 +543,7 @@ class RedisBus(_BusBase):
                 pipe.execute()
         except _BACKEND_ERRORS as exc:
             raise TierError(
-                f"bus: publishing {len(entries)} invalidations failed: {exc!r}"
+                f"bus: publishing {len(entries)} invalidations failed: {error_text(exc)}"
             ) from exc
         self._count_published(len(entries))
 
@@ -556,7 +565,7 @@ class RedisBus(_BusBase):
                 await pipe.execute()
         except _BACKEND_ERRORS as exc:
             raise TierError(
-                f"bus: publishing {len(entries)} invalidations failed: {exc!r}"
+                f"bus: publishing {len(entries)} invalidations failed: {error_text(exc)}"
             ) from exc
         self._count_published(len(entries))
 
@@ -628,7 +637,7 @@ class RedisBus(_BusBase):
     def _lost(self, exc: BaseException) -> None:
         self._errors += 1
         if self._healthy or self._unhealthy_since is None:
-            log.warning("bus %s: listener lost Redis: %r", self._namespace, exc)
+            log.warning("bus %s: listener lost Redis: %s", self._namespace, error_text(exc))
         self._mark_unhealthy()
 
     def _run(self, on_messages: OnMessages, on_gap: OnGap) -> None:

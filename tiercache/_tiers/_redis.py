@@ -124,12 +124,62 @@ def _lease_ms(ttl: float) -> int:
 
 
 def redact_url(url: str) -> str:
-    """A Redis URL fit for logs and reprs: any password replaced by ``***``.
+    """A Redis URL fit for logs and reprs: any password replaced by ``***``,
+    the user's and a TLS key's (``ssl_password=``).
 
     >>> redact_url("redis://bot:s3cret@10.0.0.1:6379/0")
     'redis://bot:***@10.0.0.1:6379/0'
+    >>> redact_url("rediss://h:6380/0?ssl_keyfile=k.pem&ssl_password=s3cret")
+    'rediss://h:6380/0?ssl_keyfile=k.pem&ssl_password=***'
     """
-    return re.sub(r"(?<=[:/])([^:/@]*):([^@]*)@", r"\1:***@", url, count=1)
+    url = re.sub(r"(?<=[:/])([^:/@]*):([^@]*)@", r"\1:***@", url, count=1)
+    return re.sub(r"(?<=[?&]ssl_password=)[^&#]*", "***", url)
+
+
+def check_url(url: str) -> None:
+    """Raise :class:`ConfigError` unless redis-py, sync and asyncio, takes ``url``.
+
+    Builds (without connecting) the connection each client would open, so
+    a query parameter redis-py does not take fails here, at construction,
+    instead of as a bare ``TypeError`` at first use: ``ssl_*`` on a
+    ``redis://`` URL, a misspelling (``ssl_ca_cert``), a bad value
+    (``ssl_cert_reqs=requried``), or one only the sync client knows
+    (``ssl_validate_ocsp``). redis-py hands every query parameter it does
+    not parse itself to the connection class, as a string; the error names it.
+
+    >>> check_url("rediss://h:6380/0?ssl_ca_certs=ca.pem&ssl_cert_reqs=required")
+    >>> check_url("redis://h:6379/0?ssl_ca_certs=ca.pem")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tiercache._exceptions.ConfigError: bad Redis URL 'redis://h:6379/0?ssl_ca_certs=ca.pem': ...
+    """
+    for pool_class in (redis.ConnectionPool, redis.asyncio.ConnectionPool):
+        try:
+            pool = pool_class.from_url(url)
+            pool.connection_class(**pool.connection_kwargs)
+        except (TypeError, ValueError, RedisError) as exc:
+            text = str(exc)
+            # A password with an unquoted "/", "?" or "#" cuts the URL short,
+            # and urllib's "Port could not be cast" then quotes a piece of it.
+            for secret in re.findall(r"(?<=[:/])[^:/@]*:([^@]*)@", url):
+                for piece in re.split(r"[/?#]", secret):
+                    if piece:
+                        text = text.replace(piece, "***")
+            # Not chained: the original's message may hold those fragments.
+            raise ConfigError(
+                f"bad Redis URL {redact_url(url)!r}: {type(exc).__name__}: {text}"
+            ) from None
+
+
+def error_text(exc: BaseException) -> str:
+    """``"Type: message"`` of a backend error, for TierError messages and logs.
+
+    Not ``repr``: redis-py 8's ``RedisError.__repr__`` is only the category
+    and class (``network:ConnectionError``), without the message that says
+    what failed (refused, or ``certificate verify failed``).
+    """
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def close_loop_clients(
@@ -213,6 +263,15 @@ class RedisTier(PersistentTier):
     Clients must keep ``decode_responses=False``. Keys are stored as
     ``prefix + key``.
 
+    TLS: ``rediss://host:6380/0?ssl_ca_certs=/path/ca.pem`` (add
+    ``ssl_certfile=`` and ``ssl_keyfile=`` for a client certificate;
+    ``ssl_cert_reqs``, ``ssl_check_hostname``, ``ssl_ca_path`` and
+    ``ssl_password``, redacted in reprs, work too). A URL is checked at
+    construction (:func:`check_url`): a query parameter redis-py would not
+    take (``ssl_ca_certs`` on a ``redis://`` URL, a misspelling) is a
+    :class:`~tiercache.ConfigError`; a failed handshake (an untrusted
+    certificate) is a TierError at first use.
+
     Timeouts (for clients the tier opens): ``socket_timeout`` (default 2 s)
     bounds each command, ``socket_connect_timeout`` (default 1 s) each
     connect, and a failed command is retried ``retries`` times (default 1,
@@ -270,6 +329,7 @@ class RedisTier(PersistentTier):
                     f"bad Redis URL {redact_url(url_or_client)!r}: the scheme must be redis://, "
                     "rediss:// or unix://"
                 )
+            check_url(url_or_client)
         elif isinstance(url_or_client, redis.asyncio.Redis):
             raise ConfigError(
                 "RedisTier's first argument is a URL or a sync redis.Redis; "
@@ -369,7 +429,7 @@ class RedisTier(PersistentTier):
 
     def _fail(self, op: str, key: str | None, exc: BaseException) -> NoReturn:
         where = f" {key!r}" if key is not None else ""
-        raise TierError(f"redis tier: {op}{where} failed: {exc!r}") from exc
+        raise TierError(f"redis tier: {op}{where} failed: {error_text(exc)}") from exc
 
     # -- sync ------------------------------------------------------------------
 
