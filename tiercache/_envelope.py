@@ -150,6 +150,10 @@ def decode(data: bytes) -> Envelope:
 
 def peek_version(data: bytes) -> int:
     """The entry version of envelope bytes, without a full check."""
+    # A tier may hold foreign values (an int in a shared diskcache directory):
+    # without the type check len() raises TypeError.
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CorruptEntryError(f"not an envelope: {type(data).__name__}")
     if len(data) < _MIN_SIZE or data[:2] != MAGIC:
         raise CorruptEntryError("not an envelope")
     (version,) = _VERSION.unpack_from(data, VERSION_OFFSET)

@@ -34,6 +34,9 @@ also keeps deep, hostile nesting from exhausting the C stack)::
     9     timedelta    ext(9, <iii days, seconds, microseconds)
     10    UUID         ext(10, 16 bytes)
     11    Decimal      ext(11, str(value))
+
+msgpack's own timestamp ext (-1) is never written; one from another writer
+loads as an aware UTC datetime.
 """
 
 from __future__ import annotations
@@ -539,8 +542,12 @@ class MsgpackSerializer:
             return reg.build(items[2])
 
         try:
+            # timestamp=3: msgpack decodes its own timestamp ext (-1) itself,
+            # never through ext_hook; we never write one, and as a
+            # msgpack.Timestamp it would load but not store again (every
+            # later write of the key would fail). An aware datetime round-trips.
             value = msgpack.unpackb(
-                data, ext_hook=ext_hook, list_hook=list_hook, strict_map_key=False
+                data, ext_hook=ext_hook, list_hook=list_hook, strict_map_key=False, timestamp=3
             )
         except Exception as exc:
             raise CorruptEntryError(
