@@ -42,7 +42,14 @@ from ._clock import Clock, SystemClock
 from ._core import Core, Loaded
 from ._envelope import decode as _envelope_decode
 from ._envelope import peek_version
-from ._exceptions import ConfigError, ConflictError, InvalidKeyError, TierCacheError, TierError
+from ._exceptions import (
+    ConfigError,
+    ConflictError,
+    CorruptEntryError,
+    InvalidKeyError,
+    TierCacheError,
+    TierError,
+)
 from ._flow import Call, Flow, Pause, arun, run
 from ._journal import Journal, Record
 from ._locks import KeyLock, LockRegistry, held
@@ -50,6 +57,7 @@ from ._policy import (
     Expiry,
     FlushPolicy,
     Lease,
+    Quarantine,
     Resolver,
     Schema,
     WriteThrough,
@@ -140,6 +148,7 @@ class TieredCache:
         max_value_bytes: int | None = None,
         journal: Journal | None = None,
         max_key_length: int = 1024,
+        corrupt: Quarantine | None = None,
     ) -> None:
         if not tiers or not isinstance(tiers[0], MemoryTier):
             raise ConfigError("the first tier must be a MemoryTier (tiers run fastest first)")
@@ -174,6 +183,10 @@ class TieredCache:
 
         if not callable(conflict):
             raise ConfigError(f"conflict must be a resolver function, got {conflict!r}")
+        if corrupt is not None and not isinstance(corrupt, Quarantine):
+            raise ConfigError(
+                f"corrupt must be a Quarantine(keep=seconds) or None, got {corrupt!r}"
+            )
         if max_value_bytes is not None and (
             isinstance(max_value_bytes, bool)
             or not isinstance(max_value_bytes, int)
@@ -225,12 +238,13 @@ class TieredCache:
             expiry=expiry,
             schema=schema or Schema(),
             max_value_bytes=max_value_bytes,
+            quarantine=corrupt,
         )
         self._breaker: _Breaker | None = None
         if persistent:
             # Every call to the shared tier goes through a circuit breaker:
             # a dead server fails fast instead of costing a timeout per call.
-            self._breaker = _Breaker(persistent[-1], self._clock)
+            self._breaker = _Breaker(persistent[-1], self._clock, self._on_recovered)
             self._core.tiers[-1] = cast(PersistentTier, self._breaker)
         if journal is not None and not isinstance(journal, Journal):
             raise ConfigError(f"journal must be a Journal(directory) or None, got {journal!r}")
@@ -239,6 +253,20 @@ class TieredCache:
         self._journal = journal
         self._replay_lock = threading.Lock()
         self._journaled = 0
+        #: key -> records of it waiting in the journal (under the memory
+        #: lock): a key with records is never loaded from, nor written to,
+        #: the shared tier before they are replayed.
+        self._journal_keys: dict[str, int] = {}
+        #: Keys whose journaled records expect a version that a merge at
+        #: replay made wrong: their next replay merges with what is stored.
+        self._journal_rebase: set[str] = set()
+        #: Keys served from a local copy the shared tier could not confirm
+        #: (it was down): dropped from memory when it answers again.
+        self._unconfirmed: set[str] = set()
+        self._served_unconfirmed = 0
+        if journal is not None:
+            for rec in journal.snapshot(serializer):
+                self._journal_keys[rec.key] = self._journal_keys.get(rec.key, 0) + 1
         self._sliding = self._core.sliding
         # Neither sliding expiry nor a staleness bound: a hit is one
         # comparison at most.
@@ -246,6 +274,9 @@ class TieredCache:
         self._ttl_seconds = expiry.seconds if expiry is not None else 0.0
         self._touch_interval = expiry.touch_interval if expiry is not None else 0.0
         self._write_through = flush.interval is None
+        #: The journal as a write-ahead log: with WriteBehind, every change
+        #: is journaled when its scope exits and the timer replays it.
+        self._wal = journal is not None and not self._write_through
         self._locks = LockRegistry(self._mlock)
         self._flights: dict[str, _Flight] = {}
         self._aflights: dict[str, asyncio.Future[Entry | None]] = {}
@@ -392,15 +423,25 @@ class TieredCache:
             return entry
         if entry.journaled:
             # Our own changes wait in the journal: write them (merging what
-            # others wrote) and reload; TierError if the store is still
-            # out of reach, rather than serve a copy older than max_stale.
+            # others wrote), which brings the memory copy up to date;
+            # TierError if the store is still out of reach, rather than
+            # serve a copy older than max_stale.
             yield from self._replay_flow()
-            if entry.journaled:  # another replay was running: reload anyway
-                raise TierError(f"{entry.key!r} is being replayed; try again")
+            with self._mlock:
+                if (
+                    self._memory.peek(entry.key) is entry
+                    and not entry.journaled
+                    and not entry.outdated
+                ):
+                    self._hits += 1
+                    if pin:
+                        entry.pins += 1
+                    return entry
+                self._misses += 1
             return None
         _, version = yield from self._read_stored_flow(entry.key, self._core.skey(entry.key))
         with self._mlock:
-            if version == entry.stored:
+            if version == entry.stored and not entry.outdated:
                 entry.checked_at = self._clock.monotonic()
                 self._hits += 1
                 if pin:
@@ -487,7 +528,7 @@ class TieredCache:
         with self._mlock:
             if self._memory.known_absent(key, self._now()):
                 return None
-        if self._journal is not None and self._journal.depth:
+        if key in self._journal_keys:
             # The shared tier must have our acknowledged changes before we
             # read it: loading an older value past an unreplayed journal
             # would hand the handler a session without its own changes.
@@ -532,11 +573,27 @@ class TieredCache:
 
     def _confirm_flow(self, key: str, loaded: Loaded, schema: Schema | None) -> Flow[Loaded | None]:
         """Compare a local copy's version with the shared tier's; when they
-        differ, drop the local copies and load from the shared tier."""
+        differ, drop the local copies and load from the shared tier.
+
+        When the shared tier cannot be reached, the local copy is served
+        anyway if it is within ``max_stale`` (always, without one): that is
+        what the disk tier is for during an outage. It is counted, and
+        dropped from memory once the shared tier answers again, so it is
+        confirmed then.
+        """
         core = self._core
         self._revalidations += 1
         skey = core.skey(key)
-        _, version = yield from self._read_stored_flow(key, skey)
+        try:
+            _, version = yield from self._read_stored_flow(key, skey)
+        except TierError:
+            age = self._clock.time() - loaded.updated_ms / 1000.0
+            if self.max_stale is not None and age > self.max_stale:
+                raise
+            with self._mlock:
+                self._unconfirmed.add(key)
+                self._served_unconfirmed += 1
+            return loaded
         if version == loaded.version:
             loaded.updated_ms = int(self._clock.time() * 1000)  # confirmed now
             return loaded
@@ -628,9 +685,15 @@ class TieredCache:
         core = self._core
         tiers = core.tiers
         journaling = journal and self._journal is not None
-        if journaling and cast(Journal, self._journal).depth:
+        if (
+            journaling
+            and cast(Journal, self._journal).depth
+            and (not self._wal or any(e.key in self._journal_keys for e, _ in batch))
+        ):
             # Older acknowledged changes first: they go to the shared tier
-            # in the order they were made, or this batch joins them.
+            # in the order they were made, or this batch joins them. (As a
+            # write-ahead log the journal always holds something; only the
+            # records of these keys must go first, and the timer sends them.)
             try:
                 yield from self._replay_flow()
             except TierError:
@@ -639,14 +702,23 @@ class TieredCache:
         written: list[tuple[Entry, bytes]] = []
         if tiers and tiers[-1].supports_cas:
             last, counters = tiers[-1], core.counters[-1]
+            # An outdated entry's idea of the stored version cannot be
+            # trusted (the store moved on, or a replay merged what it
+            # believed): a compare-and-set on it could match a version that
+            # now holds other content. It merges with what is stored instead.
+            trusted = [(e, data) for e, data in batch if not e.outdated]
             items: list[CasItem] = [
-                (core.skey(e.key), data, core.ttl_for(e.ttl), e.stored) for e, data in batch
+                (core.skey(e.key), data, core.ttl_for(e.ttl), e.stored) for e, data in trusted
             ]
             try:
-                if len(items) == 1:
-                    oks = [(yield Call(last, counters, "compare_and_set", items[0]))]
+                if not items:
+                    results: list[bool] = []
+                elif len(items) == 1:
+                    results = [(yield Call(last, counters, "compare_and_set", items[0]))]
                 else:
-                    oks = yield Call(last, counters, "compare_and_set_many", (items,))
+                    results = yield Call(last, counters, "compare_and_set_many", (items,))
+                by_entry = {id(e): ok for (e, _), ok in zip(trusted, results, strict=True)}
+                oks = [by_entry.get(id(e), False) for e, _ in batch]
             except TierError:
                 for e, data in batch:
                     e.uncertain = (e.uncertain or set()) | {data}
@@ -705,6 +777,9 @@ class TieredCache:
                     e.touched_at = now
                     e.checked_at = mono
                     e.stored = version
+                    # Written by compare-and-set (or merged): current now.
+                    e.outdated = False
+                    e.journaled = e.key in self._journal_keys
                     if e.base is None or e.base:
                         e.base = {}
             self._core.flushes[reason] += len(written)
@@ -712,10 +787,12 @@ class TieredCache:
         yield from self._publish_flow(published)
 
     def _journal_batch(self, batch: list[tuple[Entry, bytes]]) -> None:
-        """The shared tier is down: acknowledge ``batch`` by storing it in the
-        journal (durable), to be replayed in order when the tier is back.
-        JournalFullError when there is no room: then nothing is
-        acknowledged and the entries stay pending."""
+        """Acknowledge ``batch`` by appending it to the journal (durable once
+        this returns), to be replayed in order into the shared tier: when
+        the tier is down, or on every change when the journal is the
+        write-ahead log of :class:`WriteBehind`. JournalFullError when there
+        is no room: then nothing is acknowledged and the entries stay
+        pending."""
         journal = cast(Journal, self._journal)
         records = [
             Record(
@@ -727,9 +804,18 @@ class TieredCache:
             )
             for e, data in batch
         ]
-        journal.append(records, self._core.serializer)
+        frames = journal.encode(records, self._core.serializer)
         with self._mlock:
+            # One critical section for the append and the bookkeeping, so a
+            # replay sees a record and its key's count together, or neither.
+            journal.write(frames)
+            keys = self._journal_keys
             for e, data in batch:
+                keys[e.key] = keys.get(e.key, 0) + 1
+                if e.outdated:
+                    # Sealed on a belief about the store that is wrong: its
+                    # replay must merge, not compare-and-set on that belief.
+                    self._journal_rebase.add(e.key)
                 if e.pending is data:
                     # The journal owns the write now; the entry continues
                     # from the version it will have once replayed.
@@ -739,66 +825,141 @@ class TieredCache:
                     e.base = {}
             self._journaled += len(batch)
             self._drop_evicted()
+        journal.sync()  # fsync=True: outside the memory lock
+        self._ensure_timer()
 
-    def _replay_flow(self) -> Flow[int]:
+    def _replay_flow(self, reason: str = "replay") -> Flow[int]:
         """Write the journal's records to the shared tier, one
-        compare-and-set per key that merges like a live write; then forget
-        them. One replay at a time per cache; a TierError stops it with the
-        records still in the journal (replaying a key again is harmless:
-        finding its own bytes stored, it merges to the same value)."""
+        compare-and-set per key that merges like a live write, as one
+        batch; then forget them and bring the memory copies up to date.
+
+        One replay at a time per cache; a caller that finds one running
+        waits for it (its records must be in the store before it reads or
+        writes them). A TierError stops it with the records still in the
+        journal: replaying a key again is harmless, since finding its own
+        bytes stored it merges to the same value.
+        """
         journal = self._journal
-        if journal is None or not journal.depth or not self._replay_lock.acquire(False):
+        if journal is None or not journal.depth:
             return 0
+        waited = 0
+        while not self._replay_lock.acquire(False):
+            if waited >= _REPLAY_WAIT:
+                raise TierError(f"the journal of {self.namespace!r} is being replayed; try again")
+            waited += 1
+            yield Pause(0.001)
         try:
+            if not journal.depth:  # the replay we waited for did it all
+                return 0
             core = self._core
-            records = journal.snapshot(core.serializer)
+            taken = journal.take(core.serializer)
             # One write per key: all of this process's journaled changes of
             # it since the version the first record expected. Replaying a
             # chain record by record would make a merged record look, to
             # the next one, like another writer's change of the same field.
             groups: dict[str, list[Record]] = {}
-            for rec in records:
+            for rec in taken.records:
                 groups.setdefault(rec.key, []).append(rec)
-            for key, recs in groups.items():
-                env = _envelope_decode(recs[-1].data)
-                e = Entry(key, track(core.serializer.loads(env.payload)), version=env.version)
-                base: dict[Any, Any] | None = {}
-                for rec in recs:
-                    if rec.base is None or base is None:
-                        base = None
-                    else:
-                        for field, was in rec.base.items():
-                            base.setdefault(field, was)
-                e.stored, e.base, e.pending = recs[0].expected, base, recs[-1].data
-                # Any of them may have landed before its reply was lost.
-                e.uncertain = {rec.data for rec in recs}.union(*(rec.maybe for rec in recs))
-                e.schema_version, e.created_ms = env.schema_version, env.created_ms
-                try:
-                    yield from self._write_flow([e], "replay", journal=False)
-                except TierError:
-                    # A merged write made here may have landed before the
-                    # error: remember its bytes too, so the next replay
-                    # knows them for its own.
-                    extra = (e.uncertain or set()) - {rec.data for rec in recs}
-                    if extra:
-                        journal.append(
-                            [Record(key, recs[-1].data, recs[0].expected, base, tuple(extra))],
-                            core.serializer,
+            replays = [self._replay_entry(key, recs) for key, recs in groups.items()]
+            try:
+                yield from self._write_flow(replays, reason, journal=False)
+            except TierError:
+                # A merged write made here may have landed before the
+                # error: remember its bytes too, so the next replay knows
+                # them for its own.
+                extra = []
+                for e in replays:
+                    recs = groups[e.key]
+                    known = {rec.data for rec in recs}.union(*(rec.maybe for rec in recs))
+                    more = (e.uncertain or set()) - known
+                    if more:
+                        extra.append(
+                            Record(
+                                e.key,
+                                recs[-1].data,
+                                recs[0].expected,
+                                _group_base(recs),
+                                tuple(more),
+                            )
                         )
-                    raise
-            journal.drop(len(records))
-            with self._mlock:
-                # Memory copies of replayed keys may predate a merge.
-                for key in {rec.key for rec in records}:
-                    entry = self._memory.peek(key)
-                    if entry is not None:
-                        entry.journaled = False
-                        if not entry.pins and entry.pending is None:
-                            self._memory.remove(key)
-                            detach(entry.value)
-            return len(records)
+                if extra:
+                    frames = journal.encode(extra, core.serializer)
+                    with self._mlock:
+                        journal.write(frames)
+                        for rec in extra:
+                            self._journal_keys[rec.key] = self._journal_keys.get(rec.key, 0) + 1
+                raise
+            journal.done(taken)
+            self._after_replay(groups, replays)
+            return len(taken.records)
         finally:
             self._replay_lock.release()
+
+    def _replay_entry(self, key: str, recs: list[Record]) -> Entry:
+        """A stand-in entry that writes a key's journaled records as one."""
+        env = _envelope_decode(recs[-1].data)
+        # The value is decoded only if a merge needs it (see _merge_flow).
+        e = Entry(key, None, version=env.version)
+        e.value = _UNDECODED
+        e.stored, e.base, e.pending = recs[0].expected, _group_base(recs), recs[-1].data
+        # Any of them may have landed before its reply was lost.
+        e.uncertain = {rec.data for rec in recs}.union(*(rec.maybe for rec in recs))
+        e.schema_version, e.created_ms = env.schema_version, env.created_ms
+        e.outdated = key in self._journal_rebase
+        if env.expires_ms:
+            e.ttl = max(0.001, env.expires_ms / 1000.0 - self._clock.time())
+        return e
+
+    def _after_replay(self, groups: dict[str, list[Record]], replays: list[Entry]) -> None:
+        """Replayed keys: count their records off and make each memory copy
+        what the store now holds.
+
+        A group written as journaled confirms what the memory copy (and any
+        later record of the key) believes is stored. A group that merged
+        with another writer's version does not: the memory copy takes the
+        merged value when no scope uses it, else it is marked outdated, and
+        later records of the key are marked to merge at their replay; either
+        way no compare-and-set is ever made on the broken belief.
+        """
+        mono = self._clock.monotonic()
+        with self._mlock:
+            memory = self._memory
+            for e in replays:
+                key = e.key
+                merged = e.merged or e.pending is not None
+                left = self._journal_keys.get(key, 0) - len(groups[key])
+                if left > 0:
+                    self._journal_keys[key] = left
+                else:
+                    self._journal_keys.pop(key, None)
+                if merged and left > 0:
+                    self._journal_rebase.add(key)
+                else:
+                    self._journal_rebase.discard(key)
+                entry = memory.peek(key) or memory.evicted.get(key)
+                if entry is None:
+                    continue
+                if left > 0:
+                    if merged:
+                        entry.outdated = True
+                    continue  # newer records wait: their replay settles it
+                entry.journaled = False
+                if not merged:
+                    # Stored exactly as journaled: the compare-and-set found
+                    # no newer version, whatever an invalidation said before.
+                    if entry.stored == peek_version(groups[key][-1].data):
+                        entry.checked_at = mono
+                        entry.outdated = False
+                elif entry.pins or entry.pending is not None or key in memory.evicted:
+                    entry.outdated = True
+                else:
+                    # Take the merged value, so the next request is still a
+                    # memory hit and the entry knows what is stored.
+                    self._replace_value(entry, e.value, e.stored)
+                    entry.base = {}
+                    entry.outdated = False
+                    entry.checked_at = mono
+            self._drop_evicted()
 
     def _publish_flow(self, items: list[tuple[str, str, int]]) -> Flow[None]:
         """Tell other processes, after the write was acknowledged. A failed
@@ -815,10 +976,14 @@ class TieredCache:
         core = self._core
         tier, counters = core.tiers[-1], core.counters[-1]
         resolver = e.conflict or self.conflict
+        if e.value is _UNDECODED:  # a journal replay's stand-in entry
+            data = cast(bytes, e.pending)
+            e.value = track(core.serializer.loads(_envelope_decode(data).payload))
+            e.root = root_of(e.value)
         for attempt in range(_MAX_MERGES):
             if attempt:
                 yield _backoff(attempt)
-            theirs, version, raw = yield from self._read_raw_flow(e.key, skey)
+            theirs, version, raw = yield from self._read_raw_flow(e.key, skey, check=True)
             if e.uncertain is not None and raw in e.uncertain:
                 if e.base is not None and type(theirs) is dict:
                     # A write whose reply we lost did land: the stored value
@@ -835,10 +1000,12 @@ class TieredCache:
             except ConflictError:
                 # Keep theirs in memory so the next scope starts from it.
                 self._replace_value(e, track({} if theirs is MISSING else theirs), version)
+                e.merged = True
                 e.pending = None
                 e.base = {}
                 raise
             self._replace_value(e, track(merged), version)
+            e.merged = True
             if e.base is not None:
                 # If this write loses again, theirs is the new common base.
                 e.base = {
@@ -879,21 +1046,36 @@ class TieredCache:
                 if mine is not MISSING and same(theirs.get(field, MISSING), mine):
                     base[field] = mine
 
-    def _read_stored_flow(self, key: str, skey: str) -> Flow[tuple[Any, int]]:
+    def _read_stored_flow(
+        self, key: str, skey: str, *, adopt: bool = False
+    ) -> Flow[tuple[Any, int]]:
         """The value and version in the authoritative (last) tier, fresh:
-        ``(MISSING, version)`` when it is absent or unreadable."""
-        value, version, _ = yield from self._read_raw_flow(key, skey)
+        ``(MISSING, version)`` when it is absent or unreadable. ``adopt``:
+        the value comes back tracked (else plain, or only checked)."""
+        value, version, _ = yield from self._read_raw_flow(key, skey, adopt=adopt)
         return value, version
 
-    def _read_raw_flow(self, key: str, skey: str) -> Flow[tuple[Any, int, bytes | None]]:
-        """:meth:`_read_stored_flow` plus the stored bytes themselves."""
+    def _read_raw_flow(
+        self, key: str, skey: str, *, adopt: bool = False, check: bool = False
+    ) -> Flow[tuple[Any, int, bytes | None]]:
+        """:meth:`_read_stored_flow` plus the stored bytes themselves;
+        ``check``: a plain value the tracker would refuse is unreadable."""
         core = self._core
         tier = core.tiers[-1]
         raw = yield Call(tier, core.counters[-1], "get", (skey,))
         if raw is None:
             return MISSING, 0, None
-        opened = core.read(key, tier, raw, core.schema, self._now())
-        if opened is None:
+        try:
+            opened = core.read(key, raw, core.schema, self._now())
+            if opened is not None and (adopt or check):
+                tracked = core.adopt(opened[0])
+                if adopt:
+                    opened = (tracked, *opened[1:])
+        except CorruptEntryError as exc:
+            if (yield from core.quarantine_flow(key, len(core.tiers) - 1, raw, str(exc))):
+                return MISSING, 0, None  # moved aside: the key is absent now
+            return MISSING, _safe_version(raw), raw
+        if opened is None:  # expired
             return MISSING, _safe_version(raw), raw
         return opened[0], opened[1].version, raw
 
@@ -1062,11 +1244,13 @@ class TieredCache:
         tiers = core.tiers
         skey = core.skey(key)
         cas = bool(tiers) and tiers[-1].supports_cas
+        if key in self._journal_keys:
+            yield from self._replay_flow()  # our journaled changes first
         for attempt in range(_MAX_MERGES):
             if attempt:
                 yield _backoff(attempt)
             if tiers:
-                plain, version = yield from self._read_stored_flow(key, skey)
+                plain, version = yield from self._read_stored_flow(key, skey, adopt=True)
             else:
                 with self._mlock:
                     current = self._memory.lookup(key)
@@ -1260,13 +1444,18 @@ class TieredCache:
         self._locks.checkin(key, lock)
 
     def _ensure_timer(self) -> None:
-        if self._write_through or self._timer is not None or self._closed:
+        """Start the background flusher: the WriteBehind timer, or, for a
+        write-through cache that journaled changes, the replay retrier."""
+        if self._timer is not None or self._closed:
             return
+        if self._write_through and self._journal is None:
+            return
+        interval = self.flush_policy.interval or _JOURNAL_RETRY
         with self._timer_lock:
             if self._timer is None:
                 t = threading.Thread(
                     target=_timer_loop,
-                    args=(weakref.ref(self), self._stop, cast(float, self.flush_policy.interval)),
+                    args=(weakref.ref(self), self._stop, interval),
                     name=f"tiercache-flush-{self.namespace}",
                     daemon=True,
                 )
@@ -1274,7 +1463,10 @@ class TieredCache:
                 t.start()
 
     def _tick(self) -> None:
-        """One timer flush: pending entries whose lock is free, batched."""
+        """One timer flush: the journal's records, then pending entries
+        whose lock is free, batched."""
+        if self._journal is not None and self._journal.depth:
+            run(self._replay_flow("timer" if self._wal else "replay"))
         entries = self._pending_entries()
         if entries:
             run(self._locked_write_flow(entries, "timer"))
@@ -1432,6 +1624,8 @@ class TieredCache:
         mlock.acquire()
         self._core.writes_avoided += 1
         entry.pins -= 1
+        if entry.outdated:
+            self._drop_outdated(entry)
         lock._lock.release()
         if lock._waiters:
             lock._wake_one()
@@ -1514,7 +1708,27 @@ class TieredCache:
                 yield from self._write_flow([entry], "exit")
             else:
                 self._ensure_timer()
+                if self._wal:
+                    # Durable before the scope returns; the timer writes it.
+                    self._journal_batch([(entry, entry.pending)])
+        if entry is not None and entry.outdated:
+            self._let_go(entry)
         yield from self._drain_flow()
+
+    def _let_go(self, entry: Entry) -> None:
+        with self._mlock:
+            self._drop_outdated(entry)
+
+    def _drop_outdated(self, entry: Entry) -> None:
+        """Under the memory lock, when a scope let go of an outdated entry:
+        drop it unless it is still in use or holds changes of ours (their
+        write merges instead); the next access loads the newer version."""
+        if entry.outdated and not entry.pins and entry.pending is None and not entry.journaled:
+            memory = self._memory
+            if memory.peek(entry.key) is entry or memory.evicted.get(entry.key) is entry:
+                memory.remove(entry.key)
+                detach(entry.value)
+                self._invalidated += 1
 
     # -- strict mode: leases ----------------------------------------------------------
 
@@ -1544,7 +1758,9 @@ class TieredCache:
             attempt += 1
             yield _backoff(min(attempt, 6))
         try:
-            plain, version = yield from self._read_stored_flow(key, skey)
+            if key in self._journal_keys:
+                yield from self._replay_flow()  # our journaled changes first
+            plain, version = yield from self._read_stored_flow(key, skey, adopt=True)
         except BaseException:
             yield Call(tier, counters, "release_lease", (lkey, token))
             raise
@@ -1610,6 +1826,8 @@ class TieredCache:
             detach(value)
             with self._mlock:
                 entry.pins -= 1
+                if entry.outdated:
+                    self._drop_outdated(entry)
             yield Call(tier, counters, "release_lease", (lkey, token))
         yield from self._drain_flow()
 
@@ -1629,9 +1847,10 @@ class TieredCache:
         """Listener thread: drop memory copies older than what another
         process wrote (and the local tiers' copies); they reload lazily on
         next access, so there is no refresh storm. A copy in use by a scope,
-        or with changes of ours not yet written, stays: its write-back is a
-        compare-and-set and merges."""
-        keys = []
+        or with changes of ours not yet written, stays, marked outdated: its
+        write-back is a compare-and-set and merges, and a scope that wrote
+        nothing drops it as it ends."""
+        newest: dict[str, int] = {}
         with self._mlock:
             memory = self._memory
             for inv in batch:
@@ -1645,11 +1864,22 @@ class TieredCache:
                         memory.remove(key)
                         detach(entry.value)
                         self._invalidated += 1
-                keys.append(key)
+                    else:
+                        entry.outdated = True
+                # A delete drops every local copy, whatever its version.
+                version = inv.version if inv.action != "del" else _ALL_VERSIONS
+                newest[key] = max(newest.get(key, 0), version)
         for tier in self._core.tiers[:-1]:
-            for key in keys:
+            for key, version in newest.items():
+                skey = self._core.skey(key)
                 try:
-                    tier.delete(self._core.skey(key))
+                    # A copy as new as the message stays: on a disk shared by
+                    # the processes of a host it is often the writer's own.
+                    # (Local copies only ever hold versions the shared tier
+                    # stored, so a version names one content.)
+                    raw = tier.get(skey)
+                    if raw is not None and _safe_version(raw) < version:
+                        tier.delete(skey)
                 except Exception:
                     log.warning("tiercache: dropping %r from the %s tier failed", key, tier.name)
 
@@ -1667,6 +1897,25 @@ class TieredCache:
                     memory.remove(entry.key)
                     detach(entry.value)
                     self._invalidated += 1
+                else:
+                    entry.outdated = True
+
+    def _on_recovered(self) -> None:
+        """The shared tier answers again after failing: local copies served
+        meanwhile without confirmation are dropped from memory (or marked
+        outdated while in use), so the next access confirms them."""
+        with self._mlock:
+            keys, self._unconfirmed = self._unconfirmed, set()
+            memory = self._memory
+            for key in keys:
+                entry = memory.peek(key) or memory.evicted.get(key)
+                if entry is None:
+                    continue
+                if not entry.pins and entry.pending is None and not entry.journaled:
+                    memory.remove(key)
+                    detach(entry.value)
+                else:
+                    entry.outdated = True
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1720,6 +1969,8 @@ class TieredCache:
             writes_avoided=core.writes_avoided,
             evictions=self._memory.evictions,
             corrupt_entries=core.corrupt,
+            quarantined=core.quarantined,
+            served_unconfirmed=self._served_unconfirmed,
             merges=core.merges,
             conflicts=core.conflicts,
             conflicts_lost=core.conflicts_lost,
@@ -1730,6 +1981,32 @@ class TieredCache:
     def __repr__(self) -> str:
         names = ", ".join(["memory", *(t.name for t in self._core.tiers)])
         return f"<TieredCache {self.namespace!r} [{names}]>"
+
+
+#: Above every entry version (u64): an invalidation that drops any copy.
+_ALL_VERSIONS = 2**64
+
+#: Seconds between replay attempts of a write-through cache's journal.
+_JOURNAL_RETRY = 1.0
+
+#: A value not decoded yet: journal replays decode one only to merge it.
+_UNDECODED: Any = object()
+
+#: Polls (1 ms apart) a caller waits for another thread's journal replay.
+_REPLAY_WAIT = 30_000
+
+
+def _group_base(recs: list[Record]) -> dict[Any, Any] | None:
+    """The merge base of a key's journaled records taken together: each
+    field as it was before the first record that changed it."""
+    base: dict[Any, Any] | None = {}
+    for rec in recs:
+        if rec.base is None or base is None:
+            base = None
+        else:
+            for field, was in rec.base.items():
+                base.setdefault(field, was)
+    return base
 
 
 #: Merge-and-retry rounds before a write gives up with TierError. Between
@@ -1762,9 +2039,12 @@ class _Breaker:
 
     _PASS = frozenset({"close", "aclose"})
 
-    def __init__(self, tier: PersistentTier, clock: Clock) -> None:
+    def __init__(
+        self, tier: PersistentTier, clock: Clock, on_recovered: Callable[[], None]
+    ) -> None:
         self._tier = tier
         self._clock = clock
+        self._on_recovered = on_recovered
         self.name = tier.name
         self.supports_cas = tier.supports_cas
         self.supports_lease = tier.supports_lease
@@ -1796,8 +2076,11 @@ class _Breaker:
         self.open_until = now + min(5.0, 0.1 * 2 ** (self.failures - 1))
 
     def _ok(self) -> None:
+        if self.down_since is not None:
+            self.failures = 0
+            self.down_since = None
+            self._on_recovered()
         self.failures = 0
-        self.down_since = None
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._tier, name)

@@ -25,9 +25,15 @@ from typing import Any
 
 from . import _envelope
 from ._clock import Clock
-from ._exceptions import CorruptEntryError, SchemaError, SerializationError, ValueTooLargeError
+from ._exceptions import (
+    CorruptEntryError,
+    SchemaError,
+    SerializationError,
+    TierError,
+    ValueTooLargeError,
+)
 from ._flow import Call, Flow
-from ._policy import Expiry, Resolver, Schema
+from ._policy import Expiry, Quarantine, Resolver, Schema
 from ._serializers import Serializer
 from ._stats import TierCounters
 from ._tiers._base import PersistentTier, SetItem
@@ -72,8 +78,10 @@ class Core:
         expiry: Expiry | None,
         schema: Schema,
         max_value_bytes: int | None = None,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.tiers = tiers
+        self.quarantine = quarantine or Quarantine()
         self.counters = [TierCounters(t.name) for t in tiers]
         self.namespace = namespace
         self.prefix = namespace + ":"
@@ -88,6 +96,7 @@ class Core:
         self.promotions = 0
         self.writes_avoided = 0
         self.corrupt = 0
+        self.quarantined = 0
         self.conflicts = 0
         self.merges = 0
         self.conflicts_lost = 0
@@ -172,35 +181,77 @@ class Core:
         sizes.sort(key=lambda item: item[0], reverse=True)
         return ", ".join(f"value[{k!r}] ({n} bytes)" for n, k in sizes[:3]) or "(none)"
 
-    def _corrupt(self, key: str, tier: PersistentTier, reason: str) -> None:
+    def _unreadable(self, reason: str) -> CorruptEntryError:
         self.corrupt += 1
-        # Log once per key and tier: a bad entry read in a hot loop must not
+        return CorruptEntryError(reason)
+
+    def _open(self, data: bytes) -> _envelope.Envelope:
+        try:
+            env = _envelope.decode(data)
+        except CorruptEntryError as exc:
+            raise self._unreadable(str(exc)) from None
+        if env.serializer_id != self.serializer.id:
+            raise self._unreadable(
+                f"written by serializer id {env.serializer_id}, this cache reads "
+                f"{self.serializer.id} ({self.serializer.name})"
+            )
+        return env
+
+    def adopt(self, plain: Any) -> Any:
+        """:func:`track` a value read from a tier; a value the tracker
+        refuses (a tuple holding a list, which tiercache never writes;
+        nesting deeper than it can walk) is unreadable like corrupt bytes:
+        CorruptEntryError, counted."""
+        try:
+            return track(plain)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise self._unreadable(
+                f"a value that cannot be tracked ({type(exc).__name__})"
+            ) from None
+
+    def quarantine_key(self, skey: str) -> str:
+        """Where a tier keeps the unreadable bytes of ``skey``: a NUL cannot
+        follow a namespace in a key the cache stores, so nothing collides."""
+        return "quarantine\x00" + skey
+
+    def quarantine_flow(self, key: str, index: int, data: bytes, reason: str) -> Flow[bool]:
+        """Bad bytes were read from tier ``index``: move them aside (see
+        :class:`~tiercache.Quarantine`), log once per key and tier; whether
+        they moved (the key is absent there now)."""
+        tier, counters = self.tiers[index], self.counters[index]
+        skey = self.skey(key)
+        keep = self.quarantine.keep
+        moved, trouble = False, ""
+        try:
+            moved = bool(
+                (
+                    yield Call(
+                        tier, counters, "quarantine", (skey, data, self.quarantine_key(skey), keep)
+                    )
+                )
+            )
+        except TierError as exc:
+            trouble = f": moving it failed ({exc})"
+        if moved:
+            self.quarantined += 1
+            fate = (
+                f"moved to {self.quarantine_key(skey)!r} for {keep:g} s" if keep > 0 else "deleted"
+            )
+        else:
+            fate = "left in place" + (trouble or " (changed meanwhile, or the tier cannot move it)")
+        # Once per key and tier: a bad entry read in a hot loop must not
         # flood the log. The value itself is never logged.
         if (key, tier.name) not in self._corrupt_logged:
             if len(self._corrupt_logged) < 10_000:
                 self._corrupt_logged.add((key, tier.name))
             log.warning(
-                "tiercache: unreadable entry %r in the %s tier (%s); treated as a miss",
-                self.skey(key),
+                "tiercache: unreadable entry %r in the %s tier (%s); treated as a miss, %s",
+                skey,
                 tier.name,
                 reason,
+                fate,
             )
-
-    def _open(self, key: str, tier: PersistentTier, data: bytes) -> _envelope.Envelope | None:
-        try:
-            env = _envelope.decode(data)
-        except CorruptEntryError as exc:
-            self._corrupt(key, tier, str(exc))
-            return None
-        if env.serializer_id != self.serializer.id:
-            self._corrupt(
-                key,
-                tier,
-                f"written by serializer id {env.serializer_id}, this cache reads "
-                f"{self.serializer.id} ({self.serializer.name})",
-            )
-            return None
-        return env
+        return moved
 
     # -- flows ----------------------------------------------------------------
 
@@ -214,10 +265,15 @@ class Core:
             if data is None:
                 continue
             now = self.clock.time()
-            opened = self.read(key, tier, data, schema, now)
-            if opened is None:
+            try:
+                opened = self.read(key, data, schema, now)
+                if opened is None:
+                    continue
+                plain, env, migrated = opened
+                value = self.adopt(plain)  # before promotion: bad bytes stay put
+            except CorruptEntryError as exc:
+                yield from self.quarantine_flow(key, index, data, str(exc))
                 continue
-            plain, env, migrated = opened
             if env.expires_ms:
                 remaining: float | None = env.expires_ms / 1000.0 - now
                 expires_at: float | None = env.expires_ms / 1000.0
@@ -229,7 +285,7 @@ class Core:
                 self.promotions += 1
             self.loads += 1
             return Loaded(
-                value=track(plain),
+                value=value,
                 version=env.version,
                 expires_at=expires_at,
                 created_ms=env.created_ms,
@@ -242,14 +298,13 @@ class Core:
         return None
 
     def read(
-        self, key: str, tier: PersistentTier, data: bytes, schema: Schema, now: float
+        self, key: str, data: bytes, schema: Schema, now: float
     ) -> tuple[Any, _envelope.Envelope, bool] | None:
         """Open stored bytes: ``(plain value, envelope, migrated)``, or None
-        for a corrupt (counted, logged) or expired entry. A newer schema
-        raises :class:`SchemaError`."""
-        env = self._open(key, tier, data)
-        if env is None:
-            return None
+        for an expired entry. Unreadable bytes raise (and count)
+        :class:`CorruptEntryError`, whose message says why without quoting
+        them; a newer schema raises :class:`SchemaError`."""
+        env = self._open(data)
         if env.expires_ms and env.expires_ms / 1000.0 <= now:
             return None
         if env.schema_version > schema.version:
@@ -261,8 +316,7 @@ class Core:
             plain = self.serializer.loads(env.payload)
         except Exception as exc:
             # The type only: decoder messages can quote the stored bytes.
-            self._corrupt(key, tier, f"unreadable payload ({type(exc).__name__})")
-            return None
+            raise self._unreadable(f"unreadable payload ({type(exc).__name__})") from None
         migrated = env.schema_version < schema.version
         if migrated:
             plain = schema.migrate(plain, env.schema_version)

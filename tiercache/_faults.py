@@ -58,6 +58,7 @@ _TIER_METHODS = frozenset(
         "touch",
         "compare_and_set",
         "compare_and_set_many",
+        "quarantine",
         "acquire_lease",
         "renew_lease",
         "release_lease",
@@ -442,6 +443,10 @@ class FaultyTier(_Gate, PersistentTier):
         self._enter("compare_and_set_many")
         return self.tier.compare_and_set_many(items)
 
+    def quarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
+        self._enter("quarantine")
+        return self.tier.quarantine(key, bad, to, keep)
+
     def acquire_lease(self, lease: str, fence: str, ttl: float) -> int:
         self._enter("acquire_lease")
         return self.tier.acquire_lease(lease, fence, ttl)
@@ -499,6 +504,10 @@ class FaultyTier(_Gate, PersistentTier):
     async def acompare_and_set_many(self, items: Sequence[CasItem]) -> list[bool]:
         await self._aenter("compare_and_set_many")
         return await self.tier.acompare_and_set_many(items)
+
+    async def aquarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
+        await self._aenter("quarantine")
+        return await self.tier.aquarantine(key, bad, to, keep)
 
     async def aacquire_lease(self, lease: str, fence: str, ttl: float) -> int:
         await self._aenter("acquire_lease")

@@ -17,6 +17,7 @@ __all__ = [
     "Expiry",
     "FlushPolicy",
     "Lease",
+    "Quarantine",
     "Resolver",
     "Schema",
     "WriteBehind",
@@ -176,6 +177,41 @@ class Lease:
     def __post_init__(self) -> None:
         _positive("Lease seconds", self.seconds)
         _positive("Lease wait", self.wait)
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    """What happens to stored bytes the cache cannot read.
+
+    Truncated, foreign or damaged bytes, another serializer's, an envelope
+    format this code does not know, a payload the serializer refuses, a
+    signature (HMAC) that does not match: each read of such an entry is a
+    miss, counted in ``stats().corrupt_entries`` and logged once per key
+    (never the bytes). The bad bytes are then moved out of the way, in the
+    same tier, to ``quarantine\x00`` + the stored key, kept for ``keep``
+    seconds (``0``: deleted at once), so the key reads as absent from then
+    on and the bytes stay there to inspect or restore. The move happens only
+    if the entry still holds exactly those bytes (a writer that repaired it
+    meanwhile wins), and only in tiers that can do it atomically (Redis,
+    disk); any other tier leaves the entry alone, and the next write
+    replaces it.
+
+    >>> Quarantine().keep / 86400
+    7.0
+    """
+
+    keep: float = 7 * 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.keep, bool)
+            or not isinstance(self.keep, int | float)
+            or not math.isfinite(self.keep)
+            or self.keep < 0
+        ):
+            raise ConfigError(
+                f"Quarantine keep must be a number of seconds >= 0, got {self.keep!r}"
+            )
 
 
 #: How a same-field write conflict is settled: called with the key, the

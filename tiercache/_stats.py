@@ -125,6 +125,8 @@ class CacheStats:
     writes_avoided: int = 0
     evictions: int = 0
     corrupt_entries: int = 0
+    #: Unreadable entries moved aside (see :class:`~tiercache.Quarantine`).
+    quarantined: int = 0
     #: Writes that lost a compare-and-set race and were merged and retried;
     #: same-field conflicts handed to the resolver; and conflicts that a
     #: background flush could not report to a handler (theirs was kept).
@@ -145,6 +147,9 @@ class CacheStats:
     unreachable_for_s: float = 0.0
     journaled: int = 0
     journal_depth: int = 0
+    #: Local (disk) copies served while the shared tier could not confirm
+    #: them, within ``max_stale``; reconfirmed once it answers again.
+    served_unconfirmed: int = 0
     dirty: int = 0
     oldest_dirty_age_s: float = 0.0
 
@@ -209,7 +214,7 @@ class CacheStats:
         out.append(
             f"loads {self.loads}  promotions {self.promotions}"
             f"  writes avoided {self.writes_avoided}  evictions {self.evictions}"
-            f"  corrupt {self.corrupt_entries}"
+            f"  corrupt {self.corrupt_entries}  quarantined {self.quarantined}"
         )
         out.append(
             f"merges {self.merges}  conflicts {self.conflicts}"
@@ -221,11 +226,11 @@ class CacheStats:
                 f"bus {state}  invalidations {self.invalidations}  gaps {self.bus_gaps}"
                 f"  revalidations {self.revalidations}"
             )
-        if self.degraded or self.journal_depth or self.journaled:
+        if self.degraded or self.journal_depth or self.journaled or self.served_unconfirmed:
             state = f"DEGRADED {self.unreachable_for_s:.1f} s" if self.degraded else "ok"
             out.append(
                 f"shared tier {state}  journal depth {self.journal_depth}"
-                f"  journaled {self.journaled}"
+                f"  journaled {self.journaled}  served unconfirmed {self.served_unconfirmed}"
             )
         out.append(f"flushes: {flushes}")
         out.append(f"dirty now {self.dirty}  oldest dirty {self.oldest_dirty_age_s:.3f} s")

@@ -105,6 +105,11 @@ class Harness:
             return await self.tier.acompare_and_set(key, value, ttl, expected)
         return self.tier.compare_and_set(key, value, ttl, expected)
 
+    async def quarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
+        if self.is_async:
+            return await self.tier.aquarantine(key, bad, to, keep)
+        return self.tier.quarantine(key, bad, to, keep)
+
     async def eventually(self, check: Callable[[], Awaitable[bool]], within: float = 2.0) -> bool:
         """Poll ``check`` until it holds or ``within`` real seconds pass."""
         deadline = time.monotonic() + within

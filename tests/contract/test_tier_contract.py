@@ -282,3 +282,39 @@ async def test_cas_race_has_one_winner(cas: Harness) -> None:
     assert results.count(True) == 1
     winner = results.index(True)
     assert await cas.get("k") == envelope(2, b"%d" % winner)
+
+
+# -- quarantine (every built-in tier moves atomically) ---------------------------
+
+
+async def test_quarantine_moves_exactly_the_bad_bytes(harness: Harness) -> None:
+    bad = b"TC\x01damaged" + bytes(range(256))
+    await harness.set("k", bad)
+    assert await harness.quarantine("k", bad, "quarantine\x00k", 600) is True
+    assert await harness.get("k") is None
+    assert await harness.get("quarantine\x00k") == bad
+
+
+async def test_quarantine_leaves_other_bytes_alone(harness: Harness) -> None:
+    await harness.set("k", envelope(3))  # repaired since the bad read
+    assert await harness.quarantine("k", b"garbage", "quarantine\x00k", 600) is False
+    assert await harness.get("k") == envelope(3)
+    assert await harness.get("quarantine\x00k") is None
+    assert await harness.quarantine("absent", b"garbage", "quarantine\x00absent", 600) is False
+
+
+async def test_quarantine_keep_zero_deletes(harness: Harness) -> None:
+    await harness.set("k", b"garbage")
+    assert await harness.quarantine("k", b"garbage", "quarantine\x00k", 0) is True
+    assert await harness.get_many(["k", "quarantine\x00k"]) == [None, None]
+
+
+async def test_quarantined_bytes_expire_after_keep(harness: Harness) -> None:
+    await harness.set("k", b"garbage")
+    assert await harness.quarantine("k", b"garbage", "quarantine\x00k", TTL) is True
+    await harness.advance(TTL + 0.05)
+
+    async def gone() -> bool:
+        return await harness.get("quarantine\x00k") is None
+
+    assert await harness.eventually(gone)

@@ -149,7 +149,7 @@ def test_redis_hit_is_promoted_into_disk_with_remaining_ttl(
     assert 90 < remaining <= 100.5
 
 
-def test_corrupt_bytes_in_redis_and_disk_are_counted_misses(
+def test_corrupt_bytes_in_redis_and_disk_are_counted_misses_and_quarantined(
     make: Callable[..., TieredCache], r: redis.Redis, tmp_path: Path
 ) -> None:
     cache = make()
@@ -160,7 +160,15 @@ def test_corrupt_bytes_in_redis_and_disk_are_counted_misses(
     assert cache.get("bad", MISSING) is MISSING
     st = cache.stats()
     assert st.corrupt_entries == 2
-    # A handler on that key gets a fresh session, and its write replaces the bad bytes.
+    # Both moved aside on the real backends, kept a week to inspect.
+    assert st.quarantined == 2
+    assert r.get(f"tc:{skey}") is None
+    assert r.get(f"tc:quarantine\x00{skey}") == b"\x00not an envelope"
+    assert 7 * 86400 * 1000 - 60_000 < r.pttl(f"tc:quarantine\x00{skey}") <= 7 * 86400 * 1000
+    with diskcache.Cache(str(tmp_path / "disk")) as raw:
+        assert raw.get(skey) is None
+        assert raw.get(f"quarantine\x00{skey}") == b"TC\x01garbage"
+    # A handler on that key gets a fresh session, and its write is stored.
     with cache.session("bad") as s:
         s["fixed"] = True
     assert make().get("bad") == {"fixed": True}

@@ -20,6 +20,8 @@ from tiercache import (
     Expiry,
     InvalidKeyError,
     MemoryTier,
+    PersistentTier,
+    Quarantine,
     SerializationError,
     TieredCache,
     TierError,
@@ -321,30 +323,102 @@ def test_unserializable_value_raises_and_stores_nothing(
 # -- envelopes -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "garbage",
-    [b"", b"garbage", b"TC\x01" + b"\x00" * 60, b"\x80\x04pickle", b"TC" + b"\xff" * 100],
-)
-def test_corrupt_bytes_are_a_counted_miss(
+GARBAGE = [b"", b"garbage", b"TC\x01" + b"\x00" * 60, b"\x80\x04pickle", b"TC" + b"\xff" * 100]
+
+
+@pytest.mark.parametrize("garbage", GARBAGE)
+def test_corrupt_bytes_are_a_counted_miss_and_quarantined(
     make: Callable[..., TieredCache],
     tiers: tuple[CountingTier, CountingTier],
+    clock: FakeClock,
     garbage: bytes,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     tier = tiers[0]
     cache = make(MemoryTier(), tier)
+    skey = f"{cache.namespace}:bad"
     # Planted with no TTL of its own: only the envelope could expire it.
-    tier.set(f"{cache.namespace}:bad", garbage)
+    tier.set(skey, garbage)
     with caplog.at_level(logging.WARNING, logger="tiercache"):
         assert cache.get("bad", MISSING) is MISSING
-        # Unreadable is not absent: it is not remembered as a miss, so a
-        # passing fault (a flaky serializer) cannot hide a stored value.
         assert cache.get("bad", MISSING) is MISSING
-    assert cache.stats().corrupt_entries == 2
+    st = cache.stats()
+    assert st.corrupt_entries == 1, "the second read found the key absent, not corrupt"
+    assert st.quarantined == 1
+    assert tier.get(skey) is None, "moved out of the key"
+    assert tier.get("quarantine\x00" + skey) == garbage, "kept, exactly, to inspect"
+    clock.advance(Quarantine().keep + 1)
+    assert tier.get("quarantine\x00" + skey) is None, "for a week, then gone"
     warnings = [r for r in caplog.records if "unreadable" in r.getMessage()]
-    assert len(warnings) == 1, "logged once per key, not once per read"
+    assert len(warnings) == 1
+    assert "quarantine" in warnings[0].getMessage()
     if len(garbage) > 4:
         assert repr(garbage[:12]) not in caplog.text, "stored bytes are never logged"
+
+
+def test_quarantine_keep_zero_deletes_the_bad_bytes(
+    make: Callable[..., TieredCache], tiers: tuple[CountingTier, CountingTier]
+) -> None:
+    tier = tiers[0]
+    cache = make(MemoryTier(), tier, corrupt=Quarantine(keep=0))
+    skey = f"{cache.namespace}:bad"
+    tier.set(skey, b"garbage")
+    assert cache.get("bad", MISSING) is MISSING
+    assert tier.get(skey) is None and tier.get("quarantine\x00" + skey) is None
+    assert cache.stats().quarantined == 1
+
+
+def test_a_repair_that_races_the_quarantine_wins(
+    make: Callable[..., TieredCache], tiers: tuple[CountingTier, CountingTier]
+) -> None:
+    """The move happens only if the key still holds the bad bytes: a
+    writer that replaced them between our read and the move keeps its
+    value."""
+    tier = tiers[0]
+    writer = make(MemoryTier(), tier)
+    skey = f"{writer.namespace}:k"
+    tier.set(skey, b"garbage")
+    real_get = tier.get
+
+    def get_then_repair(key: str) -> bytes | None:
+        raw = real_get(key)
+        if key == skey and raw == b"garbage":
+            writer.set("k", {"repaired": True})  # lands before the move
+        return raw
+
+    tier.get = get_then_repair  # type: ignore[method-assign]
+    reader = make(MemoryTier(), tier)
+    assert reader.get("k", MISSING) is MISSING  # it read the bad bytes
+    tier.get = real_get  # type: ignore[method-assign]
+    assert reader.stats().quarantined == 0
+    assert make(MemoryTier(), tier).get("k") == {"repaired": True}
+
+
+class NoQuarantine(CountingTier):
+    """A user's tier that cannot move bytes atomically (the default)."""
+
+    def quarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
+        return PersistentTier.quarantine(self, key, bad, to, keep)
+
+
+def test_a_tier_without_quarantine_leaves_the_entry_and_is_still_logged_once(
+    make: Callable[..., TieredCache], caplog: pytest.LogCaptureFixture
+) -> None:
+    tier = NoQuarantine()
+    cache = make(MemoryTier(), tier)
+    tier.set(f"{cache.namespace}:bad", b"garbage")
+    with caplog.at_level(logging.WARNING, logger="tiercache"):
+        for _ in range(3):
+            # Unreadable is not absent: it is not remembered as a miss, so a
+            # passing fault (a flaky serializer) cannot hide a stored value.
+            assert cache.get("bad", MISSING) is MISSING
+    assert cache.stats().corrupt_entries == 3
+    assert cache.stats().quarantined == 0
+    warnings = [r for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warnings) == 1 and "left in place" in warnings[0].getMessage()
+    with cache.session("bad") as s:  # the next write replaces the bad bytes
+        s["fixed"] = True
+    assert make(MemoryTier(), tier).get("bad") == {"fixed": True}
 
 
 def test_corrupt_upper_copy_falls_through_to_good_lower_copy(

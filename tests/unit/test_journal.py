@@ -188,3 +188,37 @@ def test_the_breaker_fails_fast_while_open(
     assert cache.get("e") is None  # the probe goes through and closes it
     assert calls == 1
     assert cache.stats().degraded is False
+
+
+def test_a_replay_that_merged_never_lets_a_stale_copy_win_a_version_race(
+    make: Callable[..., tuple[TieredCache, Switchable]],
+    store: DictTier,
+    namespace: str,
+    clock: FakeClock,
+) -> None:
+    """The bot journals k changes while cut off; the app writes k-1 times
+    meanwhile, so the bot's merged replay lands exactly on the version the
+    bot's journal promised. The bot's next write must still merge: a
+    compare-and-set on that version would succeed and put back the app's
+    field as it was before the outage."""
+    bot, tier = make("bot")
+    app, _ = make("app")
+    bot.set("k", {"bot": 0, "app": 0})
+    app.get("k")
+    tier.down = True
+    for i in range(1, 4):
+        with bot.session("k") as s:
+            s["bot"] = i  # journaled: versions 2, 3, 4
+    for i in range(1, 3):
+        with app.session("k") as s:
+            s["app"] = i  # stored: versions 2, 3
+    tier.down = False
+    clock.advance(10)
+    with bot.session("k") as s:
+        # This scope's exit replays the journal first (a merge: version 4)
+        # and then writes its own change on top.
+        s["bot"] = 4
+    assert read(store, namespace, "k") == {"bot": 4, "app": 2}
+    with app.session("k") as s:
+        s["app"] = 3
+    assert read(store, namespace, "k") == {"bot": 4, "app": 3}

@@ -24,6 +24,9 @@ Contract (``tests/contract`` checks it for every tier, sync and async):
 * Errors from the backend are raised as :class:`~tiercache.TierError` with
   the original as ``__cause__``.
 
+Optional: ``quarantine(key, bad, to, keep)`` moves unreadable bytes aside
+only if the key still holds exactly them (the default does nothing).
+
 Optional: a tier whose backend can do it atomically sets
 ``supports_cas = True`` and implements ``compare_and_set`` (write only if the
 stored entry version is ``expected``; ``0`` means "only if absent", and
@@ -103,6 +106,14 @@ class PersistentTier(abc.ABC):
         """Store only if the stored entry version is ``expected`` (0: absent)."""
         raise NotImplementedError(f"{type(self).__name__} does not support compare-and-set")
 
+    def quarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
+        """Move the value of ``key`` to the key ``to``, kept ``keep`` seconds
+        (``0``: not kept), but only if it still is exactly ``bad``; whether
+        it moved. A tier that cannot check and move in one atomic step
+        returns False and changes nothing (this default): the cache then
+        leaves the bad entry for the next write to replace."""
+        return False
+
     # -- optional: leases for strict mode --------------------------------------
     #
     # A lease is a key (``lease``) holding a fencing token, a number from a
@@ -174,6 +185,11 @@ class PersistentTier(abc.ABC):
         if self.async_inline:
             return self.compare_and_set(key, value, ttl, expected)
         return await asyncio.to_thread(self.compare_and_set, key, value, ttl, expected)
+
+    async def aquarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
+        if self.async_inline:
+            return self.quarantine(key, bad, to, keep)
+        return await asyncio.to_thread(self.quarantine, key, bad, to, keep)
 
     async def acompare_and_set_many(self, items: Sequence[CasItem]) -> list[bool]:
         if self.async_inline:

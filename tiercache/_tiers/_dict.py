@@ -94,6 +94,15 @@ class DictTier(PersistentTier):
             self._data[key] = (bytes(value), self._deadline(ttl))
             return True
 
+    def quarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
+        with self._lock:
+            if self._live(key) != bad:
+                return False
+            del self._data[key]
+            if keep > 0:
+                self._data[to] = (bytes(bad), self._deadline(keep))
+            return True
+
     def acquire_lease(self, lease: str, fence: str, ttl: float) -> int:
         with self._lock:
             if self._live(lease) is not None:

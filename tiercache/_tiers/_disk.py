@@ -44,6 +44,11 @@ def _wrapped(op: str, key: str | None = None) -> Iterator[None]:
         raise TierError(f"disk tier: {op}{where} failed: {exc!r}") from exc
 
 
+#: What ``get`` returns for a value someone else stored in the directory
+#: that is not bytes: never an envelope, so the cache counts it unreadable.
+FOREIGN = b"\x00tiercache: a value that is not bytes"
+
+
 def _raw(value: bytes) -> bytes:
     # diskcache stores exactly ``bytes`` raw and pickles everything else,
     # including bytearray, memoryview and bytes subclasses; hand it bytes.
@@ -159,17 +164,20 @@ class DiskTier(PersistentTier):
 
     def get(self, key: str) -> bytes | None:
         try:
-            # Only bytes go in (see _raw), so only bytes or None come out.
-            return self._cache.get(key)  # type: ignore[no-any-return]
+            value = self._cache.get(key)
         except _BACKEND_ERRORS as exc:
             raise TierError(f"disk tier: get {key!r} failed: {exc!r}") from exc
+        # We only put bytes in (see _raw); anything else was put there by
+        # someone else sharing the directory.
+        return value if value is None or type(value) is bytes else FOREIGN
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         get = self._cache.get
         try:
-            return [get(key) for key in keys]
+            values = [get(key) for key in keys]
         except _BACKEND_ERRORS as exc:
             raise TierError(f"disk tier: get_many failed: {exc!r}") from exc
+        return [v if v is None or type(v) is bytes else FOREIGN for v in values]
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         try:
@@ -211,6 +219,20 @@ class DiskTier(PersistentTier):
             if _version(current) != expected:
                 return False
             self._set(key, value, ttl)
+            return True
+
+    def quarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
+        # One write transaction: no other process writes between the check
+        # and the move.
+        with _wrapped("quarantine", key), self._cache.transact():
+            current = self._cache.get(key)
+            foreign = current is not None and type(current) is not bytes
+            if current != bad and not (foreign and bad == FOREIGN):
+                return False
+            self._cache.delete(key)
+            if keep > 0:
+                # A foreign object is kept as diskcache stored it (pickled).
+                self._cache.set(to, current, expire=keep)
             return True
 
     def close(self) -> None:

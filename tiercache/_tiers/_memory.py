@@ -46,6 +46,8 @@ class Entry:
         "initial",
         "journaled",
         "key",
+        "merged",
+        "outdated",
         "pending",
         "pending_since",
         "pins",
@@ -111,6 +113,15 @@ class Entry:
         #: Changes of this entry wait in the journal: the memory copy is
         #: newer than the store and must not be dropped for a stale one.
         self.journaled = False
+        #: Another writer's newer version exists (an invalidation, a merge
+        #: at replay) but the copy could not be dropped then: it was in use,
+        #: or held changes of ours. Dropped when the last scope lets go of it
+        #: unless a write of ours (which merges) replaced it first.
+        self.outdated = False
+        #: A write of this entry found another writer's version and merged
+        #: with it (or kept it, on a conflict): what it wrote is not what it
+        #: was sealed with.
+        self.merged = False
 
     def __repr__(self) -> str:
         return f"<Entry {self.key!r} v{self.version} pending={self.pending is not None}>"

@@ -83,6 +83,18 @@ if cur and string.len(cur) >= {HEADER_SIZE + 4} and string.sub(cur, 1, 2) == '{M
 end
 """
 
+# Quarantine: move unreadable bytes aside only if they are still the value
+# (a writer that repaired the key meanwhile wins). ARGV[2]: ms to keep them.
+_QUARANTINE_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local keep = tonumber(ARGV[2])
+if keep > 0 then
+    redis.call('SET', KEYS[2], ARGV[1], 'PX', keep)
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
 # Strict mode. A lease key holds a fencing token drawn from a counter that
 # only grows; each script checks the token it is given still holds it.
 _ACQUIRE_LUA = """
@@ -121,6 +133,10 @@ return 1
 
 def _lease_ms(ttl: float) -> int:
     return max(1, math.ceil(ttl * 1000))
+
+
+def _keep_ms(keep: float) -> int:
+    return 0 if keep <= 0 else max(1, math.ceil(keep * 1000))
 
 
 def redact_url(url: str) -> str:
@@ -515,6 +531,14 @@ class RedisTier(PersistentTier):
     # -- leases (strict mode) ----------------------------------------------------
 
     supports_lease = True
+
+    def quarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
+        keys, args = [self._key(key), self._key(to)], [bad, _keep_ms(keep)]
+        return bool(self._eval("quarantine", _QUARANTINE_LUA, keys, args))
+
+    async def aquarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
+        keys, args = [self._key(key), self._key(to)], [bad, _keep_ms(keep)]
+        return bool(await self._aeval("quarantine", _QUARANTINE_LUA, keys, args))
 
     def _eval(self, op: str, script: str, keys: list[str], args: list[Any]) -> Any:
         try:
