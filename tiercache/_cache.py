@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
+from ._breaker import Breaker
 from ._bus import Bus, Invalidation
 from ._clock import Clock, SystemClock
 from ._core import Core, Loaded
@@ -240,11 +241,11 @@ class TieredCache:
             max_value_bytes=max_value_bytes,
             quarantine=corrupt,
         )
-        self._breaker: _Breaker | None = None
+        self._breaker: Breaker | None = None
         if persistent:
             # Every call to the shared tier goes through a circuit breaker:
             # a dead server fails fast instead of costing a timeout per call.
-            self._breaker = _Breaker(persistent[-1], self._clock, self._on_recovered)
+            self._breaker = Breaker(persistent[-1], self._clock, self._on_recovered)
             self._core.tiers[-1] = cast(PersistentTier, self._breaker)
         if journal is not None and not isinstance(journal, Journal):
             raise ConfigError(f"journal must be a Journal(directory) or None, got {journal!r}")
@@ -601,12 +602,21 @@ class TieredCache:
             yield Call(core.tiers[index], core.counters[index], "delete", (skey,))
         return (yield from core.load_flow(key, schema))
 
+    def _absent_until(self) -> float | None:
+        """How long "no tier has this key" is believed: the cache TTL, and
+        never longer than ``max_stale`` (another process may create it)."""
+        until = self._core.memory_expiry(None)
+        if self.max_stale is None:
+            return until
+        bound = self._clock.time() + self.max_stale
+        return bound if until is None else min(until, bound)
+
     def _install(self, key: str, loaded: Loaded | None) -> Entry | None:
         """Insert a loaded value unless another caller already did."""
         with self._mlock:
             existing = self._memory.lookup(key)
             if existing is None and loaded is None:
-                self._memory.absent[key] = self._core.memory_expiry(None)
+                self._memory.absent[key] = self._absent_until()
             if existing is not None or loaded is None:
                 return existing
             entry = Entry(
@@ -726,10 +736,14 @@ class TieredCache:
                     raise
                 self._journal_batch(batch)
                 return
+            unreached: list[Entry] = []
             for (e, data), ok in zip(batch, oks, strict=True):
                 if ok:
                     written.append((e, data))
                     continue
+                # What this entry believed stored is not: until a merge
+                # succeeds, no compare-and-set may be made on that belief.
+                e.outdated = True
                 if reason == "migrate":
                     # Someone wrote since we loaded: forget our migrated
                     # copy; the next access loads (and migrates) theirs.
@@ -751,7 +765,14 @@ class TieredCache:
                         e.key,
                     )
                     continue
+                except TierError:
+                    if not journaling:
+                        raise
+                    unreached.append(e)  # the store went away mid-merge
+                    continue
                 written.append((e, merged))
+            if unreached:
+                self._journal_batch([(e, cast(bytes, e.pending)) for e in unreached])
             upper: list[SetItem] = [
                 (core.skey(e.key), data, core.ttl_for(e.ttl)) for e, data in written
             ]
@@ -1324,7 +1345,7 @@ class TieredCache:
             detach(entry.value)
         existed = yield from self._core.delete_flow(key)
         with self._mlock:
-            self._memory.absent[key] = self._core.memory_expiry(None)
+            self._memory.absent[key] = self._absent_until()
         yield from self._publish_flow([(key, "del", 0)])
         return existed or (entry is not None and entry.initial is None)
 
@@ -2028,97 +2049,6 @@ def _safe_version(data: bytes) -> int:
         return 0
 
 
-class _Breaker:
-    """The shared tier behind a circuit breaker (a transparent proxy).
-
-    After a failure, calls fail fast with TierError for a backoff that
-    doubles from 0.1 s to 5 s; the first call after it is the probe. A
-    success closes the breaker. Read by ``stats()``: whether it is open and
-    how long the tier has been unreachable.
-    """
-
-    _PASS = frozenset({"close", "aclose"})
-
-    def __init__(
-        self, tier: PersistentTier, clock: Clock, on_recovered: Callable[[], None]
-    ) -> None:
-        self._tier = tier
-        self._clock = clock
-        self._on_recovered = on_recovered
-        self.name = tier.name
-        self.supports_cas = tier.supports_cas
-        self.supports_lease = tier.supports_lease
-        self.async_inline = tier.async_inline
-        self.failures = 0
-        self.open_until = 0.0
-        self.down_since: float | None = None
-        #: The failure that opened the circuit: the cause of fast failures.
-        self.last_error: BaseException | None = None
-
-    @property
-    def degraded(self) -> bool:
-        return self.down_since is not None
-
-    def _before(self, method: str) -> None:
-        if self.failures and self._clock.monotonic() < self.open_until:
-            down = self._clock.monotonic() - cast(float, self.down_since)
-            raise TierError(
-                f"the {self.name} tier is unreachable (failing for {down:.1f} s; "
-                f"circuit open, {method} not sent): {self.last_error}"
-            ) from self.last_error
-
-    def _failed(self, exc: BaseException) -> None:
-        now = self._clock.monotonic()
-        self.last_error = exc.__cause__ or exc
-        self.failures += 1
-        if self.down_since is None:
-            self.down_since = now
-        self.open_until = now + min(5.0, 0.1 * 2 ** (self.failures - 1))
-
-    def _ok(self) -> None:
-        if self.down_since is not None:
-            self.failures = 0
-            self.down_since = None
-            self._on_recovered()
-        self.failures = 0
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._tier, name)
-        if name.startswith("_") or name in self._PASS or not callable(attr):
-            return attr
-        wrapped = self._wrap(name, attr)
-        # Cached on the instance: __getattr__ runs only for the first call.
-        setattr(self, name, wrapped)
-        return wrapped
-
-    def _wrap(self, name: str, attr: Any) -> Any:
-        if asyncio.iscoroutinefunction(attr):
-
-            async def acall(*args: Any) -> Any:
-                self._before(name)
-                try:
-                    result = await attr(*args)
-                except TierError as exc:
-                    self._failed(exc)
-                    raise
-                self._ok()
-                return result
-
-            return acall
-
-        def call(*args: Any) -> Any:
-            self._before(name)
-            try:
-                result = attr(*args)
-            except TierError as exc:
-                self._failed(exc)
-                raise
-            self._ok()
-            return result
-
-        return call
-
-
 class _Renewer:
     """Renews the leases this cache holds, from one daemon thread.
 
@@ -2191,8 +2121,12 @@ def _timer_loop(ref: weakref.ref[TieredCache], stop: threading.Event, interval: 
             return
         try:
             cache._tick()
+        except TierError as exc:
+            # The entries stay pending (or journaled) and the next tick
+            # retries them. An outage is logged once, by the breaker, not
+            # once per tick.
+            log.debug("tiercache: background flush of %r failed: %s", cache.namespace, exc)
         except Exception:
-            # The entries stay pending and the next tick retries them.
             log.exception("tiercache: background flush of %r failed", cache.namespace)
         del cache
 

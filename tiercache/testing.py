@@ -107,7 +107,8 @@ class RedisServer:
     """A private ``redis-server`` child process on 127.0.0.1.
 
     It runs without persistence in a temporary directory and is stopped by
-    its own PID. :meth:`kill` (SIGKILL) and :meth:`restart` (same port) are
+    its own PID. :meth:`kill` (SIGKILL), :meth:`pause` / :meth:`resume`
+    (SIGSTOP / SIGCONT: a hung server) and :meth:`restart` (same port) are
     there for fault tests.
     """
 
@@ -183,6 +184,7 @@ class RedisServer:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
+        proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=5)
@@ -196,6 +198,17 @@ class RedisServer:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP the server: connections stay open and nothing answers,
+        as with a hung host or a network that drops packets."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a server :meth:`pause` stopped."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         """Stop and start again on the same port (all data is gone)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tiercache import DiskTier, MemoryTier, RedisTier, TieredCache
+from tiercache import DiskTier, Journal, MemoryTier, RedisTier, TieredCache
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -28,7 +28,7 @@ KILLS = int(os.environ.get("TIERCACHE_CRASH_KILLS", "200"))
 
 WORKER = """
 import sys
-from tiercache import DiskTier, MemoryTier, RedisTier, TieredCache
+from tiercache import DiskTier, Journal, MemoryTier, RedisTier, TieredCache
 url, directory, namespace = sys.argv[1:4]
 cache = TieredCache(MemoryTier(), DiskTier(directory), RedisTier(url), namespace=namespace)
 while True:
@@ -123,3 +123,61 @@ def test_write_behind_crash_loses_at_most_one_interval(
         stored = (cache.get("counter") or {}).get("n", 0)
         cache.close()
         assert stored >= must_have, f"lost more than one interval: {stored} < {must_have}"
+
+
+WAL_WORKER = """
+import sys
+from tiercache import Journal, MemoryTier, RedisTier, TieredCache, WriteBehind
+url, journal_dir, namespace = sys.argv[1:4]
+# Write-behind with a journal: every change is in the journal (one write(2))
+# before its scope returns; the timer sends them to Redis in batches.
+cache = TieredCache(MemoryTier(), RedisTier(url), namespace=namespace,
+                    flush=WriteBehind(0.05), journal=Journal(journal_dir))
+while True:
+    with cache.session("counter") as s:
+        s["n"] = s.get("n", 0) + 1
+        n = s["n"]
+    sys.stdout.write(f"{n}\\n")
+    sys.stdout.flush()
+"""
+
+WAL_KILLS = int(os.environ.get("TIERCACHE_WAL_KILLS", "100"))
+
+
+def test_write_behind_with_a_journal_loses_nothing_to_sigkill(
+    redis_url: str, tmp_path: Path, namespace: str
+) -> None:
+    """The journal turns write-behind's "at most one interval" into "nothing
+    acknowledged": each restarted worker replays what the killed one left
+    in the journal before it reads the counter again."""
+    rng = random.Random(4321)
+    acked = 0
+    journal_dir = str(tmp_path / "journal")
+    for _ in range(WAL_KILLS):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WAL_WORKER, redis_url, journal_dir, namespace],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first, proc.stderr.read() if proc.stderr else b""
+        assert int(first) > acked, "a restarted worker goes on from what was acknowledged"
+        acked = max(acked, int(first))
+        time.sleep(rng.uniform(0.0, 0.15))  # mid-scope, mid-tick, or between
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=10)
+        for line in out.splitlines():
+            if line.strip():
+                acked = max(acked, int(line))
+    # What the last worker left in its journal is replayed by the next start.
+    cache = TieredCache(
+        MemoryTier(),
+        RedisTier(redis_url),
+        namespace=namespace,
+        journal=Journal(journal_dir),
+    )
+    stored = cache.get("counter")["n"]
+    cache.close()
+    assert stored >= acked, f"acknowledged {acked}, stored {stored}"
+    assert stored <= acked + WAL_KILLS

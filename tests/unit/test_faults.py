@@ -663,3 +663,21 @@ def test_a_lost_message_is_bounded_by_max_stale_with_a_healthy_bus(
     assert reader.get("k") == 1, "the message was lost: the old copy stays for now"
     clock.advance(60)
     assert reader.get("k") == 2
+
+
+@pytest.mark.parametrize("reader_bus", [False, True])
+def test_a_remembered_miss_is_bounded_by_max_stale_too(
+    pair: Callable[..., tuple[TieredCache, TieredCache, Faults]],
+    clock: FakeClock,
+    reader_bus: bool,
+) -> None:
+    """Found by the simulation: "no tier has this key" was believed for the
+    cache TTL (forever without one), so a key another process created while
+    its message was lost stayed missing for good."""
+    writer, reader, faults = pair(reader_bus=reader_bus)
+    assert reader.get("k") is None  # remembered as absent
+    faults.drop_next(1)
+    writer.set("k", 1)
+    assert reader.get("k") is None, "within max_stale the miss may stand"
+    clock.advance(6)
+    assert reader.get("k") == 1

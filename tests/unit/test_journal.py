@@ -3,6 +3,8 @@ acknowledged changes wait in a crash-safe journal until it is back."""
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,12 +12,16 @@ from typing import Any
 import pytest
 
 from tiercache import (
+    ConfigError,
     Journal,
     JournalFullError,
     MemoryTier,
+    MsgpackSerializer,
     TieredCache,
     TierError,
+    WriteBehind,
 )
+from tiercache._journal import Record
 from tiercache.testing import DictTier, FakeClock
 
 
@@ -222,3 +228,228 @@ def test_a_replay_that_merged_never_lets_a_stale_copy_win_a_version_race(
     with app.session("k") as s:
         s["app"] = 3
     assert read(store, namespace, "k") == {"bot": 4, "app": 3}
+
+
+# -- the journal file itself -----------------------------------------------------------
+
+
+def records(n: int, key: str = "k") -> list[Record]:
+    return [Record(key, b"TC-data-%d" % i, i, {"f": i}, ()) for i in range(n)]
+
+
+def test_records_survive_reopening_in_order(tmp_path: Path) -> None:
+    ser = MsgpackSerializer()
+    j = Journal(tmp_path / "j")
+    j.append(records(3), ser)
+    j.append(records(2, "other"), ser)
+    j.close()
+    j = Journal(tmp_path / "j")
+    assert j.depth == 5
+    assert [(r.key, r.expected) for r in j.take(ser).records] == [
+        ("k", 0),
+        ("k", 1),
+        ("k", 2),
+        ("other", 0),
+        ("other", 1),
+    ]
+    j.close()
+
+
+def test_take_seals_and_done_forgets_only_what_was_taken(tmp_path: Path) -> None:
+    ser = MsgpackSerializer()
+    j = Journal(tmp_path / "j")
+    j.append(records(2), ser)
+    taken = j.take(ser)
+    j.append(records(1, "later"), ser)  # after the take: a new segment
+    j.done(taken)
+    assert j.depth == 1
+    assert [r.key for r in j.snapshot(ser)] == ["later"]
+    j.close()
+    assert [r.key for r in Journal(tmp_path / "j").snapshot(ser)] == ["later"]
+
+
+def test_a_second_owner_of_a_journal_directory_is_refused(tmp_path: Path) -> None:
+    first = Journal(tmp_path / "j")
+    with pytest.raises(ConfigError, match="in use"):
+        Journal(tmp_path / "j")
+    first.close()
+    Journal(tmp_path / "j").close()  # free again once the first let go
+
+
+def test_a_torn_last_write_is_cut_off_and_kept_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash in the middle of write(2) leaves half a frame: the records
+    before it are replayed, the torn bytes are kept in a .damaged file."""
+    ser = MsgpackSerializer()
+    j = Journal(tmp_path / "j")
+    j.append(records(3), ser)
+    j.close()
+    (segment,) = (tmp_path / "j").glob("*.tcj")
+    data = segment.read_bytes()
+    segment.write_bytes(data[:-7])  # the last frame loses its tail
+    with caplog.at_level(logging.ERROR, logger="tiercache"):
+        j = Journal(tmp_path / "j")
+    assert j.depth == 2
+    assert [r.expected for r in j.snapshot(ser)] == [0, 1]
+    assert j.damaged_bytes > 0
+    assert (segment.parent / (segment.name + ".damaged")).exists()
+    assert "damaged" in caplog.text
+    j.close()
+    assert Journal(tmp_path / "j").damaged_bytes == 0, "cut once, clean after"
+
+
+def test_a_flipped_bit_stops_the_segment_at_the_bad_frame(tmp_path: Path) -> None:
+    ser = MsgpackSerializer()
+    j = Journal(tmp_path / "j")
+    j.append(records(3), ser)
+    j.close()
+    (segment,) = (tmp_path / "j").glob("*.tcj")
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0x40  # inside the second frame
+    segment.write_bytes(bytes(data))
+    j = Journal(tmp_path / "j")
+    assert [r.expected for r in j.snapshot(ser)] == [0], "nothing after a bad frame is trusted"
+    j.close()
+
+
+def test_a_failed_write_leaves_nothing_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ser = MsgpackSerializer()
+    j = Journal(tmp_path / "j")
+    j.append(records(1), ser)
+    real_write = os.write
+
+    def short_then_fail(fd: int, data: Any) -> int:
+        monkeypatch.setattr(os, "write", failing)
+        return real_write(fd, bytes(data)[:5])  # a short write, then the disk is full
+
+    def failing(fd: int, data: Any) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", short_then_fail)
+    with pytest.raises(TierError, match="journal write failed"):
+        j.append(records(2, "lost"), ser)
+    monkeypatch.setattr(os, "write", real_write)
+    assert j.depth == 1
+    j.append(records(1, "after"), ser)
+    j.close()
+    j = Journal(tmp_path / "j")
+    assert [r.key for r in j.snapshot(ser)] == ["k", "after"]
+    assert j.damaged_bytes == 0
+    j.close()
+
+
+def test_fsync_mode_syncs_every_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ser = MsgpackSerializer()
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    j = Journal(tmp_path / "j", fsync=True)
+    j.append(records(1), ser)
+    j.append(records(1), ser)
+    assert len(synced) >= 2
+    j.close()
+    synced.clear()
+    j = Journal(tmp_path / "j2")
+    j.append(records(1), ser)
+    assert synced == [], "fsync=False never calls fsync"
+    j.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, "10"])
+def test_bad_journal_settings_are_config_errors(tmp_path: Path, bad: Any) -> None:
+    with pytest.raises(ConfigError, match="max_entries"):
+        Journal(tmp_path / "j", max_entries=bad)
+    with pytest.raises(ConfigError, match="fsync"):
+        Journal(tmp_path / "j2", fsync=bad if bad is not True else 1)
+
+
+# -- the journal as the write-ahead log of WriteBehind --------------------------------------
+
+
+def test_write_behind_with_a_journal_acknowledges_every_change_durably(
+    make: Callable[..., tuple[TieredCache, Switchable]],
+    store: DictTier,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    cache, _ = make("wal", flush=WriteBehind(3600))  # the timer never fires here
+    for i in range(1, 6):
+        with cache.session("k") as s:
+            s["n"] = i
+        # Durable when the scope returns: in the journal's files already.
+        on_disk = [r for seg in (tmp_path / "wal").glob("*.tcj") for r in _segment_records(seg)]
+        assert len(on_disk) == i
+    assert read(store, namespace, "k") is None, "nothing written to the store yet"
+    assert cache.stats().journal_depth == 5 and cache.stats().dirty == 0
+    cache._tick()  # one timer tick: one write for the five changes
+    assert read(store, namespace, "k") == {"n": 5}
+    assert cache.stats().journal_depth == 0
+    assert cache.stats().flushes["timer"] == 1
+    assert cache.get("k") == {"n": 5}, "still a memory hit after the tick"
+    assert cache.stats().loads == 0
+
+
+def test_write_behind_journal_replays_after_a_crash(
+    make: Callable[..., tuple[TieredCache, Switchable]],
+    store: DictTier,
+    namespace: str,
+) -> None:
+    first, _ = make("wal-crash", flush=WriteBehind(3600))
+    with first.session("k") as s:
+        s["n"] = 1
+    # A crash: no close, no timer tick. Only the journal's files remain.
+    first._journal.close()  # type: ignore[union-attr]
+    first._closed = True
+    second, _ = make("wal-crash", flush=WriteBehind(3600))  # replays on start
+    assert read(store, namespace, "k") == {"n": 1}
+    assert second.stats().journal_depth == 0
+
+
+def test_write_behind_journal_merges_with_another_writer_at_the_tick(
+    make: Callable[..., tuple[TieredCache, Switchable]],
+    store: DictTier,
+    namespace: str,
+) -> None:
+    bot, _ = make("bot", flush=WriteBehind(3600))
+    app, _ = make("app")
+    app.set("k", {"bot": 0, "app": 0})
+    with bot.session("k") as s:
+        s["bot"] = 1
+    with app.session("k") as s:
+        s["app"] = 1
+    bot._tick()
+    assert read(store, namespace, "k") == {"bot": 1, "app": 1}
+    assert bot.stats().merges == 1
+    # The bot's memory copy took the merged value: current, still a hit.
+    assert bot.get("k") == {"bot": 1, "app": 1}
+    with bot.session("k") as s:
+        s["bot"] = 2
+    bot._tick()
+    assert read(store, namespace, "k") == {"bot": 2, "app": 1}
+
+
+def test_write_behind_journal_full_is_an_error_in_the_handler(
+    make: Callable[..., tuple[TieredCache, Switchable]],
+    tmp_path: Path,
+    store: DictTier,
+    namespace: str,
+) -> None:
+    cache, tier = make(flush=WriteBehind(3600), journal=Journal(tmp_path / "tiny", max_entries=2))
+    cache.set("k", {"n": 0})
+    tier.down = True  # the timer cannot drain the journal any more
+    for i in range(2):
+        with cache.session("k") as s:
+            s["n"] = i + 1
+    with pytest.raises(JournalFullError), cache.session("k") as s:
+        s["n"] = 99
+    assert cache.stats().dirty == 1, "not acknowledged, still pending in memory"
+    tier.down = False
+
+
+def _segment_records(path: Path) -> list[bytes]:
+    from tiercache._journal import _read_frames
+
+    return _read_frames(str(path))[0]
