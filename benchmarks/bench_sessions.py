@@ -24,7 +24,7 @@ import orjson
 import pytest
 import redis
 
-from tiercache import MemoryTier, RedisTier, TieredCache, WriteBehind, cached_session
+from tiercache import Journal, MemoryTier, RedisTier, TieredCache, WriteBehind, cached_session
 
 USERS = 1000
 REQUESTS = 5000
@@ -180,6 +180,34 @@ def test_mix_tiercache_write_behind(benchmark: Any, redis_url: str) -> None:
         RedisTier(redis_url),
         namespace=uuid.uuid4().hex[:6],
         flush=WriteBehind(1.0),
+    )
+    work = workload()
+    session = cache.session
+
+    def run() -> None:
+        for user, mutate in work:
+            with session(f"chat:{user}", initial=initial) as s:
+                handler_body(s, mutate)
+
+    run_mix(benchmark, r, run, cache.flush)
+    benchmark.extra_info["distinct_dirty_sessions_per_round"] = len({u for u, m in work if m})
+    cache.close()
+    r.close()
+
+
+@pytest.mark.benchmark(group="bot mix: 1,000 users, 90% read-only")
+def test_mix_tiercache_write_behind_with_journal(
+    benchmark: Any, redis_url: str, tmp_path: Any
+) -> None:
+    """Write-behind whose every change is in the journal before its scope
+    returns: a crash loses nothing acknowledged (tests/integration/test_crash.py)."""
+    r = redis.Redis.from_url(redis_url)
+    cache = TieredCache(
+        MemoryTier(),
+        RedisTier(redis_url),
+        namespace=uuid.uuid4().hex[:6],
+        flush=WriteBehind(1.0),
+        journal=Journal(tmp_path / "journal"),
     )
     work = workload()
     session = cache.session

@@ -38,8 +38,6 @@ log = logging.getLogger("tiercache")
 #: A failure that took longer than this (real seconds) was a timeout, not
 #: a refusal: probe in the background from then on.
 SLOW_FAILURE = 0.25
-#: The key a background probe reads (absent; any answer will do).
-PROBE_KEY = "\x00tiercache-probe"
 
 
 class Breaker:
@@ -55,9 +53,16 @@ class Breaker:
     _PASS = frozenset({"close", "aclose"})
 
     def __init__(
-        self, tier: PersistentTier, clock: Clock, on_recovered: Callable[[], None]
+        self,
+        tier: PersistentTier,
+        clock: Clock,
+        on_recovered: Callable[[], None],
+        probe_key: str,
     ) -> None:
         self._tier = tier
+        #: What a background probe reads (absent; any answer will do): a key
+        #: of the cache's namespace, so an ACL that grants those allows it.
+        self._probe_key = probe_key
         self._clock = clock
         self._on_recovered = on_recovered
         self.name = tier.name
@@ -130,7 +135,7 @@ class Breaker:
     def _run_probe(self) -> None:
         start = time.monotonic()
         try:
-            self._tier.get(PROBE_KEY)
+            self._tier.get(self._probe_key)
         except Exception as exc:  # any failure keeps the circuit open
             self._failed(exc, time.monotonic() - start)
             return

@@ -121,6 +121,15 @@ class TieredCache:
     expiry after each write) or an :class:`Expiry`; ``schema`` is the
     default :class:`Schema` of stored values.
 
+    Across processes: ``bus`` (a :class:`RedisBus`) carries invalidations,
+    ``max_stale`` bounds how old a served copy may be, ``conflict`` settles
+    same-field conflicts, ``lease`` makes every scope strict. When things
+    go wrong: ``journal`` (a :class:`Journal`) acknowledges changes the
+    shared tier cannot take and replays them (with :class:`WriteBehind` it
+    journals every change, so a crash loses nothing); ``max_value_bytes``
+    bounds a value; ``corrupt`` (a :class:`Quarantine`) says how long
+    unreadable bytes are kept aside.
+
     >>> from tiercache import TieredCache, MemoryTier
     >>> cache = TieredCache(MemoryTier(maxsize=100), namespace="doc")
     >>> cache.set("greeting", {"text": "hi"})
@@ -245,7 +254,12 @@ class TieredCache:
         if persistent:
             # Every call to the shared tier goes through a circuit breaker:
             # a dead server fails fast instead of costing a timeout per call.
-            self._breaker = Breaker(persistent[-1], self._clock, self._on_recovered)
+            self._breaker = Breaker(
+                persistent[-1],
+                self._clock,
+                self._on_recovered,
+                probe_key=self._core.skey("\x00probe"),
+            )
             self._core.tiers[-1] = cast(PersistentTier, self._breaker)
         if journal is not None and not isinstance(journal, Journal):
             raise ConfigError(f"journal must be a Journal(directory) or None, got {journal!r}")
@@ -1407,7 +1421,7 @@ class TieredCache:
     def _flush_all(self, reason: str) -> int:
         if self._journal is not None and self._journal.depth:
             try:
-                run(self._replay_flow())
+                run(self._replay_flow(reason if self._wal else "replay"))
             except TierError:
                 if reason != "close":
                     raise
@@ -1431,7 +1445,7 @@ class TieredCache:
     async def _aflush_all(self, reason: str) -> int:
         if self._journal is not None and self._journal.depth:
             try:
-                await arun(self._replay_flow())
+                await arun(self._replay_flow(reason if self._wal else "replay"))
             except TierError:
                 if reason != "close":
                     raise

@@ -209,10 +209,11 @@ class Core:
                 f"a value that cannot be tracked ({type(exc).__name__})"
             ) from None
 
-    def quarantine_key(self, skey: str) -> str:
-        """Where a tier keeps the unreadable bytes of ``skey``: a NUL cannot
-        follow a namespace in a key the cache stores, so nothing collides."""
-        return "quarantine\x00" + skey
+    def quarantine_key(self, key: str) -> str:
+        """Where a tier keeps the unreadable bytes of ``key``: inside the
+        namespace (an ACL that grants the namespace's keys covers it), under
+        a NUL-led name no handler's key is expected to take."""
+        return self.prefix + "\x00quarantine\x00" + key
 
     def quarantine_flow(self, key: str, index: int, data: bytes, reason: str) -> Flow[bool]:
         """Bad bytes were read from tier ``index``: move them aside (see
@@ -226,7 +227,7 @@ class Core:
             moved = bool(
                 (
                     yield Call(
-                        tier, counters, "quarantine", (skey, data, self.quarantine_key(skey), keep)
+                        tier, counters, "quarantine", (skey, data, self.quarantine_key(key), keep)
                     )
                 )
             )
@@ -235,7 +236,7 @@ class Core:
         if moved:
             self.quarantined += 1
             fate = (
-                f"moved to {self.quarantine_key(skey)!r} for {keep:g} s" if keep > 0 else "deleted"
+                f"moved to {self.quarantine_key(key)!r} for {keep:g} s" if keep > 0 else "deleted"
             )
         else:
             fate = "left in place" + (trouble or " (changed meanwhile, or the tier cannot move it)")

@@ -188,7 +188,7 @@ class Quarantine:
     signature (HMAC) that does not match: each read of such an entry is a
     miss, counted in ``stats().corrupt_entries`` and logged once per key
     (never the bytes). The bad bytes are then moved out of the way, in the
-    same tier, to ``quarantine\x00`` + the stored key, kept for ``keep``
+    same tier, to ``<namespace>:\x00quarantine\x00<key>``, kept for ``keep``
     seconds (``0``: deleted at once), so the key reads as absent from then
     on and the bytes stay there to inspect or restore. The move happens only
     if the entry still holds exactly those bytes (a writer that repaired it

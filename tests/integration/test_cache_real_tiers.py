@@ -163,11 +163,12 @@ def test_corrupt_bytes_in_redis_and_disk_are_counted_misses_and_quarantined(
     # Both moved aside on the real backends, kept a week to inspect.
     assert st.quarantined == 2
     assert r.get(f"tc:{skey}") is None
-    assert r.get(f"tc:quarantine\x00{skey}") == b"\x00not an envelope"
-    assert 7 * 86400 * 1000 - 60_000 < r.pttl(f"tc:quarantine\x00{skey}") <= 7 * 86400 * 1000
+    qkey = f"{cache.namespace}:\x00quarantine\x00bad"
+    assert r.get(f"tc:{qkey}") == b"\x00not an envelope"
+    assert 7 * 86400 * 1000 - 60_000 < r.pttl(f"tc:{qkey}") <= 7 * 86400 * 1000
     with diskcache.Cache(str(tmp_path / "disk")) as raw:
         assert raw.get(skey) is None
-        assert raw.get(f"quarantine\x00{skey}") == b"TC\x01garbage"
+        assert raw.get(qkey) == b"TC\x01garbage"
     # A handler on that key gets a fresh session, and its write is stored.
     with cache.session("bad") as s:
         s["fixed"] = True

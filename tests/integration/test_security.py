@@ -282,6 +282,12 @@ def exercise(url: str, namespace: str, make_cache: MakeCache) -> None:
     fresh = make_cache(url, namespace, bus=False)
     assert fresh.get("chat:1", MISSING) is MISSING
     assert fresh.get("chat:2") == {"strict": True}
+    # Unreadable bytes are quarantined inside the namespace's keys.
+    raw = raw_client(url)
+    raw.set(stored_key(namespace, "bad"), b"garbage")
+    raw.close()
+    assert fresh.get("bad", MISSING) is MISSING
+    assert fresh.stats().quarantined == 1 and not fresh.stats().degraded
     assert a.stats().bus_healthy and b.stats().bus_healthy
 
 

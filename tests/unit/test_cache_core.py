@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from tiercache import (
     DetachedError,
     Expiry,
     InvalidKeyError,
+    Journal,
     MemoryTier,
     PersistentTier,
     Quarantine,
@@ -307,17 +309,36 @@ def test_close_flushes_pending(
     assert cache.stats().flushes["close"] == 1
 
 
+#: Bad values must fail in the handler, at scope exit, under every policy:
+#: never only later, in a background flush nobody sees.
+POLICIES = {
+    "write-through": lambda tmp: {},
+    "write-behind": lambda tmp: {"flush": WriteBehind(3600)},
+    "write-behind-journal": lambda tmp: {"flush": WriteBehind(3600), "journal": Journal(tmp)},
+}
+
+
+@pytest.mark.parametrize("policy", POLICIES)
 def test_unserializable_value_raises_and_stores_nothing(
-    make: Callable[..., TieredCache], tiers: tuple[CountingTier, CountingTier]
+    make: Callable[..., TieredCache],
+    tiers: tuple[CountingTier, CountingTier],
+    policy: str,
+    tmp_path: Path,
 ) -> None:
-    cache = make(MemoryTier(), tiers[0])
+    cache = make(MemoryTier(), tiers[0], **POLICIES[policy](tmp_path / "j"))
     with cache.session("k") as s:
         s["ok"] = 1
-    with pytest.raises(SerializationError, match="'k'"), cache.session("k") as s:
-        s["bad"] = object()
+    cache.flush()
+    with (
+        pytest.raises(SerializationError, match=r"'k': value\['bad'\]\['deep'\]\[1\]"),
+        cache.session("k") as s,
+    ):
+        s["bad"] = {"deep": [1, object()]}
         s["ok"] = 2
     assert cache.get("k") == {"ok": 1}, "memory rolled back to the last commit"
+    cache.flush()
     assert make(MemoryTier(), tiers[0]).get("k") == {"ok": 1}
+    assert cache.stats().journal_depth == 0 and cache.stats().dirty == 0
 
 
 # -- envelopes -----------------------------------------------------------------------
@@ -346,9 +367,11 @@ def test_corrupt_bytes_are_a_counted_miss_and_quarantined(
     assert st.corrupt_entries == 1, "the second read found the key absent, not corrupt"
     assert st.quarantined == 1
     assert tier.get(skey) is None, "moved out of the key"
-    assert tier.get("quarantine\x00" + skey) == garbage, "kept, exactly, to inspect"
+    assert tier.get(f"{cache.namespace}:\x00quarantine\x00bad") == garbage, (
+        "kept, exactly, to inspect"
+    )
     clock.advance(Quarantine().keep + 1)
-    assert tier.get("quarantine\x00" + skey) is None, "for a week, then gone"
+    assert tier.get(f"{cache.namespace}:\x00quarantine\x00bad") is None, "for a week, then gone"
     warnings = [r for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(warnings) == 1
     assert "quarantine" in warnings[0].getMessage()
@@ -364,7 +387,7 @@ def test_quarantine_keep_zero_deletes_the_bad_bytes(
     skey = f"{cache.namespace}:bad"
     tier.set(skey, b"garbage")
     assert cache.get("bad", MISSING) is MISSING
-    assert tier.get(skey) is None and tier.get("quarantine\x00" + skey) is None
+    assert tier.get(skey) is None and tier.get(f"{cache.namespace}:\x00quarantine\x00bad") is None
     assert cache.stats().quarantined == 1
 
 
@@ -570,14 +593,19 @@ def test_memory_tier_bounded_by_bytes_too(
     assert [cache.get(f"k{i}")["i"] for i in range(20)] == list(range(20)), "read back from below"
 
 
+@pytest.mark.parametrize("policy", POLICIES)
 def test_a_value_over_the_byte_budget_fails_in_the_handler_and_stores_nothing(
-    make: Callable[..., TieredCache], tiers: tuple[CountingTier, CountingTier]
+    make: Callable[..., TieredCache],
+    tiers: tuple[CountingTier, CountingTier],
+    policy: str,
+    tmp_path: Path,
 ) -> None:
     from tiercache import ValueTooLargeError
 
-    cache = make(MemoryTier(), tiers[0], max_value_bytes=1000)
+    cache = make(MemoryTier(), tiers[0], max_value_bytes=1000, **POLICIES[policy](tmp_path / "j"))
     with cache.session("k") as s:
         s["small"] = "x" * 10
+    cache.flush()
     writes = tiers[0].writes()
     with (
         pytest.raises(ValueTooLargeError, match=r"'k'.*value\['history'\]"),
@@ -585,6 +613,7 @@ def test_a_value_over_the_byte_budget_fails_in_the_handler_and_stores_nothing(
     ):
         s["history"] = ["line"] * 500
         s["small"] = "y"
+    cache.flush()
     assert tiers[0].writes() == writes, "nothing was written"
     assert cache.get("k") == {"small": "x" * 10}, "the session is as before the scope"
     with pytest.raises(ConfigError):

@@ -851,7 +851,7 @@ def test_a_non_bytes_value_in_a_shared_disk_directory_is_a_counted_miss(
         assert planted.cache.get(key, MISSING) is MISSING
         assert planted.corrupt() == 1
         assert planted.cache.stats().quarantined == 1
-        assert planted.tier.cache.get(f"quarantine\x00fuzz:{key}") == foreign
+        assert planted.tier.cache.get(f"fuzz:\x00quarantine\x00{key}") == foreign
         with planted.cache.session(key) as s:
             s["seen"] = True
         assert open_stored(planted.tier.cache.get(f"fuzz:{key}"), MSGPACK) == {"seen": True}
