@@ -172,14 +172,14 @@ def test_mix_tiercache_write_through(benchmark: Any, redis_url: str) -> None:
     r.close()
 
 
-@pytest.mark.benchmark(group="bot mix: 1,000 users, 90% read-only")
-def test_mix_tiercache_write_behind(benchmark: Any, redis_url: str) -> None:
+def run_write_behind_mix(benchmark: Any, redis_url: str, **options: Any) -> None:
     r = redis.Redis.from_url(redis_url)
     cache = TieredCache(
         MemoryTier(),
         RedisTier(redis_url),
         namespace=uuid.uuid4().hex[:6],
         flush=WriteBehind(1.0),
+        **options,
     )
     work = workload()
     session = cache.session
@@ -193,6 +193,11 @@ def test_mix_tiercache_write_behind(benchmark: Any, redis_url: str) -> None:
     benchmark.extra_info["distinct_dirty_sessions_per_round"] = len({u for u, m in work if m})
     cache.close()
     r.close()
+
+
+@pytest.mark.benchmark(group="bot mix: 1,000 users, 90% read-only")
+def test_mix_tiercache_write_behind(benchmark: Any, redis_url: str) -> None:
+    run_write_behind_mix(benchmark, redis_url)
 
 
 @pytest.mark.benchmark(group="bot mix: 1,000 users, 90% read-only")
@@ -201,23 +206,4 @@ def test_mix_tiercache_write_behind_with_journal(
 ) -> None:
     """Write-behind whose every change is in the journal before its scope
     returns: a crash loses nothing acknowledged (tests/integration/test_crash.py)."""
-    r = redis.Redis.from_url(redis_url)
-    cache = TieredCache(
-        MemoryTier(),
-        RedisTier(redis_url),
-        namespace=uuid.uuid4().hex[:6],
-        flush=WriteBehind(1.0),
-        journal=Journal(tmp_path / "journal"),
-    )
-    work = workload()
-    session = cache.session
-
-    def run() -> None:
-        for user, mutate in work:
-            with session(f"chat:{user}", initial=initial) as s:
-                handler_body(s, mutate)
-
-    run_mix(benchmark, r, run, cache.flush)
-    benchmark.extra_info["distinct_dirty_sessions_per_round"] = len({u for u, m in work if m})
-    cache.close()
-    r.close()
+    run_write_behind_mix(benchmark, redis_url, journal=Journal(tmp_path / "journal"))

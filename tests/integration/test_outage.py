@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration._helpers import wait_until
 from tiercache import MemoryTier, RedisTier, TieredCache
 from tiercache.testing import RedisServer
 
@@ -99,11 +100,7 @@ class Worker:
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    wait_until(check, what, timeout)
 
 
 @pytest.mark.parametrize("mode", ["write-through", "write-behind"])

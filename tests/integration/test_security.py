@@ -24,6 +24,8 @@ import pytest
 import redis
 from redis.exceptions import NoPermissionError
 
+from tests.integration._helpers import messages
+from tests.integration._helpers import wait_until as _wait_until
 from tiercache import (
     MISSING,
     ConfigError,
@@ -53,11 +55,7 @@ MakeCache = Callable[..., TieredCache]
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.005)
+    _wait_until(predicate, what, timeout)
 
 
 def succeeds(action: Callable[[], object]) -> Callable[[], bool]:
@@ -329,17 +327,6 @@ def test_an_acl_user_limited_to_another_prefix_gets_a_clear_tier_error(
 
 
 # -- 5. nothing secret in logs, stats, reprs or errors ---------------------------------
-
-
-def messages(exc: BaseException | None) -> list[str]:
-    """``str`` and ``repr`` of an exception and of everything it chains to."""
-    out: list[str] = []
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        out += [str(exc), repr(exc)]
-        exc = exc.__cause__ or exc.__context__
-    return out
 
 
 @pytest.mark.timeout(60)

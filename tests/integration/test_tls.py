@@ -43,6 +43,8 @@ from cryptography.hazmat.primitives import serialization
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tests.integration._helpers import messages
+from tests.integration._helpers import wait_until as _wait_until
 from tiercache import (
     ConfigError,
     MemoryTier,
@@ -68,22 +70,7 @@ MakeCache = Callable[..., TieredCache]
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.005)
-
-
-def messages(exc: BaseException | None) -> list[str]:
-    """``str`` and ``repr`` of an exception and of everything it chains to."""
-    out: list[str] = []
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        out += [str(exc), repr(exc)]
-        exc = exc.__cause__ or exc.__context__
-    return out
+    _wait_until(predicate, what, timeout)
 
 
 def chained(
