@@ -83,6 +83,12 @@ class Breaker:
     def degraded(self) -> bool:
         return self.down_since is not None
 
+    def check(self, what: str) -> None:
+        """Raise the fast TierError now if a call would not be sent (the
+        circuit is open): lets a caller skip work that leads to one, such
+        as reading the whole journal to replay it."""
+        self._before(what)
+
     def _before(self, method: str) -> None:
         if not self.failures:
             return

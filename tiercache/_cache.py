@@ -877,6 +877,10 @@ class TieredCache:
         journal = self._journal
         if journal is None or not journal.depth:
             return 0
+        if self._breaker is not None:
+            # While the circuit is open the replay would fail anyway: do not
+            # read (and re-read, at every scope exit) a growing journal.
+            self._breaker.check("journal replay")
         waited = 0
         while not self._replay_lock.acquire(False):
             if waited >= _REPLAY_WAIT:

@@ -92,7 +92,8 @@ class Journal:
     raises :class:`JournalFullError`. ``fsync=True`` makes every
     acknowledged change survive power loss as well as a crash, at the price
     of an ``fsync`` per write (tens of microseconds to milliseconds,
-    depending on the disk).
+    depending on the disk; about 200 µs on the dev box), made in the
+    caller's thread, so on the event loop for an async scope.
 
     >>> import tempfile
     >>> j = Journal(tempfile.mkdtemp(), max_entries=100)
