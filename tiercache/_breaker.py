@@ -127,6 +127,12 @@ class Breaker:
         log.warning("tiercache: the %s tier is reachable again after %.1f s", self.name, down)
         self._on_recovered()
 
+    def _settle(self, exc: TierError, start: float) -> None:
+        if exc.transient:
+            self._failed(exc, time.monotonic() - start)
+        else:
+            self._ok()  # it answered: reachable, it only refused the command
+
     def _probe_in_background(self) -> None:
         with self._lock:
             if self._probe is not None and self._probe.is_alive():
@@ -171,7 +177,7 @@ class Breaker:
                 try:
                     result = await attr(*args)
                 except TierError as exc:
-                    self._failed(exc, time.monotonic() - start)
+                    self._settle(exc, start)
                     raise
                 self._ok()
                 return result
@@ -184,7 +190,7 @@ class Breaker:
             try:
                 result = attr(*args)
             except TierError as exc:
-                self._failed(exc, time.monotonic() - start)
+                self._settle(exc, start)
                 raise
             self._ok()
             return result

@@ -601,9 +601,9 @@ class TieredCache:
         skey = core.skey(key)
         try:
             _, version = yield from self._read_stored_flow(key, skey)
-        except TierError:
+        except TierError as exc:
             age = self._clock.time() - loaded.updated_ms / 1000.0
-            if self.max_stale is not None and age > self.max_stale:
+            if not exc.transient or (self.max_stale is not None and age > self.max_stale):
                 raise
             with self._mlock:
                 self._unconfirmed.add(key)
@@ -720,7 +720,9 @@ class TieredCache:
             # records of these keys must go first, and the timer sends them.)
             try:
                 yield from self._replay_flow()
-            except TierError:
+            except TierError as exc:
+                if not exc.transient:
+                    raise  # refused, not unreachable: journaling cannot help
                 self._journal_batch(batch)
                 return
         written: list[tuple[Entry, bytes]] = []
@@ -743,10 +745,13 @@ class TieredCache:
                     results = yield Call(last, counters, "compare_and_set_many", (items,))
                 by_entry = {id(e): ok for (e, _), ok in zip(trusted, results, strict=True)}
                 oks = [by_entry.get(id(e), False) for e, _ in batch]
-            except TierError:
+            except TierError as exc:
                 for e, data in batch:
                     e.uncertain = (e.uncertain or set()) | {data}
-                if not journaling:
+                if not journaling or not exc.transient:
+                    # Refused by a server that answered (a permission, a
+                    # wrong type): the handler hears it; a journal entry
+                    # could never be replayed.
                     raise
                 self._journal_batch(batch)
                 return
@@ -779,8 +784,8 @@ class TieredCache:
                         e.key,
                     )
                     continue
-                except TierError:
-                    if not journaling:
+                except TierError as exc:
+                    if not journaling or not exc.transient:
                         raise
                     unreached.append(e)  # the store went away mid-merge
                     continue

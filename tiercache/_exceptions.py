@@ -88,7 +88,17 @@ class SchemaError(TierCacheError):
 
 
 class TierError(TierCacheError):
-    """A tier's backend failed; the backend's exception is ``__cause__``."""
+    """A tier's backend failed; the backend's exception is ``__cause__``.
+
+    :attr:`transient` tells an outage (refused, reset, timed out, the
+    server loading or out of memory: worth a retry, a journal entry and the
+    circuit breaker's attention) from a refusal by a server that answered
+    (a missing ACL permission, a key of the wrong type): that one goes to
+    the caller at once, is never journaled and leaves the circuit closed.
+    """
+
+    #: False when the backend answered and refused the command.
+    transient: bool = True
 
 
 class JournalFullError(TierError):

@@ -30,6 +30,7 @@ from tiercache import (
     MISSING,
     ConfigError,
     DiskTier,
+    Journal,
     Lease,
     MemoryTier,
     MsgpackSerializer,
@@ -530,3 +531,30 @@ def test_a_pickle_signed_with_another_secret_is_refused_unrun(
     assert not forged.exists()
     cache.get("chat:control")
     assert control.is_dir()
+
+
+@pytest.mark.timeout(30)
+def test_a_refused_command_is_an_error_in_the_handler_not_an_outage(
+    acl_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    """A missing ACL permission is not Redis going away. Here the user may
+    read every key but not run the compare-and-set script: with a journal
+    configured, the write is still refused in the handler (a journal entry
+    could never be replayed), and the circuit stays closed."""
+    url = set_user(acl_server, "reader", "~*", "+@all", "-evalsha", "-eval")
+    cache = TieredCache(
+        MemoryTier(), RedisTier(url), namespace=namespace, journal=Journal(tmp_path / "j")
+    )
+    with pytest.raises(TierError, match="NoPermissionError") as info, cache.session("k") as s:
+        s["n"] = 1
+    assert info.value.transient is False
+    st = cache.stats()
+    assert st.journal_depth == 0 and st.journaled == 0, "nothing pretends to be acknowledged"
+    assert st.degraded is False
+    assert cache.get("other") is None, "reads go on: no circuit open, no fast failure"
+    # The refused change stays pending; granted the script, close writes it.
+    set_user(acl_server, "reader", "+evalsha", "+eval")
+    cache.close()
+    check = TieredCache(MemoryTier(), RedisTier(acl_server.url), namespace=namespace)
+    assert check.get("k") == {"n": 1}
+    check.close()

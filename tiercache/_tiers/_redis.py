@@ -31,7 +31,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 from redis.retry import Retry
 
 from .._envelope import HEADER_SIZE, MAGIC, VERSION_OFFSET
@@ -185,6 +185,21 @@ def check_url(url: str) -> None:
             raise ConfigError(
                 f"bad Redis URL {redact_url(url)!r}: {type(exc).__name__}: {text}"
             ) from None
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a redis-py error means "unavailable now" rather than "the
+    server refused this command": a permission (``NOPERM``), a wrong type
+    or a bad argument is not fixed by waiting; a read-only replica (a
+    failover in progress) or a full server (``OOM``) may be.
+
+    >>> from redis.exceptions import ConnectionError, NoPermissionError, ReadOnlyError
+    >>> transient(ConnectionError()), transient(ReadOnlyError()), transient(NoPermissionError())
+    (True, True, False)
+    """
+    if isinstance(exc, ResponseError):
+        return isinstance(exc, ReadOnlyError | OutOfMemoryError)
+    return True
 
 
 def error_text(exc: BaseException) -> str:
@@ -445,7 +460,9 @@ class RedisTier(PersistentTier):
 
     def _fail(self, op: str, key: str | None, exc: BaseException) -> NoReturn:
         where = f" {key!r}" if key is not None else ""
-        raise TierError(f"redis tier: {op}{where} failed: {error_text(exc)}") from exc
+        err = TierError(f"redis tier: {op}{where} failed: {error_text(exc)}")
+        err.transient = transient(exc)
+        raise err from exc
 
     # -- sync ------------------------------------------------------------------
 
