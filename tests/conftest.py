@@ -8,6 +8,7 @@ never FLUSHALL; each gets its own namespace.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import uuid
 from collections.abc import Iterator
@@ -41,3 +42,20 @@ def namespace() -> str:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+#: Real seconds one event-loop callback may run in an async test. Async
+#: code must never block on I/O; anything over this (a sync network call
+#: waiting for a timeout, a sleep) fails the test that did it.
+LOOP_BLOCK_LIMIT = 0.5
+
+
+@pytest.fixture(autouse=True)
+def no_blocked_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail an async test whose event loop was held by one callback for
+    longer than :data:`LOOP_BLOCK_LIMIT` (the guard anyio and trio keep)."""
+    if not inspect.iscoroutinefunction(request.function):
+        yield
+        return
+    with testing.no_blocking(LOOP_BLOCK_LIMIT):
+        yield

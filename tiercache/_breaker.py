@@ -98,10 +98,12 @@ class Breaker:
         if now >= self.open_until:
             self._probe_in_background()
         down = now - cast(float, self.down_since)
-        raise TierError(
+        err = TierError(
             f"the {self.name} tier is unreachable (failing for {down:.1f} s; "
             f"circuit open, {method} not sent): {self.last_error}"
-        ) from self.last_error
+        )
+        err.sent = False
+        raise err from self.last_error
 
     def _failed(self, exc: BaseException, took: float) -> None:
         with self._lock:

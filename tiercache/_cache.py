@@ -746,8 +746,11 @@ class TieredCache:
                 by_entry = {id(e): ok for (e, _), ok in zip(trusted, results, strict=True)}
                 oks = [by_entry.get(id(e), False) for e, _ in batch]
             except TierError as exc:
-                for e, data in batch:
-                    e.uncertain = (e.uncertain or set()) | {data}
+                if exc.sent:
+                    # The connection may have died after the server applied
+                    # it: if these bytes turn up stored, they are our own.
+                    for e, data in batch:
+                        e.uncertain = (e.uncertain or set()) | {data}
                 if not journaling or not exc.transient:
                     # Refused by a server that answered (a permission, a
                     # wrong type): the handler hears it; a journal entry
@@ -863,6 +866,10 @@ class TieredCache:
                     e.journaled = True
                     e.stored = peek_version(data)
                     e.base = {}
+                    # The record holds them now (its replay knows its own
+                    # bytes); carrying them on would copy every earlier
+                    # write of an outage into every later record.
+                    e.uncertain = None
             self._journaled += len(batch)
             self._drop_evicted()
         journal.sync()  # fsync=True: outside the memory lock
@@ -1067,8 +1074,9 @@ class TieredCache:
             e.pending = data
             try:
                 ok = yield Call(tier, counters, "compare_and_set", (skey, data, ttl, version))
-            except TierError:
-                e.uncertain = (e.uncertain or set()) | {data}
+            except TierError as exc:
+                if exc.sent:
+                    e.uncertain = (e.uncertain or set()) | {data}
                 raise
             if ok:
                 core.merges += 1

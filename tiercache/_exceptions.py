@@ -99,6 +99,9 @@ class TierError(TierCacheError):
 
     #: False when the backend answered and refused the command.
     transient: bool = True
+    #: False when the command was never sent (the circuit was open), so it
+    #: cannot have landed either.
+    sent: bool = True
 
 
 class JournalFullError(TierError):

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -38,6 +39,7 @@ from ._tiers._dict import DictTier
 
 __all__ = [
     "DictTier",
+    "EventLoopBlocked",
     "FakeClock",
     "Faults",
     "FaultyBus",
@@ -45,6 +47,7 @@ __all__ = [
     "FaultyTier",
     "RedisServer",
     "find_redis_server",
+    "no_blocking",
     "redis_url",
 ]
 
@@ -74,6 +77,49 @@ class FakeClock:
         with self._lock:
             self._wall += seconds
             self._mono += seconds
+
+
+class EventLoopBlocked(AssertionError):
+    """An event-loop callback ran longer than :func:`no_blocking` allows."""
+
+
+@contextmanager
+def no_blocking(limit: float = 0.5) -> Iterator[list[tuple[float, str]]]:
+    """Fail when any asyncio callback inside the block holds its event loop
+    longer than ``limit`` real seconds: async code must not block on I/O.
+
+    Yields the list of offenders (seconds, callback) as they are found and
+    raises :class:`EventLoopBlocked` naming them when the block ends. It
+    watches every loop in the process (it times ``asyncio.Handle._run``).
+    tiercache's own test suite wraps every async test in it::
+
+        @pytest.fixture(autouse=True)
+        def guard(request):
+            if inspect.iscoroutinefunction(request.function):
+                with no_blocking():
+                    yield
+            else:
+                yield
+    """
+    slow: list[tuple[float, str]] = []
+    handle = asyncio.events.Handle
+    real_run = handle._run
+
+    def timed_run(self: asyncio.events.Handle) -> None:
+        start = time.perf_counter()
+        real_run(self)
+        took = time.perf_counter() - start
+        if took > limit:
+            slow.append((took, repr(self)))
+
+    handle._run = timed_run  # type: ignore[method-assign]
+    try:
+        yield slow
+    finally:
+        handle._run = real_run  # type: ignore[method-assign]
+    if slow:
+        worst = ", ".join(f"{took:.2f} s in {what}" for took, what in slow[:3])
+        raise EventLoopBlocked(f"the event loop was blocked for more than {limit} s: {worst}")
 
 
 def find_redis_server() -> str:

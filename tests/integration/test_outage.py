@@ -48,8 +48,9 @@ WORKER = textwrap.dedent(
                            WriteBehind, WriteThrough)
     url, namespace, name, journal_dir, mode = sys.argv[1:6]
     flush = WriteBehind(0.05) if mode == "write-behind" else WriteThrough()
+    # Room for any outage the test makes: the bound is tested elsewhere.
     cache = TieredCache(MemoryTier(), RedisTier(url), namespace=namespace,
-                        journal=Journal(journal_dir), flush=flush)
+                        journal=Journal(journal_dir, max_entries=10**7), flush=flush)
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
     while not stop.is_set():
@@ -57,8 +58,9 @@ WORKER = textwrap.dedent(
             with cache.session("shared") as s:
                 s[name] = s.get(name, 0) + 1
                 value = s[name]
-        except TierError:
+        except TierError as exc:
             print("error", flush=True)  # not acknowledged: the handler saw it
+            print("handler saw:", repr(exc), file=sys.stderr, flush=True)
             time.sleep(0.01)
             continue
         print("ack", value, cache.stats().journal_depth, flush=True)
@@ -133,6 +135,20 @@ def test_redis_restart_mid_workload_loses_no_acknowledged_update(
         readers = [threading.Thread(target=w.read, daemon=True) for w in workers]
         for t in readers:
             t.start()
+
+        def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
+            try:
+                wait_until(check, what, timeout)
+            except AssertionError as exc:
+                state = [
+                    (w.name, len(w.acks), w.journaled_acks, w.errors, w.proc.poll())
+                    for w in workers
+                ]
+                tails = [(tmp_path / f"{w.name}.err").read_text()[-1500:] for w in workers]
+                raise AssertionError(
+                    f"{exc}; (name, acks, journaled, errors, rc): {state}; stderr tails: {tails}"
+                ) from None
+
         try:
             wait_for("every worker to be busy", lambda: all(len(w.acks) >= 50 for w in workers))
             server.stop()  # mid-workload

@@ -681,3 +681,32 @@ def test_a_remembered_miss_is_bounded_by_max_stale_too(
     assert reader.get("k") is None, "within max_stale the miss may stand"
     clock.advance(6)
     assert reader.get("k") == 1
+
+
+# -- the event-loop guard ------------------------------------------------------------
+
+
+def test_no_blocking_names_a_callback_that_held_the_loop() -> None:
+    from tiercache.testing import EventLoopBlocked, no_blocking
+
+    async def blocks() -> None:
+        time.sleep(0.3)  # noqa: ASYNC251 - the point: a sync call on the loop
+
+    with pytest.raises(EventLoopBlocked, match=r"more than 0.2 s: 0\.[3-9]\d s in"):
+        with no_blocking(0.2):
+            asyncio.run(blocks())
+
+
+def test_no_blocking_passes_awaiting_code_and_restores_the_loop() -> None:
+    from tiercache.testing import no_blocking
+
+    real = asyncio.events.Handle._run
+
+    async def awaits() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0.05)
+
+    with no_blocking(0.2) as slow:
+        asyncio.run(awaits())
+    assert slow == []
+    assert asyncio.events.Handle._run is real

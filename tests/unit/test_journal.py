@@ -487,3 +487,26 @@ def test_scopes_during_an_outage_do_not_reread_the_journal(
     cache.flush()
     assert takes == 1, "one replay once the tier is back"
     assert cache.stats().journal_depth == 0
+
+
+def test_an_outage_journal_grows_by_one_record_per_change_not_more(
+    make: Callable[..., tuple[TieredCache, Switchable]], tmp_path: Path
+) -> None:
+    """Each failed write may have landed (its reply lost), so its bytes are
+    remembered; but once journaled they are the record's own, and a fast
+    failure of an open circuit sent nothing at all. Carrying them on made
+    record k hold k earlier writes: an outage's journal grew with the
+    square of its length."""
+    cache, tier = make("square")
+    cache.set("k", {"n": 0, "pad": "x" * 200})
+    tier.down = True
+    sizes = []
+    for i in range(1, 201):
+        with cache.session("k") as s:
+            s["n"] = i
+        if i in (20, 200):
+            sizes.append(sum(p.stat().st_size for p in (tmp_path / "square").glob("*.tcj")))
+    per_record_early, per_record_late = sizes[0] / 20, sizes[1] / 200
+    assert per_record_late < 1.5 * per_record_early, sizes
+    records = cache._journal.snapshot(MsgpackSerializer())  # type: ignore[union-attr]
+    assert max(len(r.maybe) for r in records) <= 1
