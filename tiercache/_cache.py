@@ -836,7 +836,6 @@ class TieredCache:
         write-ahead log of :class:`WriteBehind`. JournalFullError when there
         is no room: then nothing is acknowledged and the entries stay
         pending."""
-        journal = cast(Journal, self._journal)
         records = [
             Record(
                 e.key,
@@ -847,14 +846,9 @@ class TieredCache:
             )
             for e, data in batch
         ]
-        frames = journal.encode(records, self._core.serializer)
-        with self._mlock:
-            # One critical section for the append and the bookkeeping, so a
-            # replay sees a record and its key's count together, or neither.
-            journal.write(frames)
-            keys = self._journal_keys
+
+        def acknowledge() -> None:
             for e, data in batch:
-                keys[e.key] = keys.get(e.key, 0) + 1
                 if e.outdated:
                     # Sealed on a belief about the store that is wrong: its
                     # replay must merge, not compare-and-set on that belief.
@@ -872,8 +866,27 @@ class TieredCache:
                     e.uncertain = None
             self._journaled += len(batch)
             self._drop_evicted()
-        journal.sync()  # fsync=True: outside the memory lock
+
+        self._append_to_journal(records, acknowledge)
         self._ensure_timer()
+
+    def _append_to_journal(
+        self, records: list[Record], then: Callable[[], None] | None = None
+    ) -> None:
+        """Write ``records`` to the journal and count them per key, in one
+        memory-lock section with ``then`` (so a replay sees a record, its
+        key's count and the entry's state together, or none of them);
+        durable (fsync=True: synced, outside the lock) when this returns."""
+        journal = cast(Journal, self._journal)
+        frames = journal.encode(records, self._core.serializer)
+        with self._mlock:
+            journal.write(frames)
+            keys = self._journal_keys
+            for rec in records:
+                keys[rec.key] = keys.get(rec.key, 0) + 1
+            if then is not None:
+                then()
+        journal.sync()
 
     def _replay_flow(self, reason: str = "replay") -> Flow[int]:
         """Write the journal's records to the shared tier, one
@@ -934,11 +947,7 @@ class TieredCache:
                             )
                         )
                 if extra:
-                    frames = journal.encode(extra, core.serializer)
-                    with self._mlock:
-                        journal.write(frames)
-                        for rec in extra:
-                            self._journal_keys[rec.key] = self._journal_keys.get(rec.key, 0) + 1
+                    self._append_to_journal(extra)
                 raise
             journal.done(taken)
             self._after_replay(groups, replays)
@@ -1772,15 +1781,27 @@ class TieredCache:
             self._drop_outdated(entry)
 
     def _drop_outdated(self, entry: Entry) -> None:
-        """Under the memory lock, when a scope let go of an outdated entry:
-        drop it unless it is still in use or holds changes of ours (their
-        write merges instead); the next access loads the newer version."""
-        if entry.outdated and not entry.pins and entry.pending is None and not entry.journaled:
-            memory = self._memory
-            if memory.peek(entry.key) is entry or memory.evicted.get(entry.key) is entry:
-                memory.remove(entry.key)
-                detach(entry.value)
+        """Under the memory lock, when a scope let go of an outdated entry
+        that is still the key's memory copy: see :meth:`_drop_or_mark`."""
+        memory = self._memory
+        if entry.outdated and (
+            memory.peek(entry.key) is entry or memory.evicted.get(entry.key) is entry
+        ):
+            self._drop_or_mark(entry)
+
+    def _drop_or_mark(self, entry: Entry, *, count: bool = True) -> None:
+        """Under the memory lock: a newer version of this memory copy exists
+        elsewhere. Drop it (the next access loads), unless a scope uses it
+        or it holds changes of ours still to be written (pending, or
+        journaled: newer than the store); then mark it outdated, so its
+        write merges and the last scope to let go of it drops it."""
+        if not entry.pins and entry.pending is None and not entry.journaled:
+            self._memory.remove(entry.key)
+            detach(entry.value)
+            if count:
                 self._invalidated += 1
+        else:
+            entry.outdated = True
 
     # -- strict mode: leases ----------------------------------------------------------
 
@@ -1910,14 +1931,7 @@ class TieredCache:
                 memory.absent.pop(key, None)
                 entry = memory.peek(key) or memory.evicted.get(key)
                 if entry is not None and (inv.action == "del" or entry.stored < inv.version):
-                    # Not a copy with changes of ours still to be written
-                    # (pending, or journaled): those are newer than the store.
-                    if not entry.pins and entry.pending is None and not entry.journaled:
-                        memory.remove(key)
-                        detach(entry.value)
-                        self._invalidated += 1
-                    else:
-                        entry.outdated = True
+                    self._drop_or_mark(entry)
                 # A delete drops every local copy, whatever its version.
                 version = inv.version if inv.action != "del" else _ALL_VERSIONS
                 newest[key] = max(newest.get(key, 0), version)
@@ -1945,12 +1959,7 @@ class TieredCache:
             memory = self._memory
             memory.absent.clear()
             for entry in list(memory.data.values()):
-                if not entry.pins and entry.pending is None and not entry.journaled:
-                    memory.remove(entry.key)
-                    detach(entry.value)
-                    self._invalidated += 1
-                else:
-                    entry.outdated = True
+                self._drop_or_mark(entry)
 
     def _on_recovered(self) -> None:
         """The shared tier answers again after failing: local copies served
@@ -1961,13 +1970,8 @@ class TieredCache:
             memory = self._memory
             for key in keys:
                 entry = memory.peek(key) or memory.evicted.get(key)
-                if entry is None:
-                    continue
-                if not entry.pins and entry.pending is None and not entry.journaled:
-                    memory.remove(key)
-                    detach(entry.value)
-                else:
-                    entry.outdated = True
+                if entry is not None:
+                    self._drop_or_mark(entry, count=False)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -545,9 +545,7 @@ class RedisTier(PersistentTier):
         except _BACKEND_ERRORS as exc:
             self._fail("compare_and_set", key, exc)
 
-    # -- leases (strict mode) ----------------------------------------------------
-
-    supports_lease = True
+    # -- quarantine ------------------------------------------------------------
 
     def quarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
         keys, args = [self._key(key), self._key(to)], [bad, _keep_ms(keep)]
@@ -556,6 +554,10 @@ class RedisTier(PersistentTier):
     async def aquarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
         keys, args = [self._key(key), self._key(to)], [bad, _keep_ms(keep)]
         return bool(await self._aeval("quarantine", _QUARANTINE_LUA, keys, args))
+
+    # -- leases (strict mode) ----------------------------------------------------
+
+    supports_lease = True
 
     def _eval(self, op: str, script: str, keys: list[str], args: list[Any]) -> Any:
         try:
