@@ -40,8 +40,9 @@ from typing import Any, TypeVar, cast
 from ._breaker import Breaker
 from ._bus import Bus, Invalidation
 from ._clock import Clock, SystemClock
-from ._core import Core, Loaded
+from ._core import TOMBSTONE_SECONDS, Core, Loaded
 from ._envelope import decode as _envelope_decode
+from ._envelope import is_tombstone as _is_tombstone
 from ._envelope import peek_version
 from ._exceptions import (
     ConfigError,
@@ -673,16 +674,17 @@ class TieredCache:
             # what it was then, the base of a merge if our write loses.
             for field, was in changes(entry.value).items():
                 base.setdefault(field, was)
+        version = self._core.next_version(entry.version)
         data = self._core.seal(
             entry.key,
             entry.value,
-            version=entry.version + 1,
+            version=version,
             created_ms=entry.created_ms,
             ttl=entry.ttl,
             schema_version=entry.schema_version,
         )
         mark_clean(entry.value)
-        entry.version += 1
+        entry.version = version
         if entry.pending is None:
             entry.pending_since = self._clock.monotonic()
         entry.pending = data
@@ -968,7 +970,54 @@ class TieredCache:
         e.outdated = key in self._journal_rebase
         if env.expires_ms:
             e.ttl = max(0.001, env.expires_ms / 1000.0 - self._clock.time())
+        if env.schema_version < self._core.schema.version:
+            self._migrate_replay(e, env.payload, env.schema_version)
         return e
+
+    def _migrate_replay(self, e: Entry, payload: bytes, stored_schema: int) -> None:
+        """A journaled change sealed before the code's schema moved on: bring
+        it, and its merge base, to the current schema before it is written.
+
+        Written as journaled, it would be migrated again by whoever loads it
+        next; merged as it is, the fields of the stored value (which reads
+        already migrate) would be sealed under the old schema version and
+        migrated twice. Our change is re-expressed in the new schema: the
+        old base is rebuilt as a whole value (ours with our changed fields
+        put back), both are migrated, and the fields where they differ are
+        what we changed.
+        """
+        core = self._core
+        schema = core.schema
+        loads = core.serializer.loads
+        ours = schema.migrate(loads(payload), stored_schema)
+        if e.base is not None and type(ours) is dict:
+            before = loads(payload)
+            if type(before) is dict:
+                for field, was in e.base.items():
+                    if was is MISSING:
+                        before.pop(field, None)
+                    else:
+                        before[field] = was
+                before = schema.migrate(before, stored_schema)
+                if type(before) is dict:
+                    e.base = {
+                        f: before.get(f, MISSING)
+                        for f in {*before, *ours}
+                        if not same(before.get(f, MISSING), ours.get(f, MISSING))
+                    }
+                else:
+                    e.base = None  # the migration changed its shape: replace
+        e.value = track(ours)
+        e.root = root_of(e.value)
+        e.schema_version = schema.version
+        e.pending = core.seal(
+            e.key,
+            e.value,
+            version=e.version,
+            created_ms=e.created_ms,
+            ttl=e.ttl,
+            schema_version=schema.version,
+        )
 
     def _after_replay(self, groups: dict[str, list[Record]], replays: list[Entry]) -> None:
         """Replayed keys: count their records off and make each memory copy
@@ -1044,6 +1093,11 @@ class TieredCache:
             if attempt:
                 yield _backoff(attempt)
             theirs, version, raw = yield from self._read_raw_flow(e.key, skey, check=True)
+            if raw is not None and raw == e.pending:
+                # Our write did land: its reply said otherwise (the client
+                # retried a command whose first reply was lost, and the
+                # retry found its own version). Never merge with ourselves.
+                return e.pending
             if e.uncertain is not None and raw in e.uncertain:
                 if e.base is not None and type(theirs) is dict:
                     # A write whose reply we lost did land: the stored value
@@ -1071,15 +1125,15 @@ class TieredCache:
                 e.base = {
                     f: (theirs.get(f, MISSING) if type(theirs) is dict else theirs) for f in e.base
                 }
+            e.version = core.next_version(version)
             data = core.seal(
                 e.key,
                 e.value,
-                version=version + 1,
+                version=e.version,
                 created_ms=e.created_ms,
                 ttl=e.ttl,
                 schema_version=e.schema_version,
             )
-            e.version = version + 1
             e.pending = data
             try:
                 ok = yield Call(tier, counters, "compare_and_set", (skey, data, ttl, version))
@@ -1383,11 +1437,51 @@ class TieredCache:
             entry = self._memory.remove(key)
         if entry is not None:
             detach(entry.value)
-        existed = yield from self._core.delete_flow(key)
+        core = self._core
+        if core.tiers and core.tiers[-1].supports_cas:
+            known = entry.stored if entry is not None and not entry.outdated else 0
+            existed = yield from self._tombstone_flow(key, known)
+            skey = core.skey(key)
+            for index in reversed(range(len(core.tiers) - 1)):
+                existed = (
+                    bool((yield Call(core.tiers[index], core.counters[index], "delete", (skey,))))
+                    or existed
+                )
+        else:
+            existed = yield from core.delete_flow(key)
         with self._mlock:
             self._memory.absent[key] = self._absent_until()
         yield from self._publish_flow([(key, "del", 0)])
         return existed or (entry is not None and entry.initial is None)
+
+    def _tombstone_flow(self, key: str, known: int) -> Flow[bool]:
+        """Delete ``key`` from the shared tier by writing its tombstone: the
+        next version, marked deleted, kept :data:`TOMBSTONE_SECONDS`. A copy
+        from before the delete then never matches a re-created key's
+        version (a plain DEL would let versions start over). ``known`` is
+        the version this process believes stored (0: unknown, read it).
+        Whether a value was there."""
+        core = self._core
+        tier, counters = core.tiers[-1], core.counters[-1]
+        skey = core.skey(key)
+        expected = known
+        for attempt in range(_MAX_MERGES):
+            if attempt:
+                yield _backoff(attempt)
+            if not expected:
+                raw = yield Call(tier, counters, "get", (skey,))
+                if raw is None or _is_tombstone(raw):
+                    return False  # nothing stored: nothing to mark
+                expected = _safe_version(raw)
+            tomb = core.tombstone(core.next_version(expected))
+            if (
+                yield Call(
+                    tier, counters, "compare_and_set", (skey, tomb, TOMBSTONE_SECONDS, expected)
+                )
+            ):
+                return True
+            expected = 0  # someone wrote meanwhile: read what is there now
+        raise TierError(f"gave up deleting {key!r}: {_MAX_MERGES} other writers won in a row")
 
     def touch(self, key: str, ttl: float | None = None) -> bool:
         """Restart the expiry of ``key``; whether it exists.

@@ -19,7 +19,9 @@ asyncio.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +47,18 @@ __all__ = ["Core", "Loaded"]
 log = logging.getLogger("tiercache")
 
 FLUSH_REASONS = ("exit", "set", "evict", "timer", "close", "explicit", "migrate", "replay")
+
+#: How long a delete's tombstone stays in the shared tier. Past it a
+#: re-created key still starts above every version it had (versions of new
+#: keys come from the clock, see :meth:`Core.next_version`); the tombstone
+#: covers clocks that disagree by less than this.
+TOMBSTONE_SECONDS = 3600.0
+
+#: New keys start at ``ms since the epoch << 20``: above every version a key
+#: of that name had before (a delete, an expiry, a quarantine, a lost store),
+#: with room for 2**20 writes a millisecond, until the year 2248.
+_TIME_SHIFT = 20
+_U64 = 2**64 - 1
 
 
 @dataclass(slots=True)
@@ -102,6 +116,21 @@ class Core:
         self.conflicts_lost = 0
         self.flushes = dict.fromkeys(FLUSH_REASONS, 0)
         self._corrupt_logged: set[tuple[str, str]] = set()
+        self.new_writer()
+
+    def new_writer(self) -> None:
+        """A fresh writer tag series (also after a fork: a child must never
+        seal bytes its parent could have sealed)."""
+        self._writer_base = secrets.randbits(64)
+        self._writes = itertools.count(1)
+
+    def next_version(self, version: int) -> int:
+        """The version a write over ``version`` gets: the next one, or, for
+        a key nothing is known to be stored under (0), one from the clock,
+        so versions of a key never repeat across deletes and expiries."""
+        if version:
+            return version + 1
+        return max(1, int(self.clock.time() * 1000)) << _TIME_SHIFT
 
     # -- pure helpers ---------------------------------------------------------
 
@@ -133,6 +162,10 @@ class Core:
         schema_version: int,
     ) -> bytes:
         """Serialize ``value`` once into envelope bytes at ``version``."""
+        if version > _envelope.MAX_VERSION:
+            raise SerializationError(
+                f"cannot store key {key!r}: its version would pass {_envelope.MAX_VERSION}"
+            )
         try:
             payload = self.serializer.dumps(value)
         except SerializationError as exc:
@@ -160,6 +193,24 @@ class Core:
                 updated_ms=now_ms,
                 expires_ms=expires_ms,
                 payload=payload,
+                writer=(self._writer_base + next(self._writes)) & _U64,
+            )
+        )
+
+    def tombstone(self, version: int) -> bytes:
+        """The bytes a delete leaves in the shared tier at ``version``."""
+        now_ms = int(self.clock.time() * 1000)
+        return _envelope.encode(
+            _envelope.Envelope(
+                serializer_id=self.serializer.id,
+                schema_version=0,
+                version=version,
+                created_ms=now_ms,
+                updated_ms=now_ms,
+                expires_ms=0,
+                payload=b"",
+                flags=_envelope.TOMBSTONE,
+                writer=(self._writer_base + next(self._writes)) & _U64,
             )
         )
 
@@ -190,7 +241,7 @@ class Core:
             env = _envelope.decode(data)
         except CorruptEntryError as exc:
             raise self._unreadable(str(exc)) from None
-        if env.serializer_id != self.serializer.id:
+        if env.serializer_id != self.serializer.id and not env.tombstone:
             raise self._unreadable(
                 f"written by serializer id {env.serializer_id}, this cache reads "
                 f"{self.serializer.id} ({self.serializer.name})"
@@ -302,10 +353,14 @@ class Core:
         self, key: str, data: bytes, schema: Schema, now: float
     ) -> tuple[Any, _envelope.Envelope, bool] | None:
         """Open stored bytes: ``(plain value, envelope, migrated)``, or None
-        for an expired entry. Unreadable bytes raise (and count)
-        :class:`CorruptEntryError`, whose message says why without quoting
-        them; a newer schema raises :class:`SchemaError`."""
+        for an expired entry or a delete's tombstone. Unreadable bytes raise
+        (and count) :class:`CorruptEntryError`, whose message says why
+        without quoting them; a newer schema raises :class:`SchemaError`."""
         env = self._open(data)
+        if env.flags:
+            if env.tombstone:
+                return None
+            raise self._unreadable(f"unknown envelope flags {env.flags:#x}")
         if env.expires_ms and env.expires_ms / 1000.0 <= now:
             return None
         if env.schema_version > schema.version:
@@ -331,10 +386,12 @@ class Core:
 
         ``base`` maps each top-level field this process changed to its value
         at the version both sides share. Fields only we changed take ours;
-        fields only they changed keep theirs; a field both changed to
-        different values goes to ``resolver``. Dict values merge per key;
-        any other value is one field. ``base is None`` (``cache.set``)
-        replaces theirs whole.
+        fields only they changed keep theirs; a field both changed goes to
+        ``resolver``, *whatever the values*: two writers that each took a
+        counter from 5 to 6 made two increments, and agreeing on 6 would
+        lose one. A field we changed and changed back is not ours to
+        write. Dict values merge per key; any other value is one field.
+        ``base is None`` (``cache.set``) replaces theirs whole.
         """
         if base is None or theirs is MISSING:
             # A replace (cache.set), or nothing stored any more (deleted, or
@@ -344,11 +401,11 @@ class Core:
             merged = {} if theirs is MISSING else dict(theirs)
             for field, was in base.items():
                 mine = ours.get(field, MISSING)
+                if same(mine, was):
+                    continue  # no net change of ours: theirs stands
                 other = merged.get(field, MISSING)
                 if same(other, was):
                     value = mine
-                elif same(other, mine):
-                    continue
                 else:
                     self.conflicts += 1
                     value = resolver(key, field, was, mine, other)
@@ -359,10 +416,10 @@ class Core:
             return merged
         # One field: the whole value.
         was = base.get(WHOLE, MISSING) if len(base) == 1 else MISSING
-        if not base or same(theirs, was):
-            return ours if base else theirs
-        if same(theirs, ours):
+        if not base or same(ours, was):
             return theirs
+        if same(theirs, was):
+            return ours
         self.conflicts += 1
         return resolver(key, WHOLE, was, ours, theirs)
 

@@ -4,22 +4,33 @@
 
     offset  size  field
     0       2     magic b"TC"
-    2       1     format version (this module writes 1)
+    2       1     format version (this module writes 2, reads 1 and 2)
     3       1     serializer id (see tiercache._serializers)
-    4       1     flags (reserved, 0)
+    4       1     flags: 0x01 tombstone (the key was deleted; no payload)
     5       1     padding
     6       2     schema version of the value (user's migrations)
     8       8     entry version, grows on every write (compare-and-set)
     16      8     created, ms since the epoch
     24      8     updated, ms since the epoch
     32      8     expires, ms since the epoch; 0 = never
-    40      4     payload length
-    44      n     payload (serializer output)
-    44+n    4     CRC-32 of everything before it
+    40      8     writer tag (format 2): unique per sealing, so two writers'
+                  bytes never compare equal, even for equal content written
+                  in the same millisecond at the same version
+    48      4     payload length
+    52      n     payload (serializer output)
+    52+n    4     CRC-32 of everything before it
 
-All integers are little-endian. The entry version sits at a fixed offset so
-a tier can compare-and-set without understanding the rest (a Lua script
-reads it with ``struct.unpack('<I8', value, 9)``).
+Format 1 (still read) is the same without the writer tag: the payload
+length sits at 40 and the payload at 44. All integers are little-endian.
+The entry version sits at a fixed offset in both formats so a tier can
+compare-and-set without understanding the rest. Versions are at most
+:data:`MAX_VERSION` (2**63 - 1): bytes claiming more are unreadable, so no
+stored entry can stop its key from ever being written again.
+
+A *tombstone* is what a delete leaves in the shared tier for a while: an
+envelope with the tombstone flag, no payload, and the next version, so the
+versions of a key never repeat across a delete and a re-create (a copy
+from before the delete can never be confirmed against the new value).
 
 Decoding never trusts its input: anything truncated, foreign, of another
 format version or failing the checksum raises :class:`CorruptEntryError`
@@ -38,22 +49,36 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "MAGIC",
+    "MAX_VERSION",
+    "MIN_SIZE",
+    "TOMBSTONE",
     "VERSION_OFFSET",
     "Envelope",
     "decode",
     "encode",
+    "is_tombstone",
     "peek_version",
 ]
 
 MAGIC = b"TC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 VERSION_OFFSET = 8
+#: The largest entry version (a signed 64-bit maximum leaves the top bit as
+#: the mark of bytes that are not a usable envelope; see the Lua scripts).
+MAX_VERSION = 2**63 - 1
+#: Flag bit: a deleted key's marker.
+TOMBSTONE = 0x01
 
-_HEADER = struct.Struct("<2sBBBxHQqqqI")
+_HEADER = struct.Struct("<2sBBBxHQqqqQI")
+_HEADER_V1 = struct.Struct("<2sBBBxHQqqqI")
 _CRC = struct.Struct("<I")
 _VERSION = struct.Struct("<Q")
 HEADER_SIZE = _HEADER.size
-_MIN_SIZE = HEADER_SIZE + _CRC.size
+#: The shortest envelope of any format this module reads (format 1, no
+#: payload): shorter bytes are never an envelope.
+MIN_SIZE = _HEADER_V1.size + _CRC.size
+_MIN_SIZE = MIN_SIZE
+_U8 = 0xFF
 _U16 = 0xFFFF
 _U32 = 0xFFFF_FFFF
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -78,10 +103,18 @@ class Envelope:
     updated_ms: int
     expires_ms: int
     payload: bytes
+    flags: int = 0
+    #: Format 2's writer tag (0 in format 1 bytes).
+    writer: int = 0
 
     def expires_at(self) -> float | None:
         """Expiry in epoch seconds, or ``None`` for never."""
         return self.expires_ms / 1000.0 if self.expires_ms else None
+
+    @property
+    def tombstone(self) -> bool:
+        """Whether this marks a deleted key (no value)."""
+        return bool(self.flags & TOMBSTONE)
 
 
 def encode(envelope: Envelope) -> bytes:
@@ -92,10 +125,14 @@ def encode(envelope: Envelope) -> bytes:
     e = envelope
     if not 0 <= e.schema_version <= _U16:
         raise ValueError(f"schema_version must be in 0..{_U16}, got {e.schema_version}")
-    if not 0 <= e.version <= _U64:
-        raise ValueError(f"entry version must be in 0..{_U64}, got {e.version}")
-    if not 0 <= e.serializer_id <= 0xFF:
+    if not 0 <= e.version <= MAX_VERSION:
+        raise ValueError(f"entry version must be in 0..{MAX_VERSION}, got {e.version}")
+    if not 0 <= e.serializer_id <= _U8:
         raise ValueError(f"serializer id must be in 0..255, got {e.serializer_id}")
+    if not 0 <= e.flags <= _U8:
+        raise ValueError(f"flags must be in 0..255, got {e.flags}")
+    if not 0 <= e.writer <= _U64:
+        raise ValueError(f"writer tag must be in 0..{_U64}, got {e.writer}")
     for field in ("created_ms", "updated_ms", "expires_ms"):
         ms = getattr(e, field)
         # signed 64-bit in the header; without this check struct.error escapes
@@ -107,12 +144,13 @@ def encode(envelope: Envelope) -> bytes:
         MAGIC,
         FORMAT_VERSION,
         e.serializer_id,
-        0,
+        e.flags,
         e.schema_version,
         e.version,
         e.created_ms,
         e.updated_ms,
         e.expires_ms,
+        e.writer,
         len(e.payload),
     )
     body = head + e.payload
@@ -126,25 +164,39 @@ def decode(data: bytes) -> Envelope:
     data = bytes(data)
     if len(data) < _MIN_SIZE:
         raise CorruptEntryError(f"truncated: {len(data)} bytes, the header alone is {_MIN_SIZE}")
-    magic, fmt, ser, _flags, schema, version, created, updated, expires, n = _HEADER.unpack_from(
-        data
-    )
-    if magic != MAGIC:
+    if data[:2] != MAGIC:
         # The stored bytes themselves never go into a message (nor a log).
         raise CorruptEntryError(f"foreign bytes: no {MAGIC!r} magic")
-    if fmt != FORMAT_VERSION:
-        raise CorruptEntryError(
-            f"unknown envelope format version {fmt} (this code reads {FORMAT_VERSION})"
+    fmt = data[2]
+    if fmt == FORMAT_VERSION:
+        header = _HEADER
+        if len(data) < header.size + _CRC.size:
+            raise CorruptEntryError(
+                f"truncated: {len(data)} bytes, the header alone is {header.size + _CRC.size}"
+            )
+        _, _, ser, flags, schema, version, created, updated, expires, writer, n = (
+            header.unpack_from(data)
         )
-    if len(data) != _MIN_SIZE + n:
+    elif fmt == 1:
+        header = _HEADER_V1
+        _, _, ser, flags, schema, version, created, updated, expires, n = header.unpack_from(data)
+        writer = 0
+    else:
         raise CorruptEntryError(
-            f"length mismatch: header says {n} payload bytes, found {len(data) - _MIN_SIZE}"
+            f"unknown envelope format version {fmt} (this code reads 1 and {FORMAT_VERSION})"
         )
-    (crc,) = _CRC.unpack_from(data, HEADER_SIZE + n)
-    if crc != zlib.crc32(memoryview(data)[: HEADER_SIZE + n]):
+    head = header.size
+    if len(data) != head + n + _CRC.size:
+        raise CorruptEntryError(
+            f"length mismatch: header says {n} payload bytes, found {len(data) - head - _CRC.size}"
+        )
+    (crc,) = _CRC.unpack_from(data, head + n)
+    if crc != zlib.crc32(memoryview(data)[: head + n]):
         raise CorruptEntryError("checksum mismatch")
+    if version > MAX_VERSION:
+        raise CorruptEntryError(f"entry version out of range (over {MAX_VERSION})")
     return Envelope(
-        ser, schema, version, created, updated, expires, data[HEADER_SIZE : HEADER_SIZE + n]
+        ser, schema, version, created, updated, expires, data[head : head + n], flags, writer
     )
 
 
@@ -157,4 +209,18 @@ def peek_version(data: bytes) -> int:
     if len(data) < _MIN_SIZE or data[:2] != MAGIC:
         raise CorruptEntryError("not an envelope")
     (version,) = _VERSION.unpack_from(data, VERSION_OFFSET)
+    if version > MAX_VERSION:
+        # As the tiers' compare-and-set reads it: not a usable envelope.
+        raise CorruptEntryError("not an envelope (version out of range)")
     return int(version)
+
+
+def is_tombstone(data: bytes) -> bool:
+    """Whether ``data`` looks like a delete's tombstone (the flag only; not
+    a full check)."""
+    return (
+        isinstance(data, bytes | bytearray | memoryview)
+        and len(data) >= _MIN_SIZE
+        and data[:2] == MAGIC
+        and bool(data[4] & TOMBSTONE)
+    )

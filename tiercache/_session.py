@@ -367,6 +367,9 @@ class _Spec:
             self.schema,
             self.commit_on_error,
             self.conflict,
+            # The decorator's own lease, else the cache-wide one, exactly as
+            # cache.session() chooses.
+            self.lease or self.cache.lease,
         )
 
 

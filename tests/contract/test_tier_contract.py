@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import struct
+import zlib
 
 import pytest
 
-from tiercache._envelope import Envelope, encode, peek_version
+from tiercache._envelope import MAX_VERSION, VERSION_OFFSET, Envelope, encode, peek_version
 
 from .conftest import Harness
 
@@ -235,13 +237,26 @@ async def test_cas_right_version_succeeds_and_is_visible(cas: Harness) -> None:
     assert peek_version(await cas.get("k") or b"") == 5
 
 
-@pytest.mark.parametrize("version", [2**53, 2**53 + 1, 2**63 + 7, 2**64 - 1])
+@pytest.mark.parametrize("version", [2**53, 2**53 + 1, 2**62 + 7, MAX_VERSION])
 async def test_cas_is_exact_for_big_versions(cas: Harness, version: int) -> None:
     # Versions past 2**53 do not fit a double; the compare must still be exact.
     await cas.set("k", envelope(version))
     assert await cas.compare_and_set("k", envelope(1), None, version - 1) is False
     assert await cas.compare_and_set("k", envelope(1), None, version ^ 1) is False
     assert await cas.compare_and_set("k", envelope(1), None, version) is True
+
+
+@pytest.mark.parametrize("version", [MAX_VERSION + 1, 2**63 + 7, 2**64 - 1])
+async def test_cas_treats_versions_over_the_maximum_as_absent(cas: Harness, version: int) -> None:
+    # CRC-valid bytes claiming a version no writer can follow are unreadable:
+    # the cache's repair write (expected 0) must be able to replace them.
+    data = bytearray(envelope(1))
+    struct.pack_into("<Q", data, VERSION_OFFSET, version)
+    data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
+    await cas.set("k", bytes(data))
+    assert await cas.compare_and_set("k", envelope(1), None, version) is False
+    assert await cas.compare_and_set("k", envelope(2), None, 0) is True
+    assert await cas.get("k") == envelope(2)
 
 
 async def test_cas_treats_unreadable_bytes_as_absent(cas: Harness) -> None:

@@ -237,10 +237,10 @@ def test_flush_serializes_once_and_writes_same_bytes_everywhere(
     b = tiers[1].get(f"{cache.namespace}:k")
     assert a is not None and a == b
     env = decode(a)
-    assert env.version == 1
+    assert env.version == cache._core.next_version(0), "a new key's first version"
     with cache.session("k") as s:
         s["a"].append(4)
-    assert decode(tiers[1].get(f"{cache.namespace}:k") or b"").version == 2
+    assert decode(tiers[1].get(f"{cache.namespace}:k") or b"").version == env.version + 1
 
 
 def test_evicted_dirty_value_is_written_and_rereadable(
@@ -452,7 +452,10 @@ def test_corrupt_upper_copy_falls_through_to_good_lower_copy(
     cache = make(MemoryTier(), upper, lower)
     upper.set(f"{cache.namespace}:k", b"TC-corrupt")
     assert cache.get("k") == {"good": True}
-    assert decode(upper.get(f"{cache.namespace}:k") or b"").version == 1, "repaired by promotion"
+    repaired = decode(upper.get(f"{cache.namespace}:k") or b"")
+    assert repaired.version == decode(lower.get(f"{cache.namespace}:k") or b"").version, (
+        "repaired by promotion"
+    )
 
 
 # -- validation and stats --------------------------------------------------------------
@@ -537,9 +540,14 @@ def test_delete_removes_from_every_tier(
     cache = make(MemoryTier(), *tiers)
     cache.set("k", 1)
     old = cache.get("k")
+    before = decode(tiers[1].get(f"{cache.namespace}:k") or b"").version
     assert cache.delete("k") is True
     assert cache.get("k", MISSING) is MISSING
-    assert all(t.get(f"{cache.namespace}:k") is None for t in tiers)
+    assert tiers[0].get(f"{cache.namespace}:k") is None
+    # The shared tier keeps a tombstone: absent to every reader, at the next
+    # version, so the key's versions never start over (issue #10.3).
+    tomb = decode(tiers[1].get(f"{cache.namespace}:k") or b"")
+    assert tomb.tombstone and tomb.version == before + 1
     assert cache.delete("k") is False
     del old
 

@@ -15,6 +15,7 @@ from tiercache._envelope import (
     FORMAT_VERSION,
     HEADER_SIZE,
     MAGIC,
+    MAX_VERSION,
     VERSION_OFFSET,
     Envelope,
     decode,
@@ -29,7 +30,9 @@ envelopes = st.builds(
     Envelope,
     serializer_id=st.integers(0, 255),
     schema_version=st.integers(0, 2**16 - 1),
-    version=st.integers(0, 2**64 - 1),
+    version=st.integers(0, MAX_VERSION),
+    flags=st.integers(0, 255),
+    writer=st.integers(0, 2**64 - 1),
     created_ms=I64,
     updated_ms=I64,
     expires_ms=I64,
@@ -63,7 +66,10 @@ def test_expires_at() -> None:
         ("schema_version", -1),
         ("schema_version", 2**16),
         ("version", -1),
+        ("version", MAX_VERSION + 1),
         ("version", 2**64),
+        ("flags", 256),
+        ("writer", 2**64),
         ("created_ms", 2**63),
         ("updated_ms", -(2**63) - 1),
         ("expires_ms", 2**64),
@@ -162,3 +168,48 @@ def test_foreign_and_future_envelopes() -> None:
     data[0:2] = b"XX"
     with pytest.raises(CorruptEntryError, match="magic"):
         decode(bytes(data))
+
+
+def _format1(e: Envelope) -> bytes:
+    """Bytes as format 1 (no writer tag) wrote them."""
+    head = struct.pack(
+        "<2sBBBxHQqqqI",
+        MAGIC,
+        1,
+        e.serializer_id,
+        e.flags,
+        e.schema_version,
+        e.version,
+        e.created_ms,
+        e.updated_ms,
+        e.expires_ms,
+        len(e.payload),
+    )
+    return head + e.payload + struct.pack("<I", zlib.crc32(head + e.payload))
+
+
+@given(envelopes)
+def test_format_1_entries_stay_readable(envelope: Envelope) -> None:
+    old = dataclasses.replace(envelope, writer=0)
+    data = _format1(old)
+    assert decode(data) == old
+    assert peek_version(data) == old.version
+
+
+def test_versions_over_the_maximum_are_unreadable() -> None:
+    data = bytearray(encode(Envelope(1, 0, 7, 0, 0, 0, b"abc")))
+    struct.pack_into("<Q", data, VERSION_OFFSET, MAX_VERSION + 1)
+    data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))  # a valid CRC
+    with pytest.raises(CorruptEntryError, match="version"):
+        decode(bytes(data))
+    with pytest.raises(CorruptEntryError, match="version"):
+        peek_version(bytes(data))
+
+
+def test_a_tombstone_round_trips() -> None:
+    from tiercache._envelope import TOMBSTONE
+
+    e = Envelope(1, 0, 9, 1, 2, 0, b"", flags=TOMBSTONE, writer=5)
+    out = decode(encode(e))
+    assert out.tombstone and out.version == 9 and out.payload == b""
+    assert not decode(encode(Envelope(1, 0, 9, 1, 2, 0, b""))).tombstone

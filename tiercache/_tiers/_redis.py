@@ -34,7 +34,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 from redis.retry import Retry
 
-from .._envelope import HEADER_SIZE, MAGIC, VERSION_OFFSET
+from .._envelope import MAGIC, MIN_SIZE, VERSION_OFFSET
 from .._exceptions import ConfigError, TierError
 from ._base import CasItem, PersistentTier, SetItem
 
@@ -50,14 +50,16 @@ _BACKEND_ERRORS = (RedisError, OSError)
 # the write. The stored version is compared as its 8 raw bytes rather than
 # through ``struct.unpack('<I8', ...)``: Lua numbers are doubles, which
 # cannot tell 2**53 from 2**53 + 1, while a byte compare is exact for every
-# u64. Bytes that are not an envelope (too short, foreign magic) count as
-# absent, version 0, so the cache's repair write (expected=0) can replace
-# them, as every other tier does. ARGV[3] is the expiry: >0 PX in ms, 0 no
+# u64. Bytes that are not an envelope (too short, foreign magic, a version
+# over MAX_VERSION: its top bit set) count as absent, version 0, so the
+# cache's repair write (expected=0) can replace them, as every other tier
+# does. ARGV[3] is the expiry: >0 PX in ms, 0 no
 # expiry, -1 already expired (delete).
 _CAS_LUA = f"""
 local cur = redis.call('GET', KEYS[1])
 local found = string.rep(string.char(0), 8)
-if cur and string.len(cur) >= {HEADER_SIZE + 4} and string.sub(cur, 1, 2) == '{MAGIC.decode()}' then
+if cur and string.len(cur) >= {MIN_SIZE} and string.sub(cur, 1, 2) == '{MAGIC.decode()}'
+        and string.byte(cur, {VERSION_OFFSET + 8}) < 128 then
     found = string.sub(cur, {VERSION_OFFSET + 1}, {VERSION_OFFSET + 8})
 end
 if found ~= ARGV[2] then
@@ -78,7 +80,8 @@ return 1
 _CHECK_VERSION_LUA = f"""
 local cur = redis.call('GET', KEYS[1])
 local found = string.rep(string.char(0), 8)
-if cur and string.len(cur) >= {HEADER_SIZE + 4} and string.sub(cur, 1, 2) == '{MAGIC.decode()}' then
+if cur and string.len(cur) >= {MIN_SIZE} and string.sub(cur, 1, 2) == '{MAGIC.decode()}'
+        and string.byte(cur, {VERSION_OFFSET + 8}) < 128 then
     found = string.sub(cur, {VERSION_OFFSET + 1}, {VERSION_OFFSET + 8})
 end
 """

@@ -1,0 +1,288 @@
+"""Regressions from hostile testing (issue #10), at unit level: two caches over
+one store stand for two processes. Each test names the item it proves; the
+ones that need real processes or a real Redis are in
+tests/integration/test_hostile.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tiercache import (
+    ConflictError,
+    Journal,
+    MemoryTier,
+    Schema,
+    TieredCache,
+    keep_ours,
+)
+from tiercache.testing import DictTier, FakeClock
+
+from .test_journal import Switchable
+
+
+@pytest.fixture
+def store(clock: FakeClock) -> DictTier:
+    return DictTier(clock=clock)
+
+
+@pytest.fixture
+def proc(store: DictTier, namespace: str, clock: FakeClock) -> Iterator[Callable[..., TieredCache]]:
+    """A "process": its own memory tier over the shared store."""
+    made: list[TieredCache] = []
+
+    def factory(*tiers: Any, **kw: Any) -> TieredCache:
+        cache = TieredCache(
+            MemoryTier(), *(tiers or (store,)), namespace=namespace, clock=clock, **kw
+        )
+        made.append(cache)
+        return cache
+
+    yield factory
+    clock.advance(60)  # past every breaker backoff
+    for c in made:
+        for t in c._core.tiers:
+            getattr(t, "_tier", t).down = False
+        c.close()
+
+
+def read(store: DictTier, namespace: str, key: str) -> Any:
+    with TieredCache(MemoryTier(), store, namespace=namespace) as cache:
+        return cache.get(key)
+
+
+# -- 1. a field both sides changed is a conflict, whatever the values -------------------
+
+
+def test_two_increments_to_the_same_value_are_a_conflict_not_an_agreement(
+    proc: Callable[..., TieredCache], store: DictTier, namespace: str
+) -> None:
+    """#10.1: both take n from 5 to 6 on the same version. Storing 6 loses an
+    increment; the second writer must hear about it."""
+    a, b = proc(), proc()
+    a.set("k", {"n": 5, "other": 0})
+    b.get("k")  # b holds version 1 too
+    with a.session("k") as s:
+        s["n"] += 1
+    with pytest.raises(ConflictError, match="'n'"), b.session("k") as s:
+        s["n"] += 1
+    assert read(store, namespace, "k") == {"n": 6, "other": 0}
+    assert b.stats().conflicts == 1
+    assert b.get("k") == {"n": 6, "other": 0}, "b's memory took the stored value"
+
+
+def test_an_equal_value_conflict_goes_to_the_resolver(
+    proc: Callable[..., TieredCache], store: DictTier, namespace: str
+) -> None:
+    """#10.1: the resolver sees it too, with base, ours and theirs."""
+    seen: list[tuple[Any, ...]] = []
+
+    def add_both(key: str, field: Any, base: Any, ours: Any, theirs: Any) -> Any:
+        seen.append((field, base, ours, theirs))
+        return theirs + (ours - base)
+
+    a, b = proc(), proc(conflict=add_both)
+    a.set("k", {"n": 5})
+    b.get("k")
+    with a.session("k") as s:
+        s["n"] = 6
+    with b.session("k") as s:
+        s["n"] = 6
+    assert seen == [("n", 5, 6, 6)]
+    assert read(store, namespace, "k") == {"n": 7}
+
+
+def test_a_whole_value_both_changed_to_equal_content_is_a_conflict(
+    proc: Callable[..., TieredCache], store: DictTier, namespace: str
+) -> None:
+    """#10.1 for a list root (one field): equal content is still two changes."""
+    a, b = proc(), proc(conflict=keep_ours)
+    a.set("k", [1])
+    b.get("k")
+    with a.session("k", initial=list) as s:
+        s.append(2)
+    with b.session("k", initial=list) as s:
+        s.append(2)
+    assert b.stats().conflicts == 1
+
+
+def test_a_field_changed_and_changed_back_is_not_ours_to_write(
+    proc: Callable[..., TieredCache], store: DictTier, namespace: str
+) -> None:
+    """The other half of #10.1: no net change of ours keeps theirs, no conflict."""
+    from tiercache import WriteBehind
+
+    a, b = proc(flush=WriteBehind(3600)), proc()
+    a.set("k", {"n": 5, "m": 0})
+    b.get("k")
+    with a.session("k") as s:
+        s["n"] = 9
+        s["m"] = 1
+    with a.session("k") as s:
+        s["n"] = 5  # back where the store had it
+    with b.session("k") as s:
+        s["n"] = 7
+    a.flush()
+    assert read(store, namespace, "k") == {"n": 7, "m": 1}
+    assert a.stats().conflicts == 0
+
+
+# -- 2. a journaled change is migrated once -----------------------------------------------
+
+
+def _v1() -> Schema:
+    return Schema(1, {0: lambda v: v})
+
+
+def _v2() -> Schema:
+    def to_cents(v: dict[str, Any]) -> dict[str, Any]:
+        v["credits"] *= 100
+        return v
+
+    return Schema(2, {0: lambda v: v, 1: to_cents})
+
+
+@pytest.mark.parametrize("someone_wrote", [False, True], ids=["replayed-as-is", "merged"])
+def test_a_change_journaled_at_an_old_schema_is_migrated_once(
+    proc: Callable[..., TieredCache],
+    store: DictTier,
+    namespace: str,
+    clock: FakeClock,
+    tmp_path: Path,
+    someone_wrote: bool,
+) -> None:
+    """#10.2: journaled at schema 1, replayed by code at schema 2 (with
+    another process on schema 2 writing meanwhile, or not): credits x100
+    once, never x10,000."""
+    tier = Switchable(store)
+    bot = proc(tier, schema=_v1(), journal=Journal(tmp_path / "bot"))
+    bot.set("k", {"credits": 3, "name": "a"})
+    tier.down = True
+    with bot.session("k") as s:
+        s["name"] = "b"  # acknowledged into the journal, at schema 1
+    assert bot.stats().journal_depth == 1
+    bot._journal.close()  # type: ignore[union-attr]  # the process stops
+    if someone_wrote:
+        app = proc(schema=_v2())
+        with app.session("k") as s:  # loads (migrates: 300) and writes
+            s["seen"] = True
+    tier.down = False
+    clock.advance(10)
+    restarted = proc(Switchable(store), schema=_v2(), journal=Journal(tmp_path / "bot"))
+    assert restarted.stats().journal_depth == 0, "replayed at start"
+    want = {"credits": 300, "name": "b", **({"seen": True} if someone_wrote else {})}
+    with TieredCache(MemoryTier(), store, namespace=namespace, schema=_v2()) as fresh:
+        assert fresh.get("k") == want
+    assert restarted.get("k") == want
+
+
+# -- 3. versions never repeat across a delete ---------------------------------------------
+
+
+def test_a_copy_from_before_a_delete_never_matches_the_recreated_key(
+    proc: Callable[..., TieredCache], store: DictTier, namespace: str, clock: FakeClock
+) -> None:
+    """#10.3 (ABA): a holds version v; b deletes; c re-creates and writes as
+    often as a's copy had been written. a's next write must merge with c's
+    value, not overwrite it on a matching version; a re-read by version must
+    not confirm a's copy either."""
+    a, b, c = proc(), proc(), proc(max_stale=1.0)
+    a.set("k", {"who": "a", "n": 0})
+    with a.session("k") as s:
+        s["n"] = 1
+    b.delete("k")
+    with c.session("k") as s:
+        s["who"] = "c"
+    with c.session("k") as s:
+        s["n"] = 100
+    with a.session("k") as s:  # a's stale copy, never invalidated (no bus)
+        s["mine"] = True
+    assert read(store, namespace, "k") == {"who": "c", "n": 100, "mine": True}
+
+    d = proc(max_stale=1.0)
+    assert d.get("k") == {"who": "c", "n": 100, "mine": True}
+    b.delete("k")
+    with c.session("k") as s:
+        s.update(who="c2", n=2)
+    clock.advance(2)  # d's copy is older than max_stale: re-read by version
+    assert d.get("k") == {"who": "c2", "n": 2}, "a version from before the delete never matches"
+
+
+def test_a_recreated_key_starts_above_every_version_it_had(
+    proc: Callable[..., TieredCache], store: DictTier, namespace: str, clock: FakeClock
+) -> None:
+    """#10.3 without a tombstone (the store lost the key: an expiry, a
+    restart without persistence): the new key's first version comes from the
+    clock, above the old key's, so the old copy's write cannot match."""
+    from tiercache._envelope import decode
+
+    a, c = proc(), proc()
+    a.set("k", {"n": 0})
+    for i in range(5):
+        with a.session("k") as s:
+            s["n"] = i
+    skey = f"{namespace}:k"
+    old = decode(store.get(skey) or b"").version
+    store.delete(skey)  # gone without a trace
+    clock.advance(0.001)
+    with c.session("k") as s:
+        s["n"] = 100
+    assert decode(store.get(skey) or b"").version > old
+    with a.session("k") as s:
+        s["other"] = 1
+    assert read(store, namespace, "k") == {"n": 100, "other": 1}
+
+
+def test_a_stored_version_at_the_maximum_is_unreadable_and_repaired(
+    proc: Callable[..., TieredCache], store: DictTier, namespace: str
+) -> None:
+    """#10.19: a version of 2**64-1 (planted; a CRC-valid envelope) no longer
+    makes every later write raise: it is a counted miss, and a write
+    replaces it."""
+    import struct
+    import zlib
+
+    from tiercache._envelope import VERSION_OFFSET
+
+    a = proc()
+    a.set("k", {"n": 1})
+    skey = f"{namespace}:k"
+    data = bytearray(store.get(skey) or b"")
+    struct.pack_into("<Q", data, VERSION_OFFSET, 2**64 - 1)
+    data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
+    store.set(skey, bytes(data))
+    b = proc()
+    assert b.get("k") is None
+    assert b.stats().corrupt_entries == 1
+    with b.session("k") as s:
+        s["n"] = 2
+    assert read(store, namespace, "k") == {"n": 2}
+
+
+# -- 17. the decorator takes the lease ------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["decorator", "cache"])
+def test_cached_session_takes_the_configured_lease(
+    proc: Callable[..., TieredCache], store: DictTier, where: str
+) -> None:
+    """#10.17: @cached_session(lease=...) and a cache-wide lease= are strict
+    scopes, as cache.session() is: the lease is held while the handler runs."""
+    from tiercache import Lease, cached_session
+
+    cache = proc(**({"lease": Lease(5)} if where == "cache" else {}))
+    kw = {"lease": Lease(5)} if where == "decorator" else {}
+    held_inside: list[bool] = []
+
+    @cached_session(cache, key=lambda n: f"chat:{n}", **kw)
+    def handler(n: int, session: Any = None) -> None:
+        held_inside.append(any("lease" in k for k in store._data))
+        session["n"] = session.get("n", 0) + 1
+
+    handler(1)
+    assert held_inside == [True]
+    assert not any("lease" in k for k in store._data), "released after the handler"
+    assert cache.get("chat:1") == {"n": 1}
