@@ -48,12 +48,13 @@ from ._exceptions import (
     ConfigError,
     ConflictError,
     CorruptEntryError,
-    InvalidKeyError,
+    JournalFullError,
     TierCacheError,
     TierError,
 )
 from ._flow import Call, Flow, Pause, arun, run
 from ._journal import Journal, Record
+from ._keys import check_key, check_namespace
 from ._locks import KeyLock, LockRegistry, held
 from ._policy import (
     Expiry,
@@ -73,8 +74,8 @@ from ._tiers._memory import Entry, MemoryTier
 from ._tracking import (
     MISSING as _TRACKING_MISSING,
 )
-from ._tracking import _same as same
 from ._tracking import (
+    WHOLE,
     attach,
     changes,
     detach,
@@ -86,6 +87,7 @@ from ._tracking import (
     to_plain,
     track,
 )
+from ._tracking import _same as same
 
 __all__ = ["MISSING", "TieredCache"]
 
@@ -109,6 +111,41 @@ class _Flight:
         self.event: threading.Event | None = None
         self.entry: Entry | None = None
         self.error: BaseException | None = None
+
+
+class _Undo:
+    """What sealing changed in an entry, to put back if its write fails."""
+
+    __slots__ = (
+        "base",
+        "created_ms",
+        "expires_at",
+        "initial",
+        "pending",
+        "pending_since",
+        "size",
+        "version",
+    )
+
+    def __init__(self, entry: Entry) -> None:
+        self.version = entry.version
+        self.pending = entry.pending
+        self.pending_since = entry.pending_since
+        self.size = entry.size
+        self.expires_at = entry.expires_at
+        self.created_ms = entry.created_ms
+        self.initial = entry.initial
+        self.base = None if entry.base is None else dict(entry.base)
+
+    def restore(self, entry: Entry) -> None:
+        entry.version = self.version
+        entry.pending = self.pending
+        entry.pending_since = self.pending_since
+        entry.size = self.size
+        entry.expires_at = self.expires_at
+        entry.created_ms = self.created_ms
+        entry.initial = self.initial
+        entry.base = self.base
 
 
 class TieredCache:
@@ -170,10 +207,7 @@ class TieredCache:
                     f"tiers after the first must be PersistentTier instances, got {t!r}"
                 )
             persistent.append(t)
-        if not isinstance(namespace, str) or not namespace or len(namespace) > 200:
-            raise ConfigError(
-                f"namespace must be a non-empty str of <= 200 chars, got {namespace!r}"
-            )
+        check_namespace(namespace)
         if serializer is None:
             serializer = MsgpackSerializer()
         elif not isinstance(serializer, Serializer):
@@ -259,7 +293,7 @@ class TieredCache:
                 persistent[-1],
                 self._clock,
                 self._on_recovered,
-                probe_key=self._core.skey("\x00probe"),
+                probe_key=self._core.names.probe,
             )
             self._core.tiers[-1] = cast(PersistentTier, self._breaker)
         if journal is not None and not isinstance(journal, Journal):
@@ -655,9 +689,14 @@ class TieredCache:
 
     # -- writing ----------------------------------------------------------------
 
-    def _seal(self, entry: Entry) -> None:
+    def _seal(self, entry: Entry, *, clean: bool = True) -> None:
         """Serialize the entry's value once into ``entry.pending`` and mark it
-        clean; raises SerializationError and then changes nothing."""
+        clean; raises SerializationError and then changes nothing.
+
+        ``clean=False`` keeps the value's clean point where it was (the
+        scope's start), so a write that then fails can still be rolled
+        back in place (:meth:`_roll_back`); the caller marks it clean once
+        the write succeeded."""
         if (
             not self._core.tiers
             and self._memory.max_bytes is None
@@ -683,7 +722,8 @@ class TieredCache:
             ttl=entry.ttl,
             schema_version=entry.schema_version,
         )
-        mark_clean(entry.value)
+        if clean:
+            mark_clean(entry.value)
         entry.version = version
         if entry.pending is None:
             entry.pending_since = self._clock.monotonic()
@@ -725,11 +765,13 @@ class TieredCache:
             except TierError as exc:
                 if not exc.transient:
                     raise  # refused, not unreachable: journaling cannot help
-                self._journal_batch(batch)
+                self._journal_or_raise(batch, sent=False)  # the batch never went out
                 return
         written: list[tuple[Entry, bytes]] = []
+        #: Entries that could not be written, each with its own error: one
+        #: of them never holds the rest of a batch back.
+        failures: list[tuple[Entry, TierCacheError]] = []
         if tiers and tiers[-1].supports_cas:
-            last, counters = tiers[-1], core.counters[-1]
             # An outdated entry's idea of the stored version cannot be
             # trusted (the store moved on, or a replay merged what it
             # believed): a compare-and-set on it could match a version that
@@ -739,14 +781,7 @@ class TieredCache:
                 (core.skey(e.key), data, core.ttl_for(e.ttl), e.stored) for e, data in trusted
             ]
             try:
-                if not items:
-                    results: list[bool] = []
-                elif len(items) == 1:
-                    results = [(yield Call(last, counters, "compare_and_set", items[0]))]
-                else:
-                    results = yield Call(last, counters, "compare_and_set_many", (items,))
-                by_entry = {id(e): ok for (e, _), ok in zip(trusted, results, strict=True)}
-                oks = [by_entry.get(id(e), False) for e, _ in batch]
+                results = yield from self._cas_flow(items)
             except TierError as exc:
                 if exc.sent:
                     # The connection may have died after the server applied
@@ -758,12 +793,17 @@ class TieredCache:
                     # wrong type): the handler hears it; a journal entry
                     # could never be replayed.
                     raise
-                self._journal_batch(batch)
+                self._journal_or_raise(batch, sent=exc.sent)
                 return
+            by_entry = {id(e): ok for (e, _), ok in zip(trusted, results, strict=True)}
             unreached: list[Entry] = []
-            for (e, data), ok in zip(batch, oks, strict=True):
-                if ok:
+            for e, data in batch:
+                ok = by_entry.get(id(e), False)
+                if ok is True:
                     written.append((e, data))
+                    continue
+                if isinstance(ok, TierError):
+                    failures.append((e, ok))  # refused: this entry's own error
                     continue
                 # What this entry believed stored is not: until a merge
                 # succeeds, no compare-and-set may be made on that belief.
@@ -777,9 +817,10 @@ class TieredCache:
                     continue
                 try:
                     merged = yield from self._merge_flow(e, core.skey(e.key), core.ttl_for(e.ttl))
-                except ConflictError:
+                except ConflictError as exc:
                     if reason in ("exit", "set"):
-                        raise
+                        failures.append((e, exc))
+                        continue
                     # No handler to tell: theirs is kept, and it is loud.
                     core.conflicts_lost += 1
                     log.error(
@@ -790,13 +831,14 @@ class TieredCache:
                     )
                     continue
                 except TierError as exc:
-                    if not journaling or not exc.transient:
-                        raise
-                    unreached.append(e)  # the store went away mid-merge
+                    if journaling and exc.transient:
+                        unreached.append(e)  # the store went away mid-merge
+                    else:
+                        failures.append((e, exc))
                     continue
                 written.append((e, merged))
             if unreached:
-                self._journal_batch([(e, cast(bytes, e.pending)) for e in unreached])
+                self._journal_or_raise([(e, cast(bytes, e.pending)) for e in unreached], sent=True)
             upper: list[SetItem] = [
                 (core.skey(e.key), data, core.ttl_for(e.ttl)) for e, data in written
             ]
@@ -830,6 +872,53 @@ class TieredCache:
             self._core.flushes[reason] += len(written)
             self._drop_evicted()
         yield from self._publish_flow(published)
+        if failures:
+            if reason not in ("exit", "set"):
+                for e, error in failures:
+                    log.warning(
+                        "tiercache: %s flush of %r failed; it stays pending: %s",
+                        reason,
+                        e.key,
+                        error,
+                    )
+            raise failures[0][1]
+
+    def _cas_flow(self, items: list[CasItem]) -> Flow[list[bool | TierError]]:
+        """Compare-and-set ``items`` on the shared tier: one call, or one
+        pipelined batch. A batch the server refused (an error that is not
+        an outage) is retried one item at a time, so the items it took are
+        written and only the one it refuses carries the error. An outage
+        raises."""
+        core = self._core
+        last, counters = core.tiers[-1], core.counters[-1]
+        if not items:
+            return []
+        if len(items) == 1:
+            return [(yield Call(last, counters, "compare_and_set", items[0]))]
+        try:
+            return list((yield Call(last, counters, "compare_and_set_many", (items,))))
+        except TierError as exc:
+            if exc.transient:
+                raise
+        out: list[bool | TierError] = []
+        for item in items:
+            try:
+                out.append((yield Call(last, counters, "compare_and_set", item)))
+            except TierError as exc:
+                if exc.transient:
+                    raise
+                out.append(exc)
+        return out
+
+    def _journal_or_raise(self, batch: list[tuple[Entry, bytes]], *, sent: bool) -> None:
+        """:meth:`_journal_batch` for writes the shared tier could not take;
+        a full journal says, as the failed write did (``sent``), whether the
+        change may have landed all the same."""
+        try:
+            self._journal_batch(batch)
+        except JournalFullError as full:
+            full.sent = sent
+            raise
 
     def _journal_batch(self, batch: list[tuple[Entry, bytes]]) -> None:
         """Acknowledge ``batch`` by appending it to the journal (durable once
@@ -1223,7 +1312,14 @@ class TieredCache:
             self._drop_evicted()
             waiting = [e for e in self._memory.evicted.values() if e.pending is not None]
         if waiting and self._write_through:
-            yield from self._locked_write_flow(waiting, "evict")
+            try:
+                yield from self._locked_write_flow(waiting, "evict")
+            except (TierError, ConflictError) as exc:
+                # Other keys' writes: never this caller's error (its own
+                # change, if any, is already settled). They stay in the
+                # evicted area, readable, for the next drain or tick.
+                log.warning("tiercache: writing evicted entries failed: %s", exc)
+                self._ensure_timer(retry=True)
 
     def _locked_write_flow(self, entries: list[Entry], reason: str) -> Flow[None]:
         """Write the entries whose key lock is free now. A busy key's holder
@@ -1303,7 +1399,22 @@ class TieredCache:
         # A replaced value is gone: writes through old references must fail.
         if old is not None and old.value is not entry.value:
             detach(old.value)
-        yield from self._write_flow([entry], "set")
+        try:
+            yield from self._write_flow([entry], "set")
+        except TierError as exc:
+            if exc.transient and exc.sent:
+                # It may have landed: acknowledged, retried until written.
+                log.warning("tiercache: set %r failed (%s); it stays pending", key, exc)
+                self._ensure_timer(retry=True)
+            else:
+                # Not applied, and never will be: memory goes back too.
+                with self._mlock:
+                    if self._memory.peek(key) is entry or self._memory.evicted.get(key) is entry:
+                        self._memory.remove(key)
+                        if old is not None:
+                            self._memory.insert(old)
+                detach(entry.value)
+                raise
         yield from self._drain_flow()
 
     def update(
@@ -1377,6 +1488,11 @@ class TieredCache:
             result = fn(value)
             if result is not None and result is not value:
                 value = track(result)
+                changed = _changed_fields(plain, value)  # a replacement
+            else:
+                # What fn changed, against what it was given: the merge base
+                # should this write have to be retried.
+                changed = changes(value) if plain is not MISSING else _changed_fields(plain, value)
             entry = Entry(key, value, version=version, ttl=ttl)
             entry.schema_version = core.schema.version
             entry.base = None
@@ -1385,12 +1501,30 @@ class TieredCache:
             detach(value)
             if cas:
                 data = cast(bytes, entry.pending)
-                ok = yield Call(
-                    tiers[-1],
-                    core.counters[-1],
-                    "compare_and_set",
-                    (skey, data, core.ttl_for(ttl), version),
-                )
+                try:
+                    ok = yield Call(
+                        tiers[-1],
+                        core.counters[-1],
+                        "compare_and_set",
+                        (skey, data, core.ttl_for(ttl), version),
+                    )
+                except TierError as exc:
+                    if not (exc.transient and exc.sent):
+                        raise  # not applied; memory was not touched
+                    # It may have landed: acknowledged. It stays pending and
+                    # is retried; if others wrote meanwhile, what fn changed
+                    # (against what it saw) merges into theirs.
+                    log.warning("tiercache: update of %r failed (%s); it stays pending", key, exc)
+                    entry.stored = version
+                    entry.uncertain = {data}
+                    entry.base = changed
+                    with self._mlock:
+                        old = self._memory.remove(key)
+                        self._memory.insert(entry)
+                    if old is not None and old.value is not value:
+                        detach(old.value)
+                    self._ensure_timer(retry=True)
+                    return value
                 if not ok:
                     core.conflicts += 1
                     continue
@@ -1406,10 +1540,20 @@ class TieredCache:
             with self._mlock:
                 old = self._memory.remove(key)
                 self._memory.insert(entry)
+            if not cas:
+                try:
+                    yield from self._write_flow([entry], "set")
+                except TierError as exc:
+                    if not (exc.transient and exc.sent):
+                        with self._mlock:  # not applied: memory goes back too
+                            self._memory.remove(key)
+                            if old is not None:
+                                self._memory.insert(old)
+                        raise
+                    log.warning("tiercache: update of %r failed (%s); it stays pending", key, exc)
+                    self._ensure_timer(retry=True)
             if old is not None and old.value is not value:
                 detach(old.value)
-            if not cas:
-                yield from self._write_flow([entry], "set")
             yield from self._drain_flow()
             return value
         raise TierError(f"gave up updating {key!r}: {_MAX_MERGES} other writers won in a row")
@@ -1598,12 +1742,13 @@ class TieredCache:
             lock.release()
         self._locks.checkin(key, lock)
 
-    def _ensure_timer(self) -> None:
+    def _ensure_timer(self, *, retry: bool = False) -> None:
         """Start the background flusher: the WriteBehind timer, or, for a
-        write-through cache that journaled changes, the replay retrier."""
+        write-through cache that journaled changes or holds a write that
+        may have landed (``retry``), the retrier."""
         if self._timer is not None or self._closed:
             return
-        if self._write_through and self._journal is None:
+        if self._write_through and self._journal is None and not retry:
             return
         interval = self.flush_policy.interval or _JOURNAL_RETRY
         with self._timer_lock:
@@ -1839,7 +1984,15 @@ class TieredCache:
         failed: bool,
         conflict: Resolver | None = None,
     ) -> Flow[None]:
-        """Scope exit, key lock held: commit or roll back, detach, write."""
+        """Scope exit, key lock held: commit or roll back, detach, write.
+
+        Under write-through, an error raised here means the change was not
+        applied and never will be: the value is rolled back to the scope's
+        start. A write that may have landed (its connection died after
+        sending) is not an error: it stays pending, is retried in the
+        background until written, and the scope returns (acknowledged).
+        """
+        undo: _Undo | None = None
         try:
             if failed:
                 revert(value)
@@ -1847,7 +2000,9 @@ class TieredCache:
                 if entry is None:  # pragma: no cover - scopes always have an entry
                     entry = Entry(key, value, ttl=ttl)
                     entry.pins = 1
-                self._seal_or_revert(entry)
+                if self._write_through:
+                    undo = _Undo(entry)
+                self._seal_or_revert(entry, clean=undo is None)
                 entry.initial = None  # changed: a real entry from now on
                 entry.conflict = conflict
             else:
@@ -1860,7 +2015,22 @@ class TieredCache:
         if entry is not None and entry.pending is not None and not failed:
             if self._write_through:
                 # Also retries a write that failed at an earlier exit.
-                yield from self._write_flow([entry], "exit")
+                try:
+                    yield from self._write_flow([entry], "exit")
+                except TierError as exc:
+                    if undo is not None and self._roll_back(entry, value, undo, exc):
+                        raise  # not applied, and rolled back
+                    # Pending from an earlier scope, or it may have landed:
+                    # acknowledged, and retried until it is written.
+                    log.warning(
+                        "tiercache: writing %r failed (%s); it stays pending and is retried",
+                        key,
+                        exc,
+                    )
+                    self._ensure_timer(retry=True)
+                finally:
+                    if undo is not None:
+                        mark_clean(value)
             else:
                 self._ensure_timer()
                 if self._wal:
@@ -1869,6 +2039,29 @@ class TieredCache:
         if entry is not None and entry.outdated:
             self._let_go(entry)
         yield from self._drain_flow()
+
+    def _roll_back(self, entry: Entry, value: Any, undo: _Undo, exc: TierError) -> bool:
+        """A write-through exit's write failed: if it cannot have been
+        applied, put memory back to how the scope found it and return True
+        (the handler hears the error); if it may have landed, return False
+        (it stays pending: acknowledged)."""
+        if exc.transient and exc.sent:
+            return False
+        with self._mlock:
+            if entry.value is value:
+                revert(value)
+                undo.restore(entry)
+                return True
+            if undo.pending is not None:
+                # A merge replaced the value, and it carries an earlier
+                # acknowledged change too: it must still be written.
+                return False
+            # A merge replaced the value with theirs plus ours: forget it;
+            # the next access loads what is stored.
+            self._memory.remove(entry.key)
+            detach(entry.value)
+            entry.pending = None
+        return True
 
     def _let_go(self, entry: Entry) -> None:
         with self._mlock:
@@ -1899,9 +2092,9 @@ class TieredCache:
 
     # -- strict mode: leases ----------------------------------------------------------
 
-    def _lease_keys(self, skey: str) -> tuple[str, str]:
-        # A NUL cannot follow the namespace in a user key: no collision.
-        return "lease\x00" + skey, "fence\x00" + self.namespace
+    def _lease_keys(self, key: str) -> tuple[str, str]:
+        names = self._core.names
+        return names.lease(key), names.fence(key)
 
     def _strict_enter_flow(
         self, key: str, initial: Callable[[], Any], ttl: float | None, lease: Lease
@@ -1913,7 +2106,7 @@ class TieredCache:
             raise ConfigError("strict mode (lease=...) needs a last tier with leases (RedisTier)")
         tier, counters = core.tiers[-1], core.counters[-1]
         skey = core.skey(key)
-        lkey, fkey = self._lease_keys(skey)
+        lkey, fkey = self._lease_keys(key)
         deadline = self._clock.monotonic() + lease.wait
         attempt = 0
         while True:
@@ -1954,7 +2147,7 @@ class TieredCache:
         core = self._core
         tier, counters = core.tiers[-1], core.counters[-1]
         skey = core.skey(key)
-        lkey, _ = self._lease_keys(skey)
+        lkey, _ = self._lease_keys(key)
         self._renewer.drop(lkey)
         try:
             if failed:
@@ -1965,11 +2158,23 @@ class TieredCache:
                 data = cast(bytes, entry.pending)
                 ttl = core.ttl_for(entry.ttl)
                 args = (skey, data, ttl, entry.stored, lkey, token)
-                written = yield Call(tier, counters, "compare_and_set_fenced", args)
+                try:
+                    written = yield Call(tier, counters, "compare_and_set_fenced", args)
+                except TierError as exc:
+                    if not (exc.transient and exc.sent):
+                        with self._mlock:  # not applied: strict scopes re-read anyway
+                            self._memory.remove(key)
+                        raise
+                    # It may have landed: acknowledged; retried (merging)
+                    # until it is written, recognised if it did land.
+                    entry.uncertain = {data}
+                    log.warning("tiercache: strict write of %r failed (%s); retried", key, exc)
+                    self._ensure_timer(retry=True)
+                    return
                 if written != 1:
                     with self._mlock:
                         self._memory.remove(key)
-                    raise TierError(
+                    refused = TierError(
                         f"strict write of {key!r} refused: "
                         + (
                             "the lease expired and another process holds it"
@@ -1978,6 +2183,8 @@ class TieredCache:
                         )
                         + "; nothing was written"
                     )
+                    refused.transient = refused.sent = False
+                    raise refused
                 for index in reversed(range(len(core.tiers) - 1)):
                     yield Call(core.tiers[index], core.counters[index], "set", (skey, data, ttl))
                 with self._mlock:
@@ -1995,12 +2202,16 @@ class TieredCache:
                 entry.pins -= 1
                 if entry.outdated:
                     self._drop_outdated(entry)
-            yield Call(tier, counters, "release_lease", (lkey, token))
+            try:
+                yield Call(tier, counters, "release_lease", (lkey, token))
+            except TierError as exc:
+                # The lease expires by itself; what the scope did is settled.
+                log.warning("tiercache: releasing the lease of %r failed: %s", key, exc)
         yield from self._drain_flow()
 
-    def _seal_or_revert(self, entry: Entry) -> None:
+    def _seal_or_revert(self, entry: Entry, *, clean: bool = True) -> None:
         try:
-            self._seal(entry)
+            self._seal(entry, clean=clean)
         except BaseException:
             # Nothing was stored; memory goes back to the scope's start too.
             revert(entry.value)
@@ -2072,12 +2283,7 @@ class TieredCache:
             raise TierCacheError(f"cache {self.namespace!r} is closed")
 
     def _check_key(self, key: object) -> None:
-        if type(key) is not str:
-            raise InvalidKeyError(f"keys must be str, got {type(key).__name__}: {key!r:.80}")
-        if not key or len(key) > self.max_key_length:
-            raise InvalidKeyError(
-                f"keys must be 1..{self.max_key_length} characters, got {len(key)}: {key!r:.80}"
-            )
+        check_key(key, self.max_key_length)
 
     def stats(self) -> CacheStats:
         """A frozen snapshot of every counter; ``str()`` of it is a table."""
@@ -2144,6 +2350,23 @@ _UNDECODED: Any = object()
 
 #: Polls (1 ms apart) a caller waits for another thread's journal replay.
 _REPLAY_WAIT = 30_000
+
+
+def _changed_fields(before: Any, after: Any) -> dict[Any, Any]:
+    """The merge base of a change from ``before`` (MISSING, or a value fn
+    did not change in place) to ``after``: each top-level field that
+    differs, as it was before."""
+    plain = to_plain(after)
+    if before is not MISSING:
+        before = to_plain(before)
+    if type(plain) is dict and (before is MISSING or type(before) is dict):
+        was = {} if before is MISSING else before
+        return {
+            f: was.get(f, MISSING)
+            for f in {*was, *plain}
+            if not same(was.get(f, MISSING), plain.get(f, MISSING))
+        }
+    return {WHOLE: before}
 
 
 def _group_base(recs: list[Record]) -> dict[Any, Any] | None:

@@ -35,6 +35,7 @@ from ._exceptions import (
     ValueTooLargeError,
 )
 from ._flow import Call, Flow
+from ._keys import KeyNames
 from ._policy import Expiry, Quarantine, Resolver, Schema
 from ._serializers import Serializer
 from ._stats import TierCounters
@@ -98,7 +99,8 @@ class Core:
         self.quarantine = quarantine or Quarantine()
         self.counters = [TierCounters(t.name) for t in tiers]
         self.namespace = namespace
-        self.prefix = namespace + ":"
+        self.names = KeyNames(namespace)
+        self.prefix = self.names.prefix
         self.serializer = serializer
         self.clock = clock
         self.expiry = expiry
@@ -179,6 +181,18 @@ class Core:
                 f"cannot store key {key!r}: {len(payload)} bytes, over max_value_bytes "
                 f"({self.max_value_bytes}); largest fields: {self._largest_fields(value)}"
             )
+        size = len(payload) + _envelope.HEADER_SIZE + 4
+        for tier in self.tiers:
+            # What a tier is known to refuse (Redis: its proto-max-bulk-len)
+            # is refused here, under every flush policy: a write-behind
+            # change is acknowledged at scope exit, so it must be one the
+            # tier will take.
+            limit = tier.max_value_size
+            if limit is not None and size > limit:
+                raise ValueTooLargeError(
+                    f"cannot store key {key!r}: {size} bytes, over what the {tier.name} tier "
+                    f"takes ({limit}); largest fields: {self._largest_fields(value)}"
+                )
         now_ms = int(self.clock.time() * 1000)
         seconds = self.ttl_for(ttl)
         # Sliding expiry lives in the backends' TTL (touch refreshes it
@@ -261,10 +275,10 @@ class Core:
             ) from None
 
     def quarantine_key(self, key: str) -> str:
-        """Where a tier keeps the unreadable bytes of ``key``: inside the
-        namespace (an ACL that grants the namespace's keys covers it), under
-        a NUL-led name no handler's key is expected to take."""
-        return self.prefix + "\x00quarantine\x00" + key
+        """Where a tier keeps the unreadable bytes of ``key``: beside the
+        namespace's values (an ACL pattern on the namespace covers it),
+        under a name no user key can take (see :mod:`tiercache._keys`)."""
+        return self.names.quarantine(key)
 
     def quarantine_flow(self, key: str, index: int, data: bytes, reason: str) -> Flow[bool]:
         """Bad bytes were read from tier ``index``: move them aside (see

@@ -407,7 +407,10 @@ class FaultyTier(_Gate, PersistentTier):
         if isinstance(cause, TierError):
             return cause
         # The same shape as the real tiers' messages ("redis tier: get ... failed").
-        return TierError(f"{self.name} tier: {method} failed: {cause!r}")
+        err = TierError(f"{self.name} tier: {method} failed: {cause!r}")
+        # Injected before the wrapped tier is called: it never ran.
+        err.sent = False
+        return err
 
     # -- sync ------------------------------------------------------------------
 

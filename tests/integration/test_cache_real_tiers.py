@@ -163,7 +163,7 @@ def test_corrupt_bytes_in_redis_and_disk_are_counted_misses_and_quarantined(
     # Both moved aside on the real backends, kept a week to inspect.
     assert st.quarantined == 2
     assert r.get(f"tc:{skey}") is None
-    qkey = f"{cache.namespace}:\x00quarantine\x00bad"
+    qkey = f"{cache.namespace}\x00quarantine\x00bad"
     assert r.get(f"tc:{qkey}") == b"\x00not an envelope"
     assert 7 * 86400 * 1000 - 60_000 < r.pttl(f"tc:{qkey}") <= 7 * 86400 * 1000
     with diskcache.Cache(str(tmp_path / "disk")) as raw:
@@ -241,9 +241,12 @@ with cache.session("k") as s:
     reader.close()
 
 
-def test_redis_down_raises_tier_error_and_keeps_the_change_pending(
+def test_redis_down_raises_tier_error_and_rolls_the_change_back(
     redis_server: Any, namespace: str
 ) -> None:
+    """#10.18: Redis refuses the connection, so the write never reached it:
+    the handler hears a TierError and the change is not applied, not then
+    and not later."""
     from tiercache import TierError
     from tiercache.testing import RedisServer
 
@@ -255,24 +258,27 @@ def test_redis_down_raises_tier_error_and_keeps_the_change_pending(
     with pytest.raises(TierError) as caught, cache.session("k") as s:
         s["v"] = 2
     assert caught.value.__cause__ is not None
-    assert cache.get("k") == {"v": 2}, "the change is kept in memory"
-    assert cache.stats().dirty == 1
+    assert caught.value.sent is False, "refused at connect: it never left"
+    assert cache.get("k") == {"v": 1}, "memory is back where the scope found it"
+    assert cache.stats().dirty == 0
     assert cache.stats().tier("redis").errors >= 1
     assert cache.stats().degraded is True
-    server.start()  # same port, empty: the pending write is all it will hold
+    server.start()  # same port, empty
     # The circuit breaker refuses calls until its backoff (0.1 s after one
     # failure) has passed; the first call after it is the probe.
     deadline = time.monotonic() + 5
     while True:
         try:
-            assert cache.flush() == 1
+            with cache.session("k") as s:
+                s["v"] = 3
             break
         except TierError:
             assert time.monotonic() < deadline, "the breaker never let the probe through"
             time.sleep(0.05)
+    assert cache.flush() == 0, "nothing of the failed scope was left to write"
     assert cache.stats().degraded is False
     fresh = TieredCache(MemoryTier(), RedisTier(server.url), namespace=namespace)
-    assert fresh.get("k") == {"v": 2}
+    assert fresh.get("k") == {"v": 3}
     fresh.close()
     cache.close()
 

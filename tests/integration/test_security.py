@@ -216,13 +216,17 @@ def test_a_wrong_password_is_a_clear_tier_error_at_first_use(
     assert isinstance(info.value.__cause__, redis.AuthenticationError)
     assert time.monotonic() - started < 5.0
 
-    # The failed change stays pending; once the password is accepted, it is
-    # written.
+    # The handler heard the error, so the change is not applied, not even
+    # once the password is accepted (#10.18): nothing stays pending.
+    assert writer.stats().dirty == 0
     admin = raw_client(locked_server.url)
     admin.execute_command("ACL", "SETUSER", "default", f">{WRONG_PASSWORD}")
     admin.close()
-    wait_until(succeeds(writer.close), "the pending change to be written")
-    assert make_cache(locked_server.url, namespace, bus=False).get("chat:1") == {"n": 1}
+    writer.close()
+    assert make_cache(locked_server.url, namespace, bus=False).get("chat:1") is None
+    with make_cache(url, namespace, bus=False) as later:  # the password works now
+        later.set("chat:1", {"n": 2})
+        assert later.get("chat:1") == {"n": 2}
 
 
 # -- 3. ACL users -------------------------------------------------------------------
@@ -245,13 +249,15 @@ def set_user(server: RedisServer, name: str, *rules: str) -> str:
 def cache_key_rules(namespace: str) -> list[str]:
     """Exactly the keys a cache in ``namespace`` touches (default prefix).
 
-    Lease keys have a NUL after "lease" / "fence"; ACL SETUSER refuses a NUL
-    in a pattern, so ``?`` stands for it.
+    Internal names follow the namespace with a NUL (tiercache._keys); ACL
+    SETUSER refuses a NUL in a pattern, so ``?`` stands for it.
     """
     return [
         f"~tc:{namespace}:*",  # entries
-        f"~tc:lease?{namespace}:*",  # strict-mode leases, one per key
-        f"~tc:fence?{namespace}",  # the namespace's fencing counter
+        f"~tc:{namespace}?lease?*",  # strict-mode leases, one per key
+        f"~tc:{namespace}?fence?*",  # their fencing counters, one per key
+        f"~tc:{namespace}?quarantine?*",  # unreadable bytes, moved aside
+        f"~tc:{namespace}?probe",  # what the breaker reads while Redis is down
         f"~{stream_key(namespace)}",  # the invalidation bus
     ]
 
@@ -321,10 +327,15 @@ def test_an_acl_user_limited_to_another_prefix_gets_a_clear_tier_error(
         writer.set("chat:1", {"n": 1})
     assert isinstance(info.value.__cause__, NoPermissionError)
 
-    # Granted the cache's keys, the pending change is written.
+    # Refused means not applied (#10.18): granted the cache's keys later,
+    # nothing of it is written; a new write goes through.
+    assert writer.stats().dirty == 0
     set_user(acl_server, "other", *cache_key_rules(namespace))
-    wait_until(succeeds(writer.close), "the pending change to be written")
-    assert make_cache(url, namespace, bus=False).get("chat:1") == {"n": 1}
+    writer.close()
+    assert make_cache(url, namespace, bus=False).get("chat:1") is None
+    writer2 = make_cache(url, namespace)
+    writer2.set("chat:1", {"n": 2})
+    assert make_cache(url, namespace, bus=False).get("chat:1") == {"n": 2}
 
 
 # -- 5. nothing secret in logs, stats, reprs or errors ---------------------------------
@@ -552,9 +563,11 @@ def test_a_refused_command_is_an_error_in_the_handler_not_an_outage(
     assert st.journal_depth == 0 and st.journaled == 0, "nothing pretends to be acknowledged"
     assert st.degraded is False
     assert cache.get("other") is None, "reads go on: no circuit open, no fast failure"
-    # The refused change stays pending; granted the script, close writes it.
+    # Refused means not applied (#10.18): rolled back, nothing pending, and
+    # granted the script, close writes nothing of it.
+    assert cache.stats().dirty == 0 and cache.get("k") is None
     set_user(acl_server, "reader", "+evalsha", "+eval")
     cache.close()
     check = TieredCache(MemoryTier(), RedisTier(acl_server.url), namespace=namespace)
-    assert check.get("k") == {"n": 1}
+    assert check.get("k") is None
     check.close()

@@ -26,7 +26,6 @@ from tiercache import (
     Quarantine,
     SerializationError,
     TieredCache,
-    TierError,
     WriteBehind,
 )
 from tiercache._envelope import decode
@@ -270,8 +269,11 @@ def test_evicted_dirty_value_write_through_mode(
     with cache.session("a") as s:
         s["v"] = 1
     tier.fail_writes = True
-    with pytest.raises(TierError), cache.session("b") as s:
-        s["v"] = 2  # the write fails: b stays pending in memory
+    with cache.session("b") as s:
+        # The write fails in a way that may have landed (a plain
+        # ConnectionError from the tier): acknowledged, b stays pending.
+        s["v"] = 2
+    assert cache.stats().dirty == 1
     tier.fail_writes = False
     with cache.session("c") as s:  # pushes b out: it is written on eviction
         s["v"] = 3
@@ -367,11 +369,11 @@ def test_corrupt_bytes_are_a_counted_miss_and_quarantined(
     assert st.corrupt_entries == 1, "the second read found the key absent, not corrupt"
     assert st.quarantined == 1
     assert tier.get(skey) is None, "moved out of the key"
-    assert tier.get(f"{cache.namespace}:\x00quarantine\x00bad") == garbage, (
+    assert tier.get(f"{cache.namespace}\x00quarantine\x00bad") == garbage, (
         "kept, exactly, to inspect"
     )
     clock.advance(Quarantine().keep + 1)
-    assert tier.get(f"{cache.namespace}:\x00quarantine\x00bad") is None, "for a week, then gone"
+    assert tier.get(f"{cache.namespace}\x00quarantine\x00bad") is None, "for a week, then gone"
     warnings = [r for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(warnings) == 1
     assert "quarantine" in warnings[0].getMessage()
@@ -387,7 +389,7 @@ def test_quarantine_keep_zero_deletes_the_bad_bytes(
     skey = f"{cache.namespace}:bad"
     tier.set(skey, b"garbage")
     assert cache.get("bad", MISSING) is MISSING
-    assert tier.get(skey) is None and tier.get(f"{cache.namespace}:\x00quarantine\x00bad") is None
+    assert tier.get(skey) is None and tier.get(f"{cache.namespace}\x00quarantine\x00bad") is None
     assert cache.stats().quarantined == 1
 
 

@@ -276,8 +276,9 @@ def test_fail_next_is_exact_across_threads() -> None:
 @pytest.mark.parametrize("method", sorted(TIER_CALLS))
 def test_every_tier_method_fails_then_delegates(method: str, mode: str) -> None:
     faults = Faults()
-    tier = FaultyTier(DictTier(), faults)
-    twin = DictTier()
+    clock = FakeClock()  # lease tokens start from the clock: the same for both
+    tier = FaultyTier(DictTier(clock=clock), faults)
+    twin = DictTier(clock=clock)
     args = TIER_CALLS[method]
     faults.fail_next(1)
     with pytest.raises(TierError, match=f"dict tier: {method} failed") as err:
@@ -476,9 +477,11 @@ def cache(
 RECOVER = 60.0
 
 
-def test_a_failed_write_stays_pending_until_a_flush_succeeds(
+def test_a_write_that_failed_before_reaching_the_tier_is_rolled_back(
     cache: TieredCache, faults: Faults, shared: DictTier, clock: FakeClock
 ) -> None:
+    """#10.18: the handler hears the error, so the change is not applied,
+    not now and not by a later flush: memory goes back to the scope's start."""
     with cache.session("k") as s:
         s["v"] = 1
     with pytest.raises(TierError) as err:
@@ -486,32 +489,50 @@ def test_a_failed_write_stays_pending_until_a_flush_succeeds(
             s["v"] = 2
             faults.fail_next(1)  # after the load: the write at exit fails
     assert isinstance(err.value.__cause__, ConnectionError)
-    assert cache.stats().dirty == 1
-    assert cache.get("k") == {"v": 2}, "the change is kept, not rolled back"
-    clock.advance(RECOVER)
-    faults.fail_next(1)
-    with pytest.raises(TierError):
-        cache.flush()
-    assert cache.stats().dirty == 1
-    clock.advance(RECOVER)
-    assert cache.flush() == 1
     assert cache.stats().dirty == 0
+    assert cache.get("k") == {"v": 1}, "rolled back"
+    clock.advance(RECOVER)
+    assert cache.flush() == 0
     fresh = TieredCache(MemoryTier(), shared, namespace=cache.namespace, clock=clock)
-    assert fresh.get("k") == {"v": 2}
+    assert fresh.get("k") == {"v": 1}
     fresh.close()
+    with cache.session("k") as s:  # the key works as before
+        s["v"] = 3
+    assert cache.get("k") == {"v": 3}
 
 
-async def test_a_failed_async_write_stays_pending(
+async def test_a_failed_async_write_is_rolled_back(
     cache: TieredCache, faults: Faults, clock: FakeClock
 ) -> None:
     with pytest.raises(TierError):
         async with cache.session("k") as s:
             s["v"] = 1
             faults.fail_next(1)
+    assert cache.stats().dirty == 0
+    assert await cache.aget("k") is None
+    clock.advance(RECOVER)
+    assert await cache.aflush() == 0
+
+
+def test_a_write_whose_reply_was_lost_is_acknowledged_and_retried(
+    cache: TieredCache, faults: Faults, shared: DictTier, clock: FakeClock
+) -> None:
+    """#10.18, the other half: a failure after the command was sent may have
+    landed, so it is not an error; it stays pending until written."""
+    from tiercache import TierError as TE
+
+    with cache.session("k") as s:
+        s["v"] = 1
+    lost = TE("connection reset after sending")  # sent=True: may have landed
+    faults.fail_next(1, lost)
+    with cache.session("k") as s:
+        s["v"] = 2  # returns: acknowledged
     assert cache.stats().dirty == 1
     clock.advance(RECOVER)
-    assert await cache.aflush() == 1
-    assert cache.stats().dirty == 0
+    assert cache.flush() == 1
+    fresh = TieredCache(MemoryTier(), shared, namespace=cache.namespace, clock=clock)
+    assert fresh.get("k") == {"v": 2}
+    fresh.close()
 
 
 def test_reads_of_a_missing_key_fail_while_down(

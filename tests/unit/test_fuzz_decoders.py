@@ -66,7 +66,15 @@ from tiercache import (
     to_plain,
     track,
 )
-from tiercache._envelope import HEADER_SIZE, MAGIC, Envelope, decode, encode, peek_version
+from tiercache._envelope import (
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    MAGIC,
+    Envelope,
+    decode,
+    encode,
+    peek_version,
+)
 from tiercache._journal import Record, _decode, _encode
 
 EXAMPLES = int(os.environ.get("TIERCACHE_FUZZ_EXAMPLES", "25"))
@@ -486,13 +494,15 @@ def test_header_changes_behind_a_valid_crc_are_caught(value: Any, data: st.DataO
     # Old or future format versions and foreign magic, with a CRC that
     # matches: the checksum alone would not catch them.
     raw = bytearray(seal(MSGPACK.dumps(value), MSGPACK.id))
-    field = data.draw(st.sampled_from(["magic", "format"]))
+    field = data.draw(st.sampled_from(["magic", "format", "older format"]))
     if field == "magic":
         raw[0:2] = data.draw(st.binary(min_size=2, max_size=2).filter(lambda m: m != MAGIC))
+    elif field == "format":
+        raw[2] = data.draw(st.integers(0, 255).filter(lambda v: v not in (1, FORMAT_VERSION)))
     else:
-        raw[2] = data.draw(st.integers(0, 255).filter(lambda v: v != 1))
+        raw[2] = 1  # today's bytes relabelled as format 1: its layout does not fit
     raw[-4:] = zlib.crc32(raw[:-4]).to_bytes(4, "little")
-    with pytest.raises(CorruptEntryError, match=field):
+    with pytest.raises(CorruptEntryError, match=None if field == "older format" else field):
         open_stored(bytes(raw), MSGPACK)
 
 
@@ -851,7 +861,7 @@ def test_a_non_bytes_value_in_a_shared_disk_directory_is_a_counted_miss(
         assert planted.cache.get(key, MISSING) is MISSING
         assert planted.corrupt() == 1
         assert planted.cache.stats().quarantined == 1
-        assert planted.tier.cache.get(f"fuzz:\x00quarantine\x00{key}") == foreign
+        assert planted.tier.cache.get(f"fuzz\x00quarantine\x00{key}") == foreign
         with planted.cache.session(key) as s:
             s["seen"] = True
         assert open_stored(planted.tier.cache.get(f"fuzz:{key}"), MSGPACK) == {"seen": True}

@@ -286,3 +286,218 @@ def test_cached_session_takes_the_configured_lease(
     assert held_inside == [True]
     assert not any("lease" in k for k in store._data), "released after the handler"
     assert cache.get("chat:1") == {"n": 1}
+
+
+# -- 6. keys that cannot be encoded; one unwritable entry never blocks a batch -------------
+
+
+@pytest.mark.parametrize("key", ["\ud800", "ok\udfffok", "a" * 10 + "\udc80"])
+async def test_a_key_with_a_lone_surrogate_is_an_invalid_key_everywhere(
+    proc: Callable[..., TieredCache], key: str
+) -> None:
+    """#10.6: refused before it can be stored anywhere (Redis and SQLite
+    cannot encode it), so it never sits pending."""
+    from tiercache import InvalidKeyError
+
+    cache = proc()
+    with pytest.raises(InvalidKeyError, match="UTF-8"):
+        cache.set(key, {"a": 1})
+    with pytest.raises(InvalidKeyError):
+        cache.get(key)
+    with pytest.raises(InvalidKeyError):
+        cache.delete(key)
+    with pytest.raises(InvalidKeyError):
+        cache.update(key, lambda s: None)
+    with pytest.raises(InvalidKeyError), cache.session(key):
+        pass
+    with pytest.raises(InvalidKeyError):
+        await cache.aget(key)
+    with pytest.raises(InvalidKeyError):
+        async with cache.session(key):
+            pass
+    assert cache.stats().dirty == 0
+    cache.set("fine:ключ:🙂", {"a": 1})  # other non-ASCII keys are fine
+    assert cache.get("fine:ключ:🙂") == {"a": 1}
+
+
+class RefusesOne(DictTier):
+    """A shared tier that refuses one key for good (a permission, a key of
+    the wrong type), the way a server that answered would."""
+
+    def __init__(self, store: DictTier, bad: str) -> None:
+        super().__init__()
+        self.store, self.bad = store, bad
+        self.batches = 0
+
+    def get(self, key: str) -> bytes | None:
+        return self.store.get(key)
+
+    def compare_and_set(self, key: str, value: bytes, ttl: float | None, expected: int) -> bool:
+        if key.endswith(self.bad):
+            from tiercache import TierError
+
+            err = TierError(f"refused: {key!r} is of the wrong type")
+            err.transient = err.sent = False
+            raise err
+        return self.store.compare_and_set(key, value, ttl, expected)
+
+    def compare_and_set_many(self, items: Any) -> list[bool]:
+        self.batches += 1
+        return super().compare_and_set_many(items)  # the loop above: fails on the bad one
+
+
+def test_one_entry_the_store_refuses_never_blocks_the_rest_of_a_batch(
+    proc: Callable[..., TieredCache], store: DictTier, namespace: str
+) -> None:
+    """#10.6: 50 good keys and one the store refuses, flushed in one batch:
+    the 50 are written, the bad one keeps its own error (and stays
+    pending: it was acknowledged), and later flushes still drain."""
+    from tiercache import TierError, WriteBehind
+
+    tier = RefusesOne(store, "bad")
+    cache = proc(tier, flush=WriteBehind(3600))
+    for i in range(50):
+        with cache.session(f"good{i}") as s:
+            s["n"] = i
+    with cache.session("bad") as s:
+        s["n"] = -1
+    with pytest.raises(TierError, match="wrong type"):
+        cache.flush()
+    assert tier.batches == 1
+    assert [read(store, namespace, f"good{i}") for i in range(50)] == [{"n": i} for i in range(50)]
+    assert cache.stats().dirty == 1
+    with cache.session("good0") as s:
+        s["n"] = 100
+    with pytest.raises(TierError, match="wrong type"):
+        cache.flush()
+    assert read(store, namespace, "good0") == {"n": 100}
+    tier.bad = "\x00nothing"  # the operator fixes it: the acknowledged change lands
+    assert cache.flush() == 1
+    assert read(store, namespace, "bad") == {"n": -1}
+
+
+# -- 9. namespaces and internal names never collide -------------------------------------
+
+
+@pytest.mark.parametrize("tier_kind", ["dict", "disk"])
+def test_namespaces_that_look_alike_are_different_names(
+    clock: FakeClock, tmp_path: Path, tier_kind: str
+) -> None:
+    """#10.9: namespace x with key y:a and namespace x:y with key a were
+    one stored key: one tenant read and overwrote the other's data."""
+    from tiercache import DiskTier
+
+    shared: Any = DictTier(clock=clock) if tier_kind == "dict" else DiskTier(tmp_path / "d")
+    x = TieredCache(MemoryTier(), shared, namespace="x", clock=clock)
+    xy = TieredCache(MemoryTier(), shared, namespace="x:y", clock=clock)
+    x.set("y:a", {"tenant": "x"})
+    assert xy.get("a") is None
+    xy.set("a", {"tenant": "x:y"})
+    assert TieredCache(MemoryTier(), shared, namespace="x", clock=clock).get("y:a") == {
+        "tenant": "x"
+    }
+    back = TieredCache(MemoryTier(), shared, namespace="x\\", clock=clock)
+    assert back.get(":y:a") is None
+    for c in (x, xy, back):
+        c.close()
+
+
+def test_a_user_key_can_never_name_an_internal_key(
+    proc: Callable[..., TieredCache], store: DictTier, namespace: str
+) -> None:
+    """#10.9: the key "\\x00quarantine\\x00victim" was destroyed when "victim"
+    was quarantined."""
+    cache = proc()
+    cache.set("\x00quarantine\x00victim", {"mine": True})
+    store.set(f"{namespace}:victim", b"TC garbage")
+    fresh = proc()
+    assert fresh.get("victim") is None
+    assert fresh.stats().quarantined == 1
+    assert read(store, namespace, "\x00quarantine\x00victim") == {"mine": True}
+    assert store.get(f"{namespace}\x00quarantine\x00victim") == b"TC garbage"
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "\ud800", "", "n" * 201])
+def test_a_namespace_that_could_alias_another_is_a_config_error(bad: str) -> None:
+    from tiercache import ConfigError
+
+    with pytest.raises(ConfigError, match="namespace"):
+        TieredCache(MemoryTier(), namespace=bad)
+
+
+# -- 18. an error raised to the handler means the change was not applied ------------------
+
+
+def test_set_that_failed_before_reaching_the_store_is_not_applied(
+    proc: Callable[..., TieredCache], store: DictTier, namespace: str, clock: FakeClock
+) -> None:
+    """#10.18 for cache.set: memory goes back to the old value; nothing is
+    written later."""
+    from tiercache import TierError
+
+    tier = Switchable(store)
+    cache = proc(tier)
+    cache.set("k", {"v": 1})
+    tier.down = True
+    tier_error_sent_false(tier)
+    with pytest.raises(TierError):
+        cache.set("k", {"v": 2})
+    assert cache.get("k") == {"v": 1}
+    tier.down = False
+    clock.advance(60)
+    assert cache.flush() == 0
+    assert read(store, namespace, "k") == {"v": 1}
+
+
+def tier_error_sent_false(tier: Switchable) -> None:
+    """Make the Switchable's outage a refused connection (never sent)."""
+    from tiercache import TierError
+
+    def check() -> None:
+        if tier.down:
+            err = TierError("connection refused")
+            err.sent = False
+            raise err
+
+    tier._check = check  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("sent", [False, True], ids=["refused", "reply-lost"])
+def test_counters_never_end_higher_than_acknowledged(
+    proc: Callable[..., TieredCache], store: DictTier, namespace: str, clock: FakeClock, sent: bool
+) -> None:
+    """#10.18: a framework retries a handler that raised. Refused writes are
+    rolled back (the retry's increment is the only one); writes whose reply
+    was lost are acknowledged (no retry) and land once."""
+    from tiercache import TierError
+
+    class Lossy(Switchable):
+        def compare_and_set(self, key: str, value: bytes, ttl: float | None, expected: int) -> bool:
+            if self.down:
+                if sent:
+                    self.store.compare_and_set(key, value, ttl, expected)  # it landed
+                err = TierError("connection reset")
+                err.sent = sent
+                raise err
+            return self.store.compare_and_set(key, value, ttl, expected)
+
+    tier = Lossy(store)
+    cache = proc(tier)
+    acknowledged = 0
+    for attempt in range(20):
+        tier.down = attempt % 3 == 1
+        clock.advance(10)  # past the breaker's backoff
+        for _ in range(3):  # the framework's retries
+            try:
+                with cache.session("counter") as s:
+                    s["n"] = s.get("n", 0) + 1
+            except TierError:
+                tier.down = False
+                clock.advance(10)
+                continue
+            acknowledged += 1
+            break
+    tier.down = False
+    clock.advance(60)
+    cache.flush()
+    assert read(store, namespace, "counter") == {"n": acknowledged}

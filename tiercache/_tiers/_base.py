@@ -74,6 +74,9 @@ class PersistentTier(abc.ABC):
     #: True when the async methods may be called straight from the event
     #: loop without a thread hop (the sync call is fast and local).
     async_inline: ClassVar[bool] = False
+    #: The largest envelope (bytes) the tier takes, once known; None: no
+    #: known limit. The cache refuses bigger values at scope exit.
+    max_value_size: int | None = None
 
     # -- sync ---------------------------------------------------------------
 
@@ -117,8 +120,10 @@ class PersistentTier(abc.ABC):
     # -- optional: leases for strict mode --------------------------------------
     #
     # A lease is a key (``lease``) holding a fencing token, a number from a
-    # counter (``fence``) that only grows; it expires after ``ttl`` seconds,
-    # so a crashed holder blocks the key only until then.
+    # per-key counter (``fence``) that never hands out a token twice (the
+    # counter may expire, but a new one starts above every old token); the
+    # lease expires after ``ttl`` seconds, so a crashed holder blocks the key
+    # only until then.
 
     def acquire_lease(self, lease: str, fence: str, ttl: float) -> int:
         """Take the lease if it is free: the new fencing token, else 0."""

@@ -107,8 +107,11 @@ class DictTier(PersistentTier):
         with self._lock:
             if self._live(lease) is not None:
                 return 0
-            token = int(self._live(fence) or b"0") + 1
-            self._data[fence] = (str(token).encode(), None)
+            # As RedisTier: a counter that lives a while past its lease and
+            # starts again from the clock (microseconds), never repeating.
+            last = self._live(fence)
+            token = int(last) + 1 if last else int(self._clock.time() * 1_000_000)
+            self._data[fence] = (str(token).encode(), self._deadline(2 * ttl + 60))
             self._data[lease] = (str(token).encode(), self._deadline(ttl))
             return token
 

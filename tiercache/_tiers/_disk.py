@@ -34,14 +34,22 @@ __all__ = ["DiskTier"]
 _BACKEND_ERRORS = (diskcache.Timeout, sqlite3.Error, OSError)
 
 
+def _error(op: str, key: str | None, exc: BaseException) -> TierError:
+    where = f" {key!r}" if key is not None else ""
+    err = TierError(f"disk tier: {op}{where} failed: {exc!r}")
+    # Every diskcache write is one SQLite transaction: one that failed was
+    # rolled back, so nothing of it landed.
+    err.sent = False
+    return err
+
+
 @contextlib.contextmanager
 def _wrapped(op: str, key: str | None = None) -> Iterator[None]:
     """Re-raise backend failures as TierError, keeping the cause."""
     try:
         yield
     except _BACKEND_ERRORS as exc:
-        where = f" {key!r}" if key is not None else ""
-        raise TierError(f"disk tier: {op}{where} failed: {exc!r}") from exc
+        raise _error(op, key, exc) from exc
 
 
 #: What ``get`` returns for a value someone else stored in the directory
@@ -166,7 +174,7 @@ class DiskTier(PersistentTier):
         try:
             value = self._cache.get(key)
         except _BACKEND_ERRORS as exc:
-            raise TierError(f"disk tier: get {key!r} failed: {exc!r}") from exc
+            raise _error("get", key, exc) from exc
         # We only put bytes in (see _raw); anything else was put there by
         # someone else sharing the directory.
         return value if value is None or type(value) is bytes else FOREIGN
@@ -176,14 +184,14 @@ class DiskTier(PersistentTier):
         try:
             values = [get(key) for key in keys]
         except _BACKEND_ERRORS as exc:
-            raise TierError(f"disk tier: get_many failed: {exc!r}") from exc
+            raise _error("get_many", None, exc) from exc
         return [v if v is None or type(v) is bytes else FOREIGN for v in values]
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         try:
             self._set(key, value, ttl)
         except _BACKEND_ERRORS as exc:
-            raise TierError(f"disk tier: set {key!r} failed: {exc!r}") from exc
+            raise _error("set", key, exc) from exc
 
     def _set(self, key: str, value: bytes, ttl: float | None) -> None:
         if ttl is not None and ttl <= 0:

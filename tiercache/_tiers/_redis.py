@@ -20,18 +20,28 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import math
+import random
 import re
 import struct
 import threading
-from collections.abc import AsyncGenerator, Sequence
-from typing import Any, NoReturn, TypeAlias, cast
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Any, NoReturn, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
 import redis.asyncio.retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .._envelope import MAGIC, MIN_SIZE, VERSION_OFFSET
@@ -45,6 +55,31 @@ AsyncClient: TypeAlias = "redis.asyncio.Redis"
 
 _U64 = struct.Struct("<Q")
 _BACKEND_ERRORS = (RedisError, OSError)
+#: Failures worth another attempt: the connection, not the command.
+_RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+#: A command at least this big whose connection drops while the server
+#: still answers others was refused for its size: Redis's smallest
+#: proto-max-bulk-len and client-query-buffer-limit are both 1 MiB.
+_BIG_COMMAND = 1 << 20
+#: Redis's default proto-max-bulk-len.
+_DEFAULT_BULK_LIMIT = 512 << 20
+
+T = TypeVar("T")
+
+
+def _retry_delay(attempt: int) -> float:
+    """10-100 ms, jittered: a fleet of workers does not retry in lockstep."""
+    return random.uniform(0.5, 1.0) * min(0.1, 0.01 * 2.0 ** (attempt - 1))
+
+
+def _bulk_limit(reply: Any) -> int:
+    """proto-max-bulk-len from a CONFIG GET reply (the default when absent)."""
+    try:
+        values = dict(reply).values()
+        return int(next(iter(values)))
+    except (StopIteration, TypeError, ValueError):
+        return _DEFAULT_BULK_LIMIT
+
 
 # Compare-and-set as one script, so nothing can write between the read and
 # the write. The stored version is compared as its 8 raw bytes rather than
@@ -98,11 +133,20 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
-# Strict mode. A lease key holds a fencing token drawn from a counter that
-# only grows; each script checks the token it is given still holds it.
+# Strict mode. A lease key holds a fencing token drawn from a per-key
+# counter; each script checks the token it is given still holds it. The
+# counter expires with its lease (no key is left behind per leased
+# session); a new one starts from the server clock in microseconds, above
+# every token an earlier counter gave, so a token is never handed out twice.
 _ACQUIRE_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local token = redis.call('INCR', KEYS[2])
+if token == 1 then
+    local t = redis.call('TIME')
+    token = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    redis.call('SET', KEYS[2], token)
+end
+redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[1]) + 60000)
 redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
 return token
 """
@@ -199,10 +243,15 @@ def transient(exc: BaseException) -> bool:
     >>> from redis.exceptions import ConnectionError, NoPermissionError, ReadOnlyError
     >>> transient(ConnectionError()), transient(ReadOnlyError()), transient(NoPermissionError())
     (True, True, False)
+    >>> from redis.exceptions import AuthenticationError
+    >>> transient(AuthenticationError())
+    False
     """
     if isinstance(exc, ResponseError):
         return isinstance(exc, ReadOnlyError | OutOfMemoryError)
-    return True
+    # Credentials the server turns down are a refusal too, not an outage
+    # (redis-py raises it as a ConnectionError, while connecting).
+    return not isinstance(exc, AuthenticationError)
 
 
 def error_text(exc: BaseException) -> str:
@@ -389,6 +438,13 @@ class RedisTier(PersistentTier):
         self._lock = threading.Lock()
         self._sync_script: Any = None
         self._closing: set[asyncio.Task[None]] = set()
+        # Clients passed in keep their own retry policy; the tier adds none.
+        self._owns_retries = self._owns_sync
+        self._retries = retries if self._owns_sync else 0
+        #: The largest value the server takes (its proto-max-bulk-len), once
+        #: known; the cache refuses bigger values at scope exit, so a write
+        #: it acknowledged can never be one Redis turns down.
+        self.max_value_size: int | None = None
 
     def __repr__(self) -> str:
         where = redact_url(self._url) if self._url is not None else "client"
@@ -406,14 +462,15 @@ class RedisTier(PersistentTier):
             with self._lock:
                 client = self._sync
                 if client is None:
-                    timeout, connect_timeout, retries = self._timeouts
+                    timeout, connect_timeout, _ = self._timeouts
                     assert self._url is not None  # no URL means a client was given
                     client = self._sync = redis.Redis.from_url(
                         self._url,
                         decode_responses=False,
                         socket_timeout=timeout,
                         socket_connect_timeout=connect_timeout,
-                        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries),
+                        # The tier retries itself (see _run).
+                        retry=Retry(NoBackoff(), 0),
                     )
         return client
 
@@ -434,15 +491,13 @@ class RedisTier(PersistentTier):
                 "RedisTier was given a sync client only; pass async_client= "
                 "(a redis.asyncio.Redis) or a URL to use the async methods"
             )
-        timeout, connect_timeout, retries = self._timeouts
+        timeout, connect_timeout, _ = self._timeouts
         client = redis.asyncio.Redis.from_url(
             self._url,
             decode_responses=False,
             socket_timeout=timeout,
             socket_connect_timeout=connect_timeout,
-            retry=redis.asyncio.retry.Retry(
-                ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries
-            ),
+            retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
         )
         closer = _close_at_loop_shutdown(client, self._loops)
         entry = _LoopClient(client, client.register_script(_CAS_LUA), closer)
@@ -461,92 +516,214 @@ class RedisTier(PersistentTier):
     def _key(self, key: str) -> str:
         return self._prefix + key
 
-    def _fail(self, op: str, key: str | None, exc: BaseException) -> NoReturn:
+    # -- calls: retries, and what a failure means ------------------------------
+    #
+    # The tier retries a failed command itself (redis-py's own retry is off
+    # for the clients it opens), so it knows whether any attempt could have
+    # reached the server: one that failed while connecting did not; one that
+    # failed later (a reset, a timeout waiting for the reply) may have been
+    # applied. TierError.sent carries that to the cache, which tells "not
+    # applied" from "may have landed" (see TieredCache's failure rules).
+
+    def _run(self, op: str, key: str | None, call: Callable[[SyncClient], T], size: int = 0) -> T:
+        attempt = 0
+        maybe_sent = False
+        while True:
+            client = self._client()
+            try:
+                result = call(client)
+            except _RETRYABLE as exc:
+                maybe_sent = maybe_sent or not self._before_send(exc)
+                if attempt >= self._retries:
+                    self._fail(op, key, exc, maybe_sent, size)
+                attempt += 1
+                time.sleep(_retry_delay(attempt))
+            except _BACKEND_ERRORS as exc:
+                self._fail(op, key, exc, maybe_sent, size)
+            else:
+                if self.max_value_size is None:
+                    self._learn_limits(client)
+                return result
+
+    async def _arun(
+        self,
+        op: str,
+        key: str | None,
+        call: Callable[[_LoopClient], Awaitable[T]],
+        size: int = 0,
+    ) -> T:
+        attempt = 0
+        maybe_sent = False
+        while True:
+            entry = self._loops.get(asyncio.get_running_loop()) or await self._aclient()
+            try:
+                result = await call(entry)
+            except _RETRYABLE as exc:
+                maybe_sent = maybe_sent or not self._before_send(exc)
+                if attempt >= self._retries:
+                    await self._afail(op, key, exc, maybe_sent, size)
+                attempt += 1
+                await asyncio.sleep(_retry_delay(attempt))
+            except _BACKEND_ERRORS as exc:
+                await self._afail(op, key, exc, maybe_sent, size)
+            else:
+                if self.max_value_size is None:
+                    await self._alearn_limits(entry.client)
+                return result
+
+    def _before_send(self, exc: BaseException) -> bool:
+        """Whether a failed attempt certainly never reached the server: it
+        failed to connect. (Only for clients the tier opened: a client
+        passed in may retry inside redis-py, hiding an attempt that did.)"""
+        if isinstance(exc, AuthenticationError):
+            return True  # refused at AUTH, before any command
+        if not self._owns_retries:
+            return False
+        text = str(exc)
+        return " connecting to " in text or text.startswith("Timeout connecting")
+
+    def _error(self, op: str, key: str | None, exc: BaseException, sent: bool) -> TierError:
         where = f" {key!r}" if key is not None else ""
         err = TierError(f"redis tier: {op}{where} failed: {error_text(exc)}")
         err.transient = transient(exc)
+        # Whether any attempt may have been applied: a reply that refuses
+        # the command (a ResponseError) means the server did not apply that
+        # attempt, a connection lost after sending may have come after.
+        err.sent = sent
+        return err
+
+    def _refused(self, op: str, key: str | None, exc: BaseException, size: int) -> TierError:
+        err = TierError(
+            f"redis tier: {op}{'' if key is None else f' {key!r}'} refused: Redis closed the "
+            f"connection on a {size}-byte command but answers others (a value over its "
+            f"proto-max-bulk-len, or a batch over client-query-buffer-limit): {error_text(exc)}"
+        )
+        err.transient = False
+        err.sent = False
+        return err
+
+    def _fail(
+        self, op: str, key: str | None, exc: BaseException, sent: bool = True, size: int = 0
+    ) -> NoReturn:
+        err = self._error(op, key, exc, sent)
+        if err.transient and size >= _BIG_COMMAND and self._answers():
+            # One command too big for the server is that command's error,
+            # never an outage: the circuit stays closed, the rest drains.
+            err = self._refused(op, key, exc, size)
         raise err from exc
+
+    async def _afail(
+        self, op: str, key: str | None, exc: BaseException, sent: bool, size: int
+    ) -> NoReturn:
+        err = self._error(op, key, exc, sent)
+        if err.transient and size >= _BIG_COMMAND and await self._aanswers():
+            err = self._refused(op, key, exc, size)
+        raise err from exc
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self._client().ping())
+        except _BACKEND_ERRORS:
+            return False
+
+    async def _aanswers(self) -> bool:
+        try:
+            entry = await self._aclient()
+            return bool(await entry.client.ping())
+        except _BACKEND_ERRORS:
+            return False
+
+    def _learn_limits(self, client: SyncClient) -> None:
+        try:
+            reply = client.config_get("proto-max-bulk-len")
+        except _BACKEND_ERRORS:
+            reply = {}  # no CONFIG for us (an ACL, a managed Redis): the default
+        self.max_value_size = _bulk_limit(reply)
+
+    async def _alearn_limits(self, client: AsyncClient) -> None:
+        try:
+            reply = await client.config_get("proto-max-bulk-len")
+        except _BACKEND_ERRORS:
+            reply = {}
+        self.max_value_size = _bulk_limit(reply)
 
     # -- sync ------------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:
-        try:
-            return cast("bytes | None", self._client().get(self._prefix + key))
-        except _BACKEND_ERRORS as exc:
-            self._fail("get", key, exc)
+        skey = self._prefix + key
+        return self._run("get", key, lambda c: cast("bytes | None", c.get(skey)))
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        try:
-            return cast("list[bytes | None]", self._client().mget([self._key(k) for k in keys]))
-        except _BACKEND_ERRORS as exc:
-            self._fail("get_many", None, exc)
+        skeys = [self._key(k) for k in keys]
+        return self._run("get_many", None, lambda c: cast("list[bytes | None]", c.mget(skeys)))
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        px = _px(ttl)
-        try:
-            client = self._client()
+        px, skey = _px(ttl), self._key(key)
+
+        def call(c: SyncClient) -> None:
             if px < 0:
-                client.delete(self._key(key))
+                c.delete(skey)
             else:
-                client.set(self._key(key), value, px=px or None)
-        except _BACKEND_ERRORS as exc:
-            self._fail("set", key, exc)
+                c.set(skey, value, px=px or None)
+
+        self._run("set", key, call, len(value))
 
     def set_many(self, items: Sequence[SetItem]) -> None:
         if not items:
             return
-        try:
+
+        def call(c: SyncClient) -> None:
             # Not MULTI: the batch needs one round trip, not isolation.
-            with self._client().pipeline(transaction=False) as pipe:
+            with c.pipeline(transaction=False) as pipe:
                 _queue_sets(pipe, self._prefix, items)
                 pipe.execute()
-        except _BACKEND_ERRORS as exc:
-            self._fail("set_many", None, exc)
+
+        self._run("set_many", None, call, sum(len(v) for _, v, _ in items))
 
     def compare_and_set_many(self, items: Sequence[CasItem]) -> list[bool]:
         if not items:
             return []
         script = self._script()
-        try:
-            with self._client().pipeline(transaction=False) as pipe:
+
+        def call(c: SyncClient) -> list[bool]:
+            with c.pipeline(transaction=False) as pipe:
                 for key, value, ttl, expected in items:
                     args = [value, _U64.pack(expected), _px(ttl)]
                     script(keys=[self._key(key)], args=args, client=pipe)
                 return [bool(r) for r in pipe.execute()]
-        except _BACKEND_ERRORS as exc:
-            self._fail("compare_and_set_many", None, exc)
+
+        return self._run("compare_and_set_many", None, call, sum(len(i[1]) for i in items))
 
     def delete(self, key: str) -> bool:
-        try:
-            return bool(self._client().delete(self._key(key)))
-        except _BACKEND_ERRORS as exc:
-            self._fail("delete", key, exc)
+        skey = self._key(key)
+        return self._run("delete", key, lambda c: bool(c.delete(skey)))
 
     def touch(self, key: str, ttl: float | None) -> bool:
-        px = _px(ttl)
-        try:
-            client = self._client()
+        px, skey = _px(ttl), self._key(key)
+
+        def call(c: SyncClient) -> bool:
             if px:
                 # PEXPIRE answers whether the key exists; px <= 0 deletes it.
-                return bool(client.pexpire(self._key(key), max(px, 0)))
+                return bool(c.pexpire(skey, max(px, 0)))
             # PERSIST answers 0 both for "absent" and "had no expiry", so
             # ask EXISTS in the same MULTI.
-            with client.pipeline(transaction=True) as pipe:
-                pipe.exists(self._key(key))
-                pipe.persist(self._key(key))
+            with c.pipeline(transaction=True) as pipe:
+                pipe.exists(skey)
+                pipe.persist(skey)
                 exists, _ = pipe.execute()
             return bool(exists)
-        except _BACKEND_ERRORS as exc:
-            self._fail("touch", key, exc)
+
+        return self._run("touch", key, call)
 
     def compare_and_set(self, key: str, value: bytes, ttl: float | None, expected: int) -> bool:
         args = [value, _U64.pack(expected), _px(ttl)]
-        try:
-            return bool(self._script()(keys=[self._key(key)], args=args))
-        except _BACKEND_ERRORS as exc:
-            self._fail("compare_and_set", key, exc)
+        keys = [self._key(key)]
+        script = self._script()
+        return self._run(
+            "compare_and_set", key, lambda c: bool(script(keys=keys, args=args)), len(value)
+        )
 
     # -- quarantine ------------------------------------------------------------
 
@@ -563,17 +740,16 @@ class RedisTier(PersistentTier):
     supports_lease = True
 
     def _eval(self, op: str, script: str, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return self._client().eval(script, len(keys), *keys, *args)
-        except _BACKEND_ERRORS as exc:
-            self._fail(op, keys[0], exc)
+        size = sum(len(a) for a in args if isinstance(a, bytes))
+        return self._run(op, keys[0], lambda c: c.eval(script, len(keys), *keys, *args), size)
 
     async def _aeval(self, op: str, script: str, keys: list[str], args: list[Any]) -> Any:
-        entry = self._loops.get(asyncio.get_running_loop()) or await self._aclient()
-        try:
-            return await entry.client.eval(script, len(keys), *keys, *args)
-        except _BACKEND_ERRORS as exc:
-            self._fail(op, keys[0], exc)
+        size = sum(len(a) for a in args if isinstance(a, bytes))
+
+        async def call(e: _LoopClient) -> Any:
+            return await e.client.eval(script, len(keys), *keys, *args)
+
+        return await self._arun(op, keys[0], call, size)
 
     def _lease_args(self, lease: str, fence: str) -> list[str]:
         return [self._key(lease), self._key(fence)]
@@ -631,86 +807,90 @@ class RedisTier(PersistentTier):
     # -- async: native redis.asyncio ------------------------------------------
 
     async def aget(self, key: str) -> bytes | None:
-        entry = self._loops.get(asyncio.get_running_loop()) or await self._aclient()
-        try:
-            return cast("bytes | None", await entry.client.get(self._prefix + key))
-        except _BACKEND_ERRORS as exc:
-            self._fail("get", key, exc)
+        skey = self._prefix + key
+
+        async def call(e: _LoopClient) -> bytes | None:
+            return cast("bytes | None", await e.client.get(skey))
+
+        return await self._arun("get", key, call)
 
     async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        entry = await self._aclient()
-        try:
-            return cast("list[bytes | None]", await entry.client.mget([self._key(k) for k in keys]))
-        except _BACKEND_ERRORS as exc:
-            self._fail("get_many", None, exc)
+        skeys = [self._key(k) for k in keys]
+
+        async def call(e: _LoopClient) -> list[bytes | None]:
+            return cast("list[bytes | None]", await e.client.mget(skeys))
+
+        return await self._arun("get_many", None, call)
 
     async def aset(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        px = _px(ttl)
-        entry = await self._aclient()
-        try:
+        px, skey = _px(ttl), self._key(key)
+
+        async def call(e: _LoopClient) -> None:
             if px < 0:
-                await entry.client.delete(self._key(key))
+                await e.client.delete(skey)
             else:
-                await entry.client.set(self._key(key), value, px=px or None)
-        except _BACKEND_ERRORS as exc:
-            self._fail("set", key, exc)
+                await e.client.set(skey, value, px=px or None)
+
+        await self._arun("set", key, call, len(value))
 
     async def aset_many(self, items: Sequence[SetItem]) -> None:
         if not items:
             return
-        entry = await self._aclient()
-        try:
-            async with entry.client.pipeline(transaction=False) as pipe:
+
+        async def call(e: _LoopClient) -> None:
+            async with e.client.pipeline(transaction=False) as pipe:
                 _queue_sets(pipe, self._prefix, items)
                 await pipe.execute()
-        except _BACKEND_ERRORS as exc:
-            self._fail("set_many", None, exc)
+
+        await self._arun("set_many", None, call, sum(len(v) for _, v, _ in items))
 
     async def acompare_and_set_many(self, items: Sequence[CasItem]) -> list[bool]:
         if not items:
             return []
-        entry = await self._aclient()
-        try:
-            async with entry.client.pipeline(transaction=False) as pipe:
+
+        async def call(e: _LoopClient) -> list[bool]:
+            async with e.client.pipeline(transaction=False) as pipe:
                 for key, value, ttl, expected in items:
                     args = [value, _U64.pack(expected), _px(ttl)]
-                    await entry.script(keys=[self._key(key)], args=args, client=pipe)
+                    await e.script(keys=[self._key(key)], args=args, client=pipe)
                 return [bool(r) for r in await pipe.execute()]
-        except _BACKEND_ERRORS as exc:
-            self._fail("compare_and_set_many", None, exc)
+
+        return await self._arun("compare_and_set_many", None, call, sum(len(i[1]) for i in items))
 
     async def adelete(self, key: str) -> bool:
-        entry = await self._aclient()
-        try:
-            return bool(await entry.client.delete(self._key(key)))
-        except _BACKEND_ERRORS as exc:
-            self._fail("delete", key, exc)
+        skey = self._key(key)
+
+        async def call(e: _LoopClient) -> bool:
+            return bool(await e.client.delete(skey))
+
+        return await self._arun("delete", key, call)
 
     async def atouch(self, key: str, ttl: float | None) -> bool:
-        px = _px(ttl)
-        entry = await self._aclient()
-        try:
+        px, skey = _px(ttl), self._key(key)
+
+        async def call(e: _LoopClient) -> bool:
             if px:
-                return bool(await entry.client.pexpire(self._key(key), max(px, 0)))
-            async with entry.client.pipeline(transaction=True) as pipe:
-                pipe.exists(self._key(key))
-                pipe.persist(self._key(key))
+                return bool(await e.client.pexpire(skey, max(px, 0)))
+            async with e.client.pipeline(transaction=True) as pipe:
+                pipe.exists(skey)
+                pipe.persist(skey)
                 exists, _ = await pipe.execute()
             return bool(exists)
-        except _BACKEND_ERRORS as exc:
-            self._fail("touch", key, exc)
+
+        return await self._arun("touch", key, call)
 
     async def acompare_and_set(
         self, key: str, value: bytes, ttl: float | None, expected: int
     ) -> bool:
-        entry = await self._aclient()
         args = [value, _U64.pack(expected), _px(ttl)]
-        try:
-            return bool(await entry.script(keys=[self._key(key)], args=args))
-        except _BACKEND_ERRORS as exc:
-            self._fail("compare_and_set", key, exc)
+        keys = [self._key(key)]
+
+        async def call(e: _LoopClient) -> bool:
+            return bool(await e.script(keys=keys, args=args))
+
+        return await self._arun("compare_and_set", key, call, len(value))
 
     async def aclose(self) -> None:
         """Close what the tier opened, awaiting this loop's client."""

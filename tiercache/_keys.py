@@ -1,0 +1,102 @@
+"""Stored key names: what a cache key is called in a persistent tier.
+
+::
+
+    value         esc(namespace) ":"    key          mybot:chat:42
+    quarantine    esc(namespace) "\\0quarantine\\0" key
+    lease, fence  esc(namespace) "\\0lease\\0" key, esc(namespace) "\\0fence\\0" key
+    probe         esc(namespace) "\\0probe"
+
+``esc`` doubles a backslash and escapes a colon (``\\:``), so the namespace
+part always ends at the first unescaped colon: namespace ``x`` with key
+``y:a`` (``x:y:a``) and namespace ``x:y`` with key ``a`` (``x\\:y:a``) are
+different names, and a namespace without ``:`` or ``\\`` is stored as it
+is. Internal names follow the namespace with a NUL instead of the colon;
+namespaces cannot hold a NUL, so no user key, of any namespace, can name
+them (``"\\0quarantine\\0victim"`` is the user key ``ns:\\0quarantine...``).
+A tier adds its own prefix in front (RedisTier's ``tc:``).
+"""
+
+from __future__ import annotations
+
+from ._exceptions import ConfigError, InvalidKeyError
+
+__all__ = ["KeyNames", "check_key", "check_namespace"]
+
+
+def _escape(namespace: str) -> str:
+    return namespace.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def check_namespace(namespace: object) -> str:
+    """The namespace if it is usable, else :class:`ConfigError`."""
+    if not isinstance(namespace, str) or not namespace or len(namespace) > 200:
+        raise ConfigError(f"namespace must be a non-empty str of <= 200 chars, got {namespace!r}")
+    if "\x00" in namespace:
+        raise ConfigError(f"namespace must not contain NUL characters, got {namespace!r}")
+    try:
+        namespace.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(
+            f"namespace must be encodable as UTF-8 (no lone surrogates), got {namespace!r}"
+        ) from exc
+    return namespace
+
+
+def check_key(key: object, max_length: int) -> None:
+    """Raise :class:`InvalidKeyError` unless ``key`` can be stored in every
+    tier: a ``str`` of 1..``max_length`` characters that UTF-8 can encode
+    (a lone surrogate cannot be sent to Redis nor written to SQLite)."""
+    if type(key) is not str:
+        raise InvalidKeyError(f"keys must be str, got {type(key).__name__}: {key!r:.80}")
+    if not key or len(key) > max_length:
+        raise InvalidKeyError(
+            f"keys must be 1..{max_length} characters, got {len(key)}: {key!r:.80}"
+        )
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidKeyError(
+                f"keys must be encodable as UTF-8 (no lone surrogates), got {key!r:.80}"
+            ) from None
+
+
+class KeyNames:
+    """The stored names of one namespace's keys.
+
+    >>> n = KeyNames("x:y")
+    >>> n.value("a"), KeyNames("x").value("y:a")
+    ('x\\\\:y:a', 'x:y:a')
+    >>> n.quarantine("a") == "x\\\\:y\\x00quarantine\\x00a"
+    True
+    """
+
+    __slots__ = ("internal", "prefix")
+
+    def __init__(self, namespace: str) -> None:
+        esc = _escape(namespace)
+        #: What every value's name starts with.
+        self.prefix = esc + ":"
+        #: What every internal name starts with (never a value's prefix).
+        self.internal = esc + "\x00"
+
+    def value(self, key: str) -> str:
+        return self.prefix + key
+
+    def quarantine(self, key: str) -> str:
+        """Where a tier keeps the unreadable bytes of ``key``."""
+        return self.internal + "quarantine\x00" + key
+
+    def lease(self, key: str) -> str:
+        """The strict-mode lease of ``key``."""
+        return self.internal + "lease\x00" + key
+
+    def fence(self, key: str) -> str:
+        """The fencing-token counter of ``key``'s lease."""
+        return self.internal + "fence\x00" + key
+
+    @property
+    def probe(self) -> str:
+        """What the circuit breaker reads to see whether the tier is back."""
+        return self.internal + "probe"
