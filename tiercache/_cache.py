@@ -273,8 +273,11 @@ class TieredCache:
         self._peek = self._memory.peek
         self._recent = self._memory.recent
         self._clock: Clock = clock or SystemClock()
-        # time.time itself for the system clock: one call fewer per TTL hit.
-        self._now = time.time if type(self._clock) is SystemClock else self._clock.time
+        # Memory-side time bounds (expiry, sliding touches, remembered misses)
+        # run on the monotonic clock: a wall clock stepped back must not
+        # stretch them. time.monotonic itself for the system clock: one call
+        # fewer per TTL hit.
+        self._now = time.monotonic if type(self._clock) is SystemClock else self._clock.monotonic
         self._core = Core(
             persistent,
             namespace=namespace,
@@ -443,7 +446,7 @@ class TieredCache:
         refresh; ``None`` when it must be loaded. Counts the hit or miss."""
         self._check_key(key)
         self._check_open()
-        now = self._clock.time()
+        now = self._now()
         with self._mlock:
             entry = self._memory.lookup(key)
             if entry is not None and entry.expires_at is not None and entry.expires_at <= now:
@@ -657,7 +660,7 @@ class TieredCache:
         until = self._core.memory_expiry(None)
         if self.max_stale is None:
             return until
-        bound = self._clock.time() + self.max_stale
+        bound = self._now() + self.max_stale
         return bound if until is None else min(until, bound)
 
     def _install(self, key: str, loaded: Loaded | None) -> Entry | None:
@@ -677,11 +680,10 @@ class TieredCache:
                 schema_version=loaded.schema_version,
                 size=loaded.size,
             )
-            entry.touched_at = self._clock.time()
-            entry.checked_at = self._clock.monotonic()
+            entry.touched_at = entry.checked_at = self._now()
             if loaded.tier_index < len(self._core.tiers) - 1:
                 # A local copy: only as current as when it was written.
-                age = max(0.0, entry.touched_at - loaded.updated_ms / 1000.0)
+                age = max(0.0, self._clock.time() - loaded.updated_ms / 1000.0)
                 entry.checked_at -= age
             detach(entry.value)
             self._memory.insert(entry)
@@ -856,13 +858,12 @@ class TieredCache:
             written = batch
         published = [(e.key, "set", peek_version(data)) for e, data in written]
         with self._mlock:
-            now, mono = self._clock.time(), self._clock.monotonic()
+            mono = self._clock.monotonic()
             for (e, data), (_, _, version) in zip(written, published, strict=True):
                 if e.pending is data:
                     e.pending = None
                     e.uncertain = None
-                    e.touched_at = now
-                    e.checked_at = mono
+                    e.touched_at = e.checked_at = mono
                     e.stored = version
                     # Written by compare-and-set (or merged): current now.
                     e.outdated = False
@@ -1270,7 +1271,7 @@ class TieredCache:
         if raw is None:
             return MISSING, 0, None
         try:
-            opened = core.read(key, raw, core.schema, self._now())
+            opened = core.read(key, raw, core.schema, self._clock.time())
             if opened is not None and (adopt or check):
                 tracked = core.adopt(opened[0])
                 if adopt:
@@ -1392,7 +1393,7 @@ class TieredCache:
             entry.created_ms = old.created_ms
         self._seal(entry)  # raises before anything changed
         detach(entry.value)
-        entry.touched_at = self._clock.time()
+        entry.touched_at = self._now()
         with self._mlock:
             self._memory.remove(key)
             self._memory.insert(entry)
@@ -1661,7 +1662,7 @@ class TieredCache:
             entry.ttl = ttl
         entry.expires_at = self._core.memory_expiry(entry.ttl)
         if self._sliding:
-            entry.touched_at = self._clock.time()
+            entry.touched_at = self._now()
             yield from self._core.touch_flow(key, self._core.ttl_for(entry.ttl))
         else:
             self._seal(entry)
@@ -1960,7 +1961,7 @@ class TieredCache:
             entry = Entry(key, track(initial()), ttl=ttl, expires_at=self._core.memory_expiry(ttl))
             entry.initial = initial
             entry.schema_version = (schema or self._core.schema).version
-            entry.touched_at = self._clock.time()
+            entry.touched_at = self._now()
             entry.checked_at = self._clock.monotonic()
             entry.pins = 1
             with self._mlock:
@@ -2127,7 +2128,7 @@ class TieredCache:
         value = track(initial() if plain is MISSING else plain)
         entry = Entry(key, value, version=version, ttl=ttl, expires_at=core.memory_expiry(ttl))
         entry.schema_version = core.schema.version
-        entry.touched_at = self._clock.time()
+        entry.touched_at = self._now()
         entry.checked_at = self._clock.monotonic()
         if plain is MISSING:
             entry.initial = initial

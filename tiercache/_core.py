@@ -68,6 +68,7 @@ class Loaded:
 
     value: Any
     version: int
+    #: On the monotonic clock (see :meth:`Core.memory_expiry`).
     expires_at: float | None
     created_ms: int
     schema_version: int
@@ -150,8 +151,10 @@ class Core:
         return self.expiry is not None and self.expiry.sliding
 
     def memory_expiry(self, ttl: float | None) -> float | None:
+        """When a memory copy written now expires, on the monotonic clock:
+        a wall clock stepped back must not make a copy outlive its TTL."""
         seconds = self.ttl_for(ttl)
-        return None if seconds is None else self.clock.time() + seconds
+        return None if seconds is None else self.clock.monotonic() + seconds
 
     def seal(
         self,
@@ -342,10 +345,11 @@ class Core:
                 continue
             if env.expires_ms:
                 remaining: float | None = env.expires_ms / 1000.0 - now
-                expires_at: float | None = env.expires_ms / 1000.0
             else:
                 remaining = self.expiry.seconds if self.sliding and self.expiry else None
-                expires_at = None if remaining is None else now + remaining
+            # The stored expiry is wall-clock time (every process reads it);
+            # the memory copy counts down on the monotonic clock from here.
+            expires_at = None if remaining is None else self.clock.monotonic() + remaining
             for upper in range(index):
                 yield Call(self.tiers[upper], self.counters[upper], "set", (skey, data, remaining))
                 self.promotions += 1

@@ -501,3 +501,53 @@ def test_counters_never_end_higher_than_acknowledged(
     clock.advance(60)
     cache.flush()
     assert read(store, namespace, "counter") == {"n": acknowledged}
+
+
+# -- 8. time bounds run on the monotonic clock ---------------------------------------------
+
+
+class SteppingClock:
+    """A wall clock that can be stepped back (NTP, a VM resumed), beside a
+    monotonic one that only moves forward."""
+
+    def __init__(self) -> None:
+        self.wall, self.mono = 1_700_000_000.0, 0.0
+
+    def time(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+def test_a_remembered_miss_ends_within_max_stale_when_the_wall_clock_steps_back(
+    store: DictTier, namespace: str
+) -> None:
+    """#10.8: after the wall clock stepped back an hour, a remembered miss
+    outlived max_stale by that hour."""
+    clock = SteppingClock()
+    a = TieredCache(MemoryTier(), store, namespace=namespace, clock=clock, max_stale=5.0)
+    b = TieredCache(MemoryTier(), store, namespace=namespace, clock=clock)
+    assert a.get("k") is None  # remembered as missing
+    b.set("k", {"by": "b"})
+    clock.wall -= 3600  # stepped back
+    clock.advance(6)  # past max_stale, by the monotonic clock
+    assert a.get("k") == {"by": "b"}
+    a.close()
+    b.close()
+
+
+def test_a_memory_copy_expires_on_time_when_the_wall_clock_steps_back(
+    store: DictTier, namespace: str
+) -> None:
+    clock = SteppingClock()
+    a = TieredCache(MemoryTier(), namespace=namespace, clock=clock, ttl=10)
+    a.set("k", {"n": 1})
+    clock.wall -= 3600
+    clock.advance(11)
+    assert a.get("k") is None, "the TTL counts down however the wall clock moves"
+    a.close()
