@@ -1868,6 +1868,8 @@ class TieredCache:
         """
         if not callable(initial):
             raise ConfigError(f"initial must be a callable (like dict), got {initial!r}")
+        if ttl is not None:
+            Expiry(ttl)  # validates: ConfigError names the setting
         return Scope(
             self, key, initial, ttl, schema, commit_on_error, conflict, lease or self.lease
         )

@@ -149,6 +149,12 @@ class Journal:
                 seqs.append(int(m.group(1)))
         for seq in sorted(seqs):
             path = self._segment(seq)
+            if not os.path.isfile(path):
+                os.close(self._lockfd)
+                raise ConfigError(
+                    f"{path!r} is named like a journal segment but is not a file; move it out "
+                    "of the journal directory"
+                )
             count = self._check_segment(path)
             if count:
                 self._sealed.append((path, count))

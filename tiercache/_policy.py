@@ -28,6 +28,11 @@ __all__ = [
 ]
 
 
+#: The longest duration a setting takes: 100 years. Past it a stored
+#: expiry would not fit the envelope's 64-bit milliseconds (nor Redis's).
+MAX_SECONDS = 100 * 365.25 * 86400
+
+
 def _positive(name: str, value: object, *, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -35,10 +40,13 @@ def _positive(name: str, value: object, *, allow_none: bool = False) -> None:
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or value <= 0
+        or not 0 < value <= MAX_SECONDS
     ):
-        allowed = "None or a number > 0" if allow_none else "a number > 0"
-        raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+        allowed = "None or a number" if allow_none else "a number"
+        raise ConfigError(
+            f"{name} must be {allowed} of seconds > 0 and <= {MAX_SECONDS:.0f} (100 years), "
+            f"got {value!r}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

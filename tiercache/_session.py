@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 from ._exceptions import ConfigError, TierCacheError
 from ._flow import arun, run
 from ._locks import KeyLock, held
-from ._policy import Lease, Resolver, Schema
+from ._policy import Expiry, Lease, Resolver, Schema
 from ._tiers._memory import Entry
 
 if TYPE_CHECKING:
@@ -431,6 +431,8 @@ def cached_session(
         raise ConfigError(f"cached_session initial must be a callable (like dict), got {initial!r}")
     if not isinstance(arg, str) or not arg.isidentifier():
         raise ConfigError(f"cached_session arg must be an identifier, got {arg!r}")
+    if ttl is not None:
+        Expiry(ttl)  # validates: ConfigError names the setting
     spec = _Spec(cache, key, initial, arg, lazy, ttl, schema, commit_on_error, conflict, lease)
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:

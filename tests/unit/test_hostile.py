@@ -551,3 +551,36 @@ def test_a_memory_copy_expires_on_time_when_the_wall_clock_steps_back(
     clock.advance(11)
     assert a.get("k") is None, "the TTL counts down however the wall clock moves"
     a.close()
+
+
+# -- 19. settings out of range are ConfigErrors at once ------------------------------------
+
+
+@pytest.mark.parametrize("ttl", [1e16, 4e9, float("inf")])
+def test_a_ttl_past_what_can_be_stored_is_a_config_error(
+    proc: Callable[..., TieredCache], ttl: float
+) -> None:
+    """#10.19: ttl=1e16 passed validation, then every write raised ValueError."""
+    from tiercache import ConfigError, Expiry, cached_session
+
+    with pytest.raises(ConfigError, match="100 years"):
+        proc(ttl=ttl)
+    with pytest.raises(ConfigError, match="100 years"):
+        Expiry(ttl, sliding=True)
+    cache = proc()
+    with pytest.raises(ConfigError):
+        cache.set("k", {}, ttl=ttl)
+    with pytest.raises(ConfigError):
+        cache.session("k", ttl=ttl)
+    with pytest.raises(ConfigError):
+        cached_session(cache, key=str, ttl=ttl)
+    cache.set("k", {"n": 1}, ttl=3e9)  # 95 years is fine
+    assert cache.get("k") == {"n": 1}
+
+
+def test_a_directory_named_like_a_journal_segment_is_a_config_error(tmp_path: Path) -> None:
+    from tiercache import ConfigError
+
+    (tmp_path / "j" / "00000000000000000001.tcj").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="not a file"):
+        Journal(tmp_path / "j")
