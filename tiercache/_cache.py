@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import logging
 import random
 import threading
@@ -332,7 +333,7 @@ class TieredCache:
         self._wal = journal is not None and not self._write_through
         self._locks = LockRegistry(self._mlock)
         self._flights: dict[str, _Flight] = {}
-        self._aflights: dict[str, asyncio.Future[Entry | None]] = {}
+        self._aflights: dict[str, asyncio.Task[Entry | None]] = {}
         self._flight_lock = threading.Lock()
         self._hits = 0
         self._misses = 0
@@ -541,6 +542,11 @@ class TieredCache:
         if event is not None:
             event.wait()
             if flight.error is not None:
+                if not isinstance(flight.error, Exception):
+                    # The loading thread was interrupted (KeyboardInterrupt,
+                    # SystemExit): that is its own business, not a failure
+                    # of the load. Load again.
+                    return self._load_shared(key)
                 raise flight.error
             return flight.entry
         try:
@@ -557,25 +563,23 @@ class TieredCache:
                 event.set()
 
     async def _aload_shared(self, key: str) -> Entry | None:
-        fut = self._aflights.get(key)
+        """One load per key and event loop at a time, shared by every task
+        that asks meanwhile. The load runs as a task of its own, so a
+        caller cancelled while waiting cancels only its own wait: the
+        others still get the value (and the load still installs it)."""
         loop = asyncio.get_running_loop()
-        if fut is not None and fut.get_loop() is loop:
-            return await asyncio.shield(fut)
-        fut = loop.create_future()
-        self._aflights[key] = fut
-        try:
-            entry = await arun(self._load_flow(key, None))
-        except BaseException as exc:
-            fut.set_exception(exc)
-            # Waiters re-raise it; mark it retrieved for the no-waiter case.
-            fut.exception()
-            raise
-        else:
-            fut.set_result(entry)
-            return entry
-        finally:
-            if self._aflights.get(key) is fut:
-                del self._aflights[key]
+        task = self._aflights.get(key)
+        if task is None or task.get_loop() is not loop or task.done():
+            task = loop.create_task(arun(self._load_flow(key, None)))
+            self._aflights[key] = task
+            task.add_done_callback(functools.partial(self._aflight_done, key))
+        return await asyncio.shield(task)
+
+    def _aflight_done(self, key: str, task: asyncio.Task[Entry | None]) -> None:
+        if self._aflights.get(key) is task:
+            del self._aflights[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have gone
 
     def _load_flow(self, key: str, schema: Schema | None) -> Flow[Entry | None]:
         with self._mlock:

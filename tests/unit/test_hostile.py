@@ -584,3 +584,93 @@ def test_a_directory_named_like_a_journal_segment_is_a_config_error(tmp_path: Pa
     (tmp_path / "j" / "00000000000000000001.tcj").mkdir(parents=True)
     with pytest.raises(ConfigError, match="not a file"):
         Journal(tmp_path / "j")
+
+
+# -- 13. one caller's cancellation never cancels another's load ----------------------------
+
+
+class SlowTier(DictTier):
+    """A shared tier whose async reads take a while (a slow network)."""
+
+    def __init__(self, store: DictTier, delay: float) -> None:
+        super().__init__()
+        self.store, self.delay, self.reads = store, delay, 0
+
+    def get(self, key: str) -> bytes | None:
+        return self.store.get(key)
+
+    async def aget(self, key: str) -> bytes | None:
+        import asyncio
+
+        self.reads += 1
+        await asyncio.sleep(self.delay)
+        return self.store.get(key)
+
+
+async def test_cancelling_one_waiter_of_a_shared_load_leaves_the_others_their_value(
+    proc: Callable[..., TieredCache], store: DictTier
+) -> None:
+    """#10.13: both tasks share one load; cancelling the one that started it
+    used to cancel the other's aget too."""
+    import asyncio
+
+    proc().set("k", {"n": 1})
+    tier = SlowTier(store, 0.2)
+    cache = proc(tier)
+    first = asyncio.create_task(cache.aget("k"))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(cache.aget("k"))
+    await asyncio.sleep(0.05)
+    first.cancel()
+    assert await second == {"n": 1}
+    assert first.cancelled()
+    assert tier.reads == 1, "one shared load"
+    third = asyncio.create_task(cache.aget("other"))
+    await asyncio.sleep(0.05)
+    third.cancel()  # nobody else waits: the load finishes anyway, quietly
+    await asyncio.sleep(0.3)
+    assert await cache.aget("k") == {"n": 1}
+
+
+def test_an_interrupted_loading_thread_does_not_interrupt_its_waiters(
+    proc: Callable[..., TieredCache], store: DictTier
+) -> None:
+    """#10.13, sync: a KeyboardInterrupt in the thread that loads is that
+    thread's; a thread waiting for the same load loads again instead."""
+    import threading
+
+    proc().set("k", {"n": 1})
+    entered, release = threading.Event(), threading.Event()
+    calls = 0
+
+    class Interrupting(DictTier):
+        def get(self, key: str) -> bytes | None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                entered.set()
+                release.wait(5)
+                raise KeyboardInterrupt
+            return store.get(key)
+
+    cache = proc(Interrupting())
+    got: list[Any] = []
+
+    def owner() -> None:
+        try:
+            cache.get("k")
+        except KeyboardInterrupt:
+            got.append("interrupted")
+
+    t1 = threading.Thread(target=owner)
+    t1.start()
+    assert entered.wait(5)
+    t2 = threading.Thread(target=lambda: got.append(cache.get("k")))
+    t2.start()
+    import time
+
+    time.sleep(0.1)  # t2 waits on t1's flight
+    release.set()
+    t1.join(5)
+    t2.join(5)
+    assert sorted(map(str, got)) == sorted(["interrupted", str({"n": 1})])
