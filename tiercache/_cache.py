@@ -620,6 +620,8 @@ class TieredCache:
         tiers = self._core.tiers
         if loaded.tier_index >= len(tiers) - 1:
             return False
+        if loaded.updated_ms <= self._core.suspect_before[loaded.tier_index]:
+            return True  # a write to that tier failed since: it may be stale
         age = self._clock.time() - loaded.updated_ms / 1000.0
         if self.max_stale is not None and age > self.max_stale:
             return True
@@ -654,8 +656,7 @@ class TieredCache:
         if version == loaded.version:
             loaded.updated_ms = int(self._clock.time() * 1000)  # confirmed now
             return loaded
-        for index in range(len(core.tiers) - 1):
-            yield Call(core.tiers[index], core.counters[index], "delete", (skey,))
+        yield from core.delete_flow(key, range(len(core.tiers) - 1))
         return (yield from core.load_flow(key, schema))
 
     def _absent_until(self) -> float | None:
@@ -848,11 +849,9 @@ class TieredCache:
             upper: list[SetItem] = [
                 (core.skey(e.key), data, core.ttl_for(e.ttl)) for e, data in written
             ]
-            for index in reversed(range(len(tiers) - 1)):
-                if len(upper) == 1:
-                    yield Call(tiers[index], core.counters[index], "set", upper[0])
-                elif upper:
-                    yield Call(tiers[index], core.counters[index], "set_many", (upper,))
+            # The local tiers get the same bytes; their failures are
+            # bypassed (the shared tier took the write).
+            yield from core.write_flow(upper, range(len(tiers) - 1))
         else:
             if tiers:
                 plain_items: list[SetItem] = [
@@ -1533,10 +1532,7 @@ class TieredCache:
                 if not ok:
                     core.conflicts += 1
                     continue
-                for index in reversed(range(len(tiers) - 1)):
-                    yield Call(
-                        tiers[index], core.counters[index], "set", (skey, data, core.ttl_for(ttl))
-                    )
+                yield from core.write_flow([(skey, data, core.ttl_for(ttl))], range(len(tiers) - 1))
                 entry.stored = entry.version
                 entry.pending = None
                 entry.base = {}
@@ -1590,12 +1586,7 @@ class TieredCache:
         if core.tiers and core.tiers[-1].supports_cas:
             known = entry.stored if entry is not None and not entry.outdated else 0
             existed = yield from self._tombstone_flow(key, known)
-            skey = core.skey(key)
-            for index in reversed(range(len(core.tiers) - 1)):
-                existed = (
-                    bool((yield Call(core.tiers[index], core.counters[index], "delete", (skey,))))
-                    or existed
-                )
+            existed = (yield from core.delete_flow(key, range(len(core.tiers) - 1))) or existed
         else:
             existed = yield from core.delete_flow(key)
         with self._mlock:
@@ -2192,8 +2183,7 @@ class TieredCache:
                     )
                     refused.transient = refused.sent = False
                     raise refused
-                for index in reversed(range(len(core.tiers) - 1)):
-                    yield Call(core.tiers[index], core.counters[index], "set", (skey, data, ttl))
+                yield from core.write_flow([(skey, data, ttl)], range(len(core.tiers) - 1))
                 with self._mlock:
                     entry.pending = None
                     entry.stored = entry.version
@@ -2247,9 +2237,10 @@ class TieredCache:
                 # A delete drops every local copy, whatever its version.
                 version = inv.version if inv.action != "del" else _ALL_VERSIONS
                 newest[key] = max(newest.get(key, 0), version)
-        for tier in self._core.tiers[:-1]:
+        core = self._core
+        for index, tier in enumerate(core.tiers[:-1]):
             for key, version in newest.items():
-                skey = self._core.skey(key)
+                skey = core.skey(key)
                 try:
                     # A copy as new as the message stays: on a disk shared by
                     # the processes of a host it is often the writer's own.
@@ -2258,8 +2249,10 @@ class TieredCache:
                     raw = tier.get(skey)
                     if raw is not None and _safe_version(raw) < version:
                         tier.delete(skey)
-                except Exception:
-                    log.warning("tiercache: dropping %r from the %s tier failed", key, tier.name)
+                except Exception as exc:
+                    # The stale copy may still be there: it is confirmed
+                    # before it is ever served.
+                    core.local_failed(index, "delete", exc)
 
     def _on_gap(self) -> None:
         """Listener thread: invalidations were lost and cannot be replayed

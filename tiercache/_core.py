@@ -119,6 +119,13 @@ class Core:
         self.conflicts_lost = 0
         self.flushes = dict.fromkeys(FLUSH_REASONS, 0)
         self._corrupt_logged: set[tuple[str, str]] = set()
+        #: Per tier: when (epoch ms) a write or delete to it last failed.
+        #: A local copy written before that may be older than the shared
+        #: tier's (the write that should have replaced it did not land), so
+        #: it is confirmed before it is served. 0: never failed.
+        self.suspect_before = [0] * len(tiers)
+        #: Per tier: failing now (its failure was logged, once).
+        self.failing = [False] * len(tiers)
         self.new_writer()
 
     def new_writer(self) -> None:
@@ -322,15 +329,50 @@ class Core:
             )
         return moved
 
+    # -- local tiers are caches ------------------------------------------------
+
+    def tier_flow(
+        self, index: int, method: str, args: tuple[Any, ...], default: Any = None
+    ) -> Flow[Any]:
+        """Call tier ``index``. The shared (last) tier's failure is the
+        caller's; a local tier's (a full disk, a broken file) is counted,
+        logged once, and bypassed: ``default`` comes back instead, and if it
+        was a write the tier's older copies are confirmed before use."""
+        tier, counters = self.tiers[index], self.counters[index]
+        if index == len(self.tiers) - 1:
+            return (yield Call(tier, counters, method, args))
+        try:
+            result = yield Call(tier, counters, method, args)
+        except TierError as exc:
+            self.local_failed(index, method, exc)
+            return default
+        if self.failing[index]:
+            self.failing[index] = False
+            log.warning("tiercache: the %s tier works again", tier.name)
+        return result
+
+    def local_failed(self, index: int, method: str, exc: BaseException) -> None:
+        """A local tier's call failed (the call is already counted)."""
+        if method != "get":
+            self.suspect_before[index] = int(self.clock.time() * 1000)
+        if not self.failing[index]:
+            self.failing[index] = True
+            log.warning(
+                "tiercache: the %s tier failed (%s); it is bypassed, and the %s tier "
+                "serves, until it works again",
+                self.tiers[index].name,
+                exc,
+                self.tiers[-1].name,
+            )
+
     # -- flows ----------------------------------------------------------------
 
     def load_flow(self, key: str, schema: Schema | None = None) -> Flow[Loaded | None]:
         """Read through the persistent tiers; promote a hit upwards."""
         schema = schema or self.schema
         skey = self.skey(key)
-        for index, tier in enumerate(self.tiers):
-            counters = self.counters[index]
-            data = yield Call(tier, counters, "get", (skey,))
+        for index in range(len(self.tiers)):
+            data = yield from self.tier_flow(index, "get", (skey,))
             if data is None:
                 continue
             now = self.clock.time()
@@ -351,7 +393,7 @@ class Core:
             # the memory copy counts down on the monotonic clock from here.
             expires_at = None if remaining is None else self.clock.monotonic() + remaining
             for upper in range(index):
-                yield Call(self.tiers[upper], self.counters[upper], "set", (skey, data, remaining))
+                yield from self.tier_flow(upper, "set", (skey, data, remaining))
                 self.promotions += 1
             self.loads += 1
             return Loaded(
@@ -441,23 +483,20 @@ class Core:
         self.conflicts += 1
         return resolver(key, WHOLE, was, ours, theirs)
 
-    def write_flow(self, items: list[SetItem]) -> Flow[None]:
-        """Write sealed envelopes to every persistent tier, shared one first."""
-        for index in reversed(range(len(self.tiers))):
-            tier, counters = self.tiers[index], self.counters[index]
+    def write_flow(self, items: list[SetItem], tiers: range | None = None) -> Flow[None]:
+        """Write sealed envelopes to every persistent tier (or those of
+        ``tiers``), shared one first, so a local one is never newer."""
+        for index in reversed(tiers if tiers is not None else range(len(self.tiers))):
             if len(items) == 1:
-                yield Call(tier, counters, "set", items[0])
-            else:
-                yield Call(tier, counters, "set_many", (items,))
+                yield from self.tier_flow(index, "set", items[0])
+            elif items:
+                yield from self.tier_flow(index, "set_many", (items,))
 
-    def delete_flow(self, key: str) -> Flow[bool]:
+    def delete_flow(self, key: str, tiers: range | None = None) -> Flow[bool]:
         existed = False
         skey = self.skey(key)
-        for index in reversed(range(len(self.tiers))):
-            existed = (
-                bool((yield Call(self.tiers[index], self.counters[index], "delete", (skey,))))
-                or existed
-            )
+        for index in reversed(tiers if tiers is not None else range(len(self.tiers))):
+            existed = bool((yield from self.tier_flow(index, "delete", (skey,), False))) or existed
         return existed
 
     def touch_flow(self, key: str, ttl: float | None) -> Flow[bool]:
@@ -465,7 +504,6 @@ class Core:
         skey = self.skey(key)
         for index in reversed(range(len(self.tiers))):
             existed = (
-                bool((yield Call(self.tiers[index], self.counters[index], "touch", (skey, ttl))))
-                or existed
+                bool((yield from self.tier_flow(index, "touch", (skey, ttl), False))) or existed
             )
         return existed
