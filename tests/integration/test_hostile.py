@@ -21,7 +21,6 @@ from tiercache import (
     DiskTier,
     InvalidKeyError,
     MemoryTier,
-    RedisBus,
     RedisTier,
     TieredCache,
     TierError,
@@ -109,7 +108,7 @@ def test_a_surrogate_key_never_reaches_redis_and_a_wrong_type_key_blocks_nothing
         s["n"] = -1
     raw = redis.Redis.from_url(redis_url)
     raw.rpush(f"tc:{namespace}:bad", "not a session")  # meanwhile, another client
-    with pytest.raises(TierError, match="WRONGTYPE|wrong kind") as info:
+    with pytest.raises(TierError, match=r"WRONGTYPE|wrong kind") as info:
         cache.flush()
     assert info.value.transient is False
     assert not cache.stats().degraded, "one refusal is not an outage"
@@ -253,7 +252,7 @@ def test_a_value_over_proto_max_bulk_len_is_its_own_error_not_an_outage(
     else:
         with behind.session("wbbig") as s:
             s["blob"] = big  # acknowledged: the limit is unknown here
-        with pytest.raises(TierError, match="refused|invalid bulk length"):
+        with pytest.raises(TierError, match=r"refused|invalid bulk length"):
             behind.flush()  # the 5 others drain; the big one keeps its own error
         assert behind.stats().dirty == 1
         with behind.session("wbbig") as s:
