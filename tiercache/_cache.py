@@ -56,7 +56,7 @@ from ._exceptions import (
 from ._flow import Call, Flow, Pause, arun, run
 from ._journal import Journal, Record
 from ._keys import check_key, check_namespace
-from ._locks import KeyLock, LockRegistry, held
+from ._locks import POLL, Hold, LockRegistry, owner
 from ._policy import (
     Expiry,
     FlushPolicy,
@@ -104,9 +104,10 @@ MISSING: Any = _TRACKING_MISSING
 class _Flight:
     """A sync load in progress that other threads wait for."""
 
-    __slots__ = ("entry", "error", "event")
+    __slots__ = ("done", "entry", "error", "event")
 
     def __init__(self) -> None:
+        self.done = False
         # Made by the first waiter only: an Event costs more than the rest
         # of an uncontended load's bookkeeping.
         self.event: threading.Event | None = None
@@ -305,7 +306,8 @@ class TieredCache:
         if journal is not None and not persistent:
             raise ConfigError("a journal needs a persistent tier to replay into")
         self._journal = journal
-        self._replay_lock = threading.Lock()
+        #: A journal replay is running (guarded by the flight lock).
+        self._replaying = False
         self._journaled = 0
         #: key -> records of it waiting in the journal (under the memory
         #: lock): a key with records is never loaded from, nor written to,
@@ -367,38 +369,35 @@ class TieredCache:
         ``cache.session(key)``. Pass ``default=MISSING`` to tell a stored
         ``None`` from a miss.
         """
-        lock = self._mlock
-        lock.acquire()
-        try:
-            entry = self._peek(key)
-        except TypeError:  # an unhashable key: the slow path names the problem
-            entry = None
-        if entry is not None and entry.initial is None:
-            exp = entry.expires_at
-            if (exp is None or self._now() < exp) if self._plain_hits else self._hit_ok(entry):
-                self._recent(key)
-                self._hits += 1
-                lock.release()
-                return entry.value
-        lock.release()
+        # ``with``, not acquire()/release(): an interrupt (a signal's
+        # exception) can land right after an acquire() call, never inside
+        # the with statement's own entry, so the lock is always released.
+        with self._mlock:
+            try:
+                entry = self._peek(key)
+            except TypeError:  # an unhashable key: the slow path names the problem
+                entry = None
+            if entry is not None and entry.initial is None:
+                exp = entry.expires_at
+                if (exp is None or self._now() < exp) if self._plain_hits else self._hit_ok(entry):
+                    self._recent(key)
+                    self._hits += 1
+                    return entry.value
         return self._get_slow(key, default)
 
     async def aget(self, key: str, default: Any = None) -> Any:
         """Async :meth:`get`; never blocks the event loop on network I/O."""
-        lock = self._mlock
-        lock.acquire()
-        try:
-            entry = self._peek(key)
-        except TypeError:
-            entry = None
-        if entry is not None and entry.initial is None:
-            exp = entry.expires_at
-            if (exp is None or self._now() < exp) if self._plain_hits else self._hit_ok(entry):
-                self._recent(key)
-                self._hits += 1
-                lock.release()
-                return entry.value
-        lock.release()
+        with self._mlock:
+            try:
+                entry = self._peek(key)
+            except TypeError:
+                entry = None
+            if entry is not None and entry.initial is None:
+                exp = entry.expires_at
+                if (exp is None or self._now() < exp) if self._plain_hits else self._hit_ok(entry):
+                    self._recent(key)
+                    self._hits += 1
+                    return entry.value
         return await self._aget_slow(key, default)
 
     def _hit_ok(self, entry: Entry) -> bool:
@@ -442,7 +441,7 @@ class TieredCache:
             entry = await self._aload_shared(key)
         return default if entry is None or entry.initial is not None else entry.value
 
-    def _lookup_flow(self, key: str, *, pin: bool = False) -> Flow[Entry | None]:
+    def _lookup_flow(self, key: str, *, pin: Scope | None = None) -> Flow[Entry | None]:
         """The memory entry (cache or evicted area) after expiry and sliding
         refresh; ``None`` when it must be loaded. Counts the hit or miss."""
         self._check_key(key)
@@ -459,8 +458,9 @@ class TieredCache:
             stale = self.max_stale is not None and self._stale(entry)
             if not stale:
                 self._hits += 1
-                if pin:
+                if pin is not None:
                     entry.pins += 1
+                    pin._entry = entry
                 due = self._slide(entry, now)
         if stale:
             return (yield from self._revalidate_flow(entry, pin))
@@ -468,7 +468,7 @@ class TieredCache:
             yield from self._core.touch_flow(key, self._core.ttl_for(entry.ttl))
         return entry
 
-    def _revalidate_flow(self, entry: Entry, pin: bool) -> Flow[Entry | None]:
+    def _revalidate_flow(self, entry: Entry, pin: Scope | None) -> Flow[Entry | None]:
         """Re-read a stale entry's version from the shared tier: keep the
         memory copy if it is current, else drop it (the caller loads)."""
         self._revalidations += 1
@@ -488,8 +488,9 @@ class TieredCache:
                     and not entry.outdated
                 ):
                     self._hits += 1
-                    if pin:
+                    if pin is not None:
                         entry.pins += 1
+                        pin._entry = entry
                     return entry
                 self._misses += 1
             return None
@@ -498,8 +499,9 @@ class TieredCache:
             if version == entry.stored and not entry.outdated:
                 entry.checked_at = self._clock.monotonic()
                 self._hits += 1
-                if pin:
+                if pin is not None:
                     entry.pins += 1
+                    pin._entry = entry
                 return entry
             if not entry.pins and entry.pending is None:
                 self._memory.remove(entry.key)
@@ -530,37 +532,56 @@ class TieredCache:
     # -- loading (single-flight) ------------------------------------------------
 
     def _load_shared(self, key: str) -> Entry | None:
-        with self._flight_lock:
-            flight = self._flights.get(key)
-            if flight is None:
-                flight = self._flights[key] = _Flight()
-                event = None
-            else:
-                # The owner removes the flight under this lock before it
-                # sets the event, so an event made here is always set.
-                event = flight.event = flight.event or threading.Event()
-        if event is not None:
-            event.wait()
-            if flight.error is not None:
-                if not isinstance(flight.error, Exception):
-                    # The loading thread was interrupted (KeyboardInterrupt,
-                    # SystemExit): that is its own business, not a failure
-                    # of the load. Load again.
-                    return self._load_shared(key)
-                raise flight.error
-            return flight.entry
+        """One load per key at a time: threads that ask meanwhile wait for
+        it and share its result."""
+        mine = False
+        flight: _Flight | None = None
         try:
+            with self._flight_lock:
+                flight = self._flights.get(key)
+                if flight is None or flight.done:
+                    flight = _Flight()
+                    # Registered and ``mine`` in one run of stores: an
+                    # interrupt after it still reaches the finally below.
+                    self._flights[key] = flight
+                    mine = True
+                else:
+                    # The owner marks the flight done before it reads the
+                    # event under this lock, so an event made here is set.
+                    flight.event = flight.event or threading.Event()
+            if not mine:
+                return self._wait_for_flight(key, flight)
             flight.entry = run(self._load_flow(key, None))
             return flight.entry
         except BaseException as exc:
-            flight.error = exc
+            if mine and flight is not None:
+                flight.error = exc
             raise
         finally:
-            with self._flight_lock:
-                del self._flights[key]
-                event = flight.event
-            if event is not None:
-                event.set()
+            if mine and flight is not None:
+                flight.done = True
+                with self._flight_lock:
+                    if self._flights.get(key) is flight:
+                        del self._flights[key]
+                    event = flight.event
+                if event is not None:
+                    event.set()
+
+    def _wait_for_flight(self, key: str, flight: _Flight) -> Entry | None:
+        event = flight.event
+        assert event is not None
+        # Polled: a wake-up the loader could not send (it was interrupted
+        # on its way out) costs POLL seconds, never a hang.
+        while not event.wait(POLL) and not flight.done:
+            pass
+        if flight.error is not None or not flight.done:
+            if not isinstance(flight.error, Exception):
+                # The loading thread was interrupted (KeyboardInterrupt,
+                # SystemExit): that is its own business, not a failure of
+                # the load. Load again.
+                return self._load_shared(key)
+            raise flight.error
+        return flight.entry
 
     async def _aload_shared(self, key: str) -> Entry | None:
         """One load per key and event loop at a time, shared by every task
@@ -802,6 +823,12 @@ class TieredCache:
                     raise
                 self._journal_or_raise(batch, sent=exc.sent)
                 return
+            except BaseException:
+                # Interrupted mid-write (KeyboardInterrupt, the flow closed):
+                # it may have landed, and if it did it is our own.
+                for e, data in batch:
+                    e.uncertain = (e.uncertain or set()) | {data}
+                raise
             by_entry = {id(e): ok for (e, _), ok in zip(trusted, results, strict=True)}
             unreached: list[Entry] = []
             for e, data in batch:
@@ -1002,12 +1029,24 @@ class TieredCache:
             # read (and re-read, at every scope exit) a growing journal.
             self._breaker.check("journal replay")
         waited = 0
-        while not self._replay_lock.acquire(False):
-            if waited >= _REPLAY_WAIT:
-                raise TierError(f"the journal of {self.namespace!r} is being replayed; try again")
-            waited += 1
-            yield Pause(0.001)
+        mine = False
         try:
+            while True:
+                # A flag set under a lock, not a lock held across the replay:
+                # the flag and ``mine`` are set together (see _locks), so an
+                # interrupt can never leave the replay taken and not given back.
+                with self._flight_lock:
+                    if not self._replaying:
+                        self._replaying = True
+                        mine = True
+                if mine:
+                    break
+                if waited >= _REPLAY_WAIT:
+                    raise TierError(
+                        f"the journal of {self.namespace!r} is being replayed; try again"
+                    )
+                waited += 1
+                yield Pause(0.001)
             if not journal.depth:  # the replay we waited for did it all
                 return 0
             core = self._core
@@ -1048,7 +1087,8 @@ class TieredCache:
             self._after_replay(groups, replays)
             return len(taken.records)
         finally:
-            self._replay_lock.release()
+            if mine:
+                self._replaying = False
 
     def _replay_entry(self, key: str, recs: list[Record]) -> Entry:
         """A stand-in entry that writes a key's journaled records as one."""
@@ -1230,8 +1270,10 @@ class TieredCache:
             e.pending = data
             try:
                 ok = yield Call(tier, counters, "compare_and_set", (skey, data, ttl, version))
-            except TierError as exc:
-                if exc.sent:
+            except BaseException as exc:
+                # A reply lost, or an interrupt mid-write: if these bytes turn
+                # up stored, they are our own.
+                if not isinstance(exc, TierError) or exc.sent:
                     e.uncertain = (e.uncertain or set()) | {data}
                 raise
             if ok:
@@ -1326,25 +1368,31 @@ class TieredCache:
                 self._ensure_timer(retry=True)
 
     def _locked_write_flow(self, entries: list[Entry], reason: str) -> Flow[None]:
-        """Write the entries whose key lock is free now. A busy key's holder
-        writes it at its scope exit (or the next flush), so an older pending
-        write can never land after a newer one."""
-        mine_keys = held.get()
-        taken: list[tuple[Entry, KeyLock, bool]] = []
+        """Write the entries whose key lock is free now (or is this
+        caller's own: a flush inside a scope writes its key). A busy key's
+        holder writes it at its scope exit (or the next flush), so an older
+        pending write can never land after a newer one."""
+        me = owner()
+        holds: list[Hold] = []
+        chosen: list[Entry] = []
         try:
-            for e in entries:
-                lock = self._locks.checkout(e.key)
-                mine = (self._id, e.key) in mine_keys
-                if mine or lock.try_acquire():
-                    taken.append((e, lock, not mine))
-                else:
-                    self._locks.checkin(e.key, lock)
-            yield from self._write_flow([e for e, _, _ in taken], reason)
+            with self._mlock:
+                for e in entries:
+                    if self._locks.held_by(e.key, me):
+                        chosen.append(e)
+                        continue
+                    hold = Hold()
+                    holds.append(hold)
+                    if self._locks.take_locked(e.key, me, hold):
+                        chosen.append(e)
+            yield from self._write_flow(chosen, reason)
         finally:
-            for e, lock, release in taken:
-                if release:
-                    lock.release()
-                self._locks.checkin(e.key, lock)
+            for hold in holds:
+                lock = hold._key_lock
+                if lock is not None:
+                    lock.owner = None  # first, and inline: nothing can skip it
+            for hold in holds:
+                self._locks.release(hold)
 
     def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
         """Store ``value`` (adopted: see :func:`tiercache.track`) under ``key``.
@@ -1352,37 +1400,67 @@ class TieredCache:
         It is written to every tier before ``set`` returns, whatever the
         flush policy (use a session scope for write-behind).
         """
-        lock = self._begin_write(key, ttl)
-        lock.acquire()
-        try:
-            run(self._set_flow(key, value, ttl))
-        finally:
-            self._end_write(key, lock)
+        run(self._locked(key, ttl, lambda: self._set_flow(key, value, ttl)))
 
     async def aset(self, key: str, value: Any, *, ttl: float | None = None) -> None:
         """Async :meth:`set`."""
-        lock = self._begin_write(key, ttl)
-        await lock.aacquire()
-        try:
-            await arun(self._set_flow(key, value, ttl))
-        finally:
-            self._end_write(key, lock)
+        await self._alocked(key, ttl, lambda: self._set_flow(key, value, ttl))
 
-    def _begin_write(self, key: str, ttl: float | None) -> KeyLock:
+    def _begin_write(self, key: str, ttl: float | None) -> Any:
+        """Checks before set/delete/touch/update take ``key``'s lock; who
+        is asking."""
         self._check_key(key)
         self._check_open()
         if ttl is not None:
             Expiry(ttl)  # validates: ConfigError names the setting
-        if (self._id, key) in held.get():
+        me = owner()
+        if self._locks.held_by(key, me):
             raise TierCacheError(
                 f"key {key!r} has a session scope open in this context: change the session "
-                "value instead of calling set/delete/touch on its key"
+                "value instead of calling set/delete/touch/update on its key"
             )
-        return self._locks.checkout(key)
+        return me
 
-    def _end_write(self, key: str, lock: KeyLock) -> None:
-        lock.release()
-        self._locks.checkin(key, lock)
+    def _locked(
+        self, key: str, ttl: float | None, flow: Callable[[], Flow[T]], *, own: bool = False
+    ) -> Flow[T]:
+        """``flow()`` with ``key``'s lock held (sync callers). ``own``: a
+        lock this caller already holds (a flush inside a scope) will do."""
+        if own:
+            me = owner()
+            if self._locks.held_by(key, me):
+                return (yield from flow())
+        else:
+            me = self._begin_write(key, ttl)
+        hold = Hold()
+        try:
+            self._locks.acquire(key, me, hold)
+            return (yield from flow())
+        finally:
+            lock = hold._key_lock
+            if lock is not None:
+                lock.owner = None  # first, and inline: nothing can skip it
+            self._locks.release(hold)
+
+    async def _alocked(
+        self, key: str, ttl: float | None, flow: Callable[[], Flow[T]], *, own: bool = False
+    ) -> T:
+        """``flow()`` with ``key``'s lock held, driven by :func:`arun`."""
+        if own:
+            me = owner()
+            if self._locks.held_by(key, me):
+                return await arun(flow())
+        else:
+            me = self._begin_write(key, ttl)
+        hold = Hold()
+        try:
+            await self._locks.aacquire(key, me, hold)
+            return await arun(flow())
+        finally:
+            lock = hold._key_lock
+            if lock is not None:
+                lock.owner = None  # first, and inline: nothing can skip it
+            self._locks.release(hold)
 
     def _set_flow(self, key: str, value: Any, ttl: float | None) -> Flow[None]:
         entry = Entry(key, track(value), ttl=ttl)
@@ -1442,12 +1520,7 @@ class TieredCache:
         """
         if not callable(fn):
             raise ConfigError(f"update needs a function, got {fn!r}")
-        lock = self._begin_write(key, ttl)
-        lock.acquire()
-        try:
-            return run(self._update_flow(key, fn, initial, ttl))
-        finally:
-            self._end_write(key, lock)
+        return run(self._locked(key, ttl, lambda: self._update_flow(key, fn, initial, ttl)))
 
     async def aupdate(
         self,
@@ -1460,12 +1533,7 @@ class TieredCache:
         """Async :meth:`update` (``fn`` itself is a plain function)."""
         if not callable(fn):
             raise ConfigError(f"update needs a function, got {fn!r}")
-        lock = self._begin_write(key, ttl)
-        await lock.aacquire()
-        try:
-            return await arun(self._update_flow(key, fn, initial, ttl))
-        finally:
-            self._end_write(key, lock)
+        return await self._alocked(key, ttl, lambda: self._update_flow(key, fn, initial, ttl))
 
     def _update_flow(
         self, key: str, fn: Callable[[Any], Any], initial: Callable[[], Any], ttl: float | None
@@ -1561,21 +1629,11 @@ class TieredCache:
 
     def delete(self, key: str) -> bool:
         """Remove ``key`` from every tier; whether any tier had it."""
-        lock = self._begin_write(key, None)
-        lock.acquire()
-        try:
-            return run(self._delete_flow(key))
-        finally:
-            self._end_write(key, lock)
+        return run(self._locked(key, None, lambda: self._delete_flow(key)))
 
     async def adelete(self, key: str) -> bool:
         """Async :meth:`delete`."""
-        lock = self._begin_write(key, None)
-        await lock.aacquire()
-        try:
-            return await arun(self._delete_flow(key))
-        finally:
-            self._end_write(key, lock)
+        return await self._alocked(key, None, lambda: self._delete_flow(key))
 
     def _delete_flow(self, key: str) -> Flow[bool]:
         with self._mlock:
@@ -1630,21 +1688,11 @@ class TieredCache:
         rewriting the value; with absolute expiry (sealed into the stored
         envelope) it rewrites the entry once.
         """
-        lock = self._begin_write(key, ttl)
-        lock.acquire()
-        try:
-            return run(self._touch_flow(key, ttl))
-        finally:
-            self._end_write(key, lock)
+        return run(self._locked(key, ttl, lambda: self._touch_flow(key, ttl)))
 
     async def atouch(self, key: str, ttl: float | None = None) -> bool:
         """Async :meth:`touch`."""
-        lock = self._begin_write(key, ttl)
-        await lock.aacquire()
-        try:
-            return await arun(self._touch_flow(key, ttl))
-        finally:
-            self._end_write(key, lock)
+        return await self._alocked(key, ttl, lambda: self._touch_flow(key, ttl))
 
     def _touch_flow(self, key: str, ttl: float | None) -> Flow[bool]:
         with self._mlock:
@@ -1693,13 +1741,9 @@ class TieredCache:
         entries = self._pending_entries()
         run(self._locked_write_flow(entries, reason))
         for e in entries:
-            if e.pending is None:
-                continue
-            lock = self._take(e.key)
-            try:
-                run(self._write_flow([e], reason))
-            finally:
-                self._give(e.key, lock)
+            if e.pending is not None:
+                flow = functools.partial(self._write_flow, [e], reason)
+                run(self._locked(e.key, None, flow, own=True))
         return len(entries)
 
     async def _aflush_all(self, reason: str) -> int:
@@ -1713,30 +1757,10 @@ class TieredCache:
         entries = self._pending_entries()
         await arun(self._locked_write_flow(entries, reason))
         for e in entries:
-            if e.pending is None:
-                continue
-            mine = (self._id, e.key) in held.get()
-            lock = self._locks.checkout(e.key)
-            if not mine:
-                await lock.aacquire()
-            try:
-                await arun(self._write_flow([e], reason))
-            finally:
-                if not mine:
-                    lock.release()
-                self._locks.checkin(e.key, lock)
+            if e.pending is not None:
+                flow = functools.partial(self._write_flow, [e], reason)
+                await self._alocked(e.key, None, flow, own=True)
         return len(entries)
-
-    def _take(self, key: str) -> KeyLock:
-        lock = self._locks.checkout(key)
-        if (self._id, key) not in held.get():
-            lock.acquire()
-        return lock
-
-    def _give(self, key: str, lock: KeyLock) -> None:
-        if (self._id, key) not in held.get():
-            lock.release()
-        self._locks.checkin(key, lock)
 
     def _ensure_timer(self, *, retry: bool = False) -> None:
         """Start the background flusher: the WriteBehind timer, or, for a
@@ -1755,8 +1779,10 @@ class TieredCache:
                     name=f"tiercache-flush-{self.namespace}",
                     daemon=True,
                 )
-                self._timer = t
                 t.start()
+                # Recorded once running: a timer interrupted before it
+                # started is simply made again by the next caller.
+                self._timer = t
 
     def _tick(self) -> None:
         """One timer flush: the journal's records, then pending entries
@@ -1870,44 +1896,41 @@ class TieredCache:
         )
 
     def _scope_open(
-        self, key: str, initial: Callable[[], Any]
-    ) -> tuple[KeyLock, Entry | None, bool]:
-        """A scope's hot path, in one memory-lock section: check the key's
-        lock out and, when it is free, take it and look the entry up.
+        self, scope: Scope, key: str, initial: Callable[[], Any], me: Any
+    ) -> Entry | None:
+        """A scope's hot path, in one memory-lock section: take the key's
+        lock if it is free (into ``scope``) and look the entry up.
 
-        Returns ``(lock, entry, taken)``. ``taken`` false: the lock is busy,
-        wait for it and run :meth:`_enter_flow`. ``entry`` None: run the
-        flow (miss, expiry, sliding touch due). Otherwise the entry is a
-        memory hit, pinned and attached: no flow starts at all.
-        """
-        mlock = self._mlock
-        mlock.acquire()
-        lock = self._locks.checkout_locked(key)
-        if not lock._lock.acquire(False):
-            mlock.release()
-            return lock, None, False
-        entry = self._peek(key)
-        if (
-            entry is None
-            or (entry.initial is not None and entry.initial is not initial)
-            or (entry.expires_at is not None and not self._fresh(entry))
-            or (self.max_stale is not None and self._stale(entry))
-        ):
-            mlock.release()
-            return lock, None, True
-        self._recent(key)
-        self._hits += 1
-        entry.pins += 1
-        mlock.release()
+        Returns the entry on a memory hit: pinned (``scope._entry``) and
+        attached; no flow starts at all. None otherwise: the caller waits
+        for the lock if ``scope`` did not get it, and runs the flow."""
+        with self._mlock:
+            if not self._locks.take_locked(key, me, scope):
+                return None
+            entry = self._peek(key)
+            if (
+                entry is None
+                or (entry.initial is not None and entry.initial is not initial)
+                or (entry.expires_at is not None and not self._fresh(entry))
+                or (self.max_stale is not None and self._stale(entry))
+            ):
+                return None
+            self._recent(key)
+            self._hits += 1
+            # The pin and the scope's record of it: stores only, one unit.
+            entry.pins += 1
+            scope._entry = entry
         root = entry.root
         if root is not None:
             root.detached = False
-        return lock, entry, True
+        return entry
 
-    def _scope_close_clean(self, key: str, lock: KeyLock, entry: Entry | None, value: Any) -> int:
+    def _scope_close_clean(self, scope: Scope) -> int:
         """A read-only scope's exit: 0 when there is something to write (run
-        :meth:`_exit_flow`); else unpin, unlock and check the lock in, and
-        return 2 when evicted entries wait to be drained, 1 otherwise."""
+        :meth:`_exit_flow`); else unpin and unlock (inline, as
+        :meth:`Scope._let_go`), and return 2 when evicted entries wait to
+        be drained, 1 otherwise."""
+        entry = scope._entry
         if entry is None or (entry.pending is not None and self._write_through):
             # Write-through retries a failed earlier write at the next exit;
             # under write-behind pending bytes are the timer's business.
@@ -1915,35 +1938,48 @@ class TieredCache:
         root = entry.root
         if root is not None:
             # A clean root with nothing watched answers from its flag.
-            if (root.dirty or root.backup) and not quick_clean(root) and is_dirty(value):
+            if (root.dirty or root.backup) and not quick_clean(root) and is_dirty(scope._value):
                 return 0
             root.detached = True
-        mlock = self._mlock
-        mlock.acquire()
-        self._core.writes_avoided += 1
-        entry.pins -= 1
-        if entry.outdated:
-            self._drop_outdated(entry)
-        lock._lock.release()
-        if lock._waiters:
-            lock._wake_one()
-        lock.users -= 1
-        locks = self._locks
-        if len(locks._locks) > locks._sweep_at:
-            locks.sweep_locked()
-        drain = 2 if self._memory.evicted else 1
-        mlock.release()
+        waiter = None
+        with self._mlock:
+            self._core.writes_avoided += 1
+            entry.pins -= 1
+            scope._entry = None
+            lock = scope._key_lock
+            if lock is not None:
+                if lock.holder == id(scope):
+                    lock.owner = None
+                    lock.holder = 0
+                scope._key_lock = None
+                if lock.waiters:
+                    waiter = lock.waiters[0]
+            if entry.outdated:
+                self._drop_outdated(entry)
+            locks = self._locks
+            if len(locks) > locks._sweep_at:
+                locks.sweep_locked()
+            drain = 2 if self._memory.evicted else 1
+        if waiter is not None:
+            waiter.wake()
         return drain
 
     def _enter_flow(
-        self, key: str, initial: Callable[[], Any], ttl: float | None, schema: Schema | None
-    ) -> Flow[tuple[Entry | None, Any]]:
-        """Scope entry, key lock held: find or load, pin, attach."""
-        entry = yield from self._lookup_flow(key, pin=True)
+        self,
+        scope: Scope,
+        key: str,
+        initial: Callable[[], Any],
+        ttl: float | None,
+        schema: Schema | None,
+    ) -> Flow[Any]:
+        """Scope entry, key lock held: find or load, pin (into ``scope``),
+        attach; the live value."""
+        entry = yield from self._lookup_flow(key, pin=scope)
         if entry is not None and entry.initial is not None and entry.initial is not initial:
             # A virtual entry made by another initial factory: start afresh.
             with self._mlock:
                 entry.pins -= 1
+                scope._entry = None
                 self._memory.remove(key)
             detach(entry.value)
             entry = None
@@ -1952,6 +1988,7 @@ class TieredCache:
             if entry is not None:
                 with self._mlock:
                     entry.pins += 1
+                    scope._entry = entry
         if entry is None:
             # Virtual until changed: a read-only scope on a new key stores
             # nothing, but keeps the value in memory for the next scope.
@@ -1960,10 +1997,11 @@ class TieredCache:
             entry.schema_version = (schema or self._core.schema).version
             entry.touched_at = self._now()
             entry.checked_at = self._clock.monotonic()
-            entry.pins = 1
             with self._mlock:
                 self._memory.insert(entry)
-            return entry, entry.value
+                entry.pins = 1
+                scope._entry = entry
+            return entry.value
         if ttl is not None:
             entry.ttl = ttl
         if entry.pending is None and is_dirty(entry.value):
@@ -1971,17 +2009,9 @@ class TieredCache:
             # see (a buffer write): seal it now so rollback starts from here.
             self._seal(entry)
         attach(entry.value)
-        return entry, entry.value
+        return entry.value
 
-    def _exit_flow(
-        self,
-        key: str,
-        entry: Entry | None,
-        value: Any,
-        ttl: float | None,
-        failed: bool,
-        conflict: Resolver | None = None,
-    ) -> Flow[None]:
+    def _exit_flow(self, scope: Scope, failed: bool) -> Flow[None]:
         """Scope exit, key lock held: commit or roll back, detach, write.
 
         Under write-through, an error raised here means the change was not
@@ -1990,19 +2020,19 @@ class TieredCache:
         sending) is not an error: it stays pending, is retried in the
         background until written, and the scope returns (acknowledged).
         """
+        key, entry, value = scope.key, scope._entry, scope._value
         undo: _Undo | None = None
         try:
+            if entry is None:  # pragma: no cover - an open scope always pins one
+                raise TierCacheError(f"the scope of {key!r} holds no entry")
             if failed:
                 revert(value)
             elif is_dirty(value):
-                if entry is None:  # pragma: no cover - scopes always have an entry
-                    entry = Entry(key, value, ttl=ttl)
-                    entry.pins = 1
                 if self._write_through:
                     undo = _Undo(entry)
                 self._seal_or_revert(entry, clean=undo is None)
                 entry.initial = None  # changed: a real entry from now on
-                entry.conflict = conflict
+                entry.conflict = scope.conflict
             else:
                 self._core.writes_avoided += 1
         finally:
@@ -2010,6 +2040,7 @@ class TieredCache:
             if entry is not None:
                 with self._mlock:
                     entry.pins -= 1
+                    scope._entry = None
         if entry is not None and entry.pending is not None and not failed:
             if self._write_through:
                 # Also retries a write that failed at an earlier exit.
@@ -2095,8 +2126,8 @@ class TieredCache:
         return names.lease(key), names.fence(key)
 
     def _strict_enter_flow(
-        self, key: str, initial: Callable[[], Any], ttl: float | None, lease: Lease
-    ) -> Flow[tuple[Entry, Any, int]]:
+        self, scope: Scope, key: str, initial: Callable[[], Any], ttl: float | None, lease: Lease
+    ) -> Flow[tuple[Any, int]]:
         """Strict scope entry, local key lock held: take the lease, then read
         the value fresh from the authoritative tier (memory may be stale)."""
         core = self._core
@@ -2129,19 +2160,19 @@ class TieredCache:
         entry.checked_at = self._clock.monotonic()
         if plain is MISSING:
             entry.initial = initial
-        entry.pins = 1
         with self._mlock:
             old = self._memory.remove(key)
             self._memory.insert(entry)
+            entry.pins = 1
+            scope._entry = entry
         if old is not None:
             detach(old.value)
         self._renewer.hold(tier, lkey, token, lease.seconds)
-        return entry, value, token
+        return value, token
 
-    def _strict_exit_flow(
-        self, key: str, entry: Entry, value: Any, failed: bool, token: int
-    ) -> Flow[None]:
+    def _strict_exit_flow(self, scope: Scope, failed: bool, token: int) -> Flow[None]:
         """Strict scope exit: write with the fencing token, release the lease."""
+        key, entry, value = scope.key, cast(Entry, scope._entry), scope._value
         core = self._core
         tier, counters = core.tiers[-1], core.counters[-1]
         skey = core.skey(key)
@@ -2197,6 +2228,7 @@ class TieredCache:
             detach(value)
             with self._mlock:
                 entry.pins -= 1
+                scope._entry = None
                 if entry.outdated:
                     self._drop_outdated(entry)
             try:

@@ -430,9 +430,16 @@ class Core:
             )
         try:
             plain = self.serializer.loads(env.payload)
-        except Exception as exc:
-            # The type only: decoder messages can quote the stored bytes.
-            raise self._unreadable(f"unreadable payload ({type(exc).__name__})") from None
+        except Exception as first:
+            # Bad bytes fail to decode every time. An exception that came
+            # from elsewhere (a signal handler's, raised in the middle of the
+            # decoder) does not come back: decoding again tells them apart,
+            # so good data is never quarantined for it.
+            try:
+                plain = self.serializer.loads(env.payload)
+            except Exception:
+                # The type only: decoder messages can quote the stored bytes.
+                raise self._unreadable(f"unreadable payload ({type(first).__name__})") from None
         migrated = env.schema_version < schema.version
         if migrated:
             plain = schema.migrate(plain, env.schema_version)

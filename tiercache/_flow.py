@@ -97,7 +97,11 @@ def _failed(call: Call, exc: BaseException) -> TierError:
 
 
 def run(flow: Flow[T]) -> T:
-    """Drive ``flow`` with the tiers' sync methods."""
+    """Drive ``flow`` with the tiers' sync methods.
+
+    An exception that lands here rather than in the flow (a signal's, while
+    a tier call returns) closes the flow, so its ``finally`` blocks (which
+    free key locks) run now, not whenever it is collected."""
     try:
         call = next(flow)
         while True:
@@ -115,6 +119,9 @@ def run(flow: Flow[T]) -> T:
                 call = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
+    except BaseException:
+        flow.close()
+        raise
 
 
 async def arun(flow: Flow[T]) -> T:
@@ -136,3 +143,6 @@ async def arun(flow: Flow[T]) -> T:
                 call = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
+    except BaseException:
+        flow.close()
+        raise

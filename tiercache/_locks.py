@@ -1,91 +1,106 @@
 """Per-key locks shared by threads and asyncio tasks, forgotten when unused.
 
+::
+
+    take(key, me)  ── under the guard ──> free?  owner = me        (taken)
+                                          mine?  NestedScopeError  (would deadlock)
+                                          busy:  queue a waiter, wait outside
+    release(lock)  ── under the guard ──> owner = None, wake the first waiter;
+                                          it takes the lock if it is still free
+
 One :class:`KeyLock` per key that some scope holds or waits for; the
-registry drops it when the last user lets go, so 100,000 distinct keys
-leave no 100,000 locks behind. A KeyLock wraps a ``threading.Lock`` so a
-thread and a task on the same key exclude each other: threads block on it,
-tasks try it without blocking and otherwise wait on a future that the
-releaser wakes (from any thread, via ``call_soon_threadsafe``).
+registry forgets locks nobody holds or waits for once it holds more than
+:attr:`LockRegistry.SWEEP_AT`, so 100,000 distinct keys leave no 100,000
+locks behind. A lock is not a ``threading.Lock`` but an *owner* field set
+under the guard (the cache's memory lock): threads and tasks exclude each
+other alike, the owner can be compared (a nested scope on a held key is an
+error, not a deadlock; a flush inside a scope writes its own key), and a
+scope may end in another task or thread than the one that opened it.
+
+Interrupt safety. A ``KeyboardInterrupt`` (or any exception a signal
+handler raises) can land at any call, including the very start of a
+Python function, but never inside a run of plain attribute stores. So:
+
+* every take is ``with guard:`` (the guard's ``__enter__`` is C, and
+  ``with`` releases it whatever happens) around stores only: the owner and
+  the taker's record of the lock are set together;
+* every release frees the lock inline, in the ``finally`` of its taker,
+  with :func:`free` spelled out as stores (a call to a helper could be
+  skipped), before the bookkeeping that may be skipped: clearing the
+  record, waking a waiter;
+* a holder dropped while still holding (its release never ran) frees the
+  lock in ``__del__``;
+* a wake-up lost to an interrupt costs a waiter at most :data:`POLL`
+  seconds: waiters re-check on their own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import threading
 from collections import deque
+from typing import Any
 
-__all__ = ["KeyLock", "LockRegistry", "held"]
+from ._exceptions import TierCacheError
 
-#: The (cache id, key) pairs whose scope this thread or task holds. A nested
-#: scope, or a set/delete, on a held key would deadlock, so it raises
-#: instead; a flush writes a held key without taking its lock again.
-held: contextvars.ContextVar[tuple[tuple[int, str], ...]] = contextvars.ContextVar(
-    "tiercache_held", default=()
-)
+__all__ = ["POLL", "Hold", "KeyLock", "LockRegistry", "NestedScopeError", "owner"]
+
+#: How often (seconds) a waiter re-checks a lock on its own, in case the
+#: wake-up it was due was lost (the releaser was interrupted).
+POLL = 0.05
+
+_get_running_loop = asyncio._get_running_loop
+_current_task = asyncio.current_task
+_get_ident = threading.get_ident
 
 
-class KeyLock:
-    __slots__ = ("_lock", "_waiters", "acquire", "users")
+def owner() -> Any:
+    """Who is asking: the running task, or else the thread.
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._waiters: deque[asyncio.Future[None]] = deque()
-        #: Scopes holding or waiting for this lock (guarded by the registry).
-        self.users = 0
-        # Bound once: the sync paths call the C lock with no Python frame.
-        self.acquire = self._lock.acquire
+    A sync scope opened inside a coroutine belongs to that task too, so a
+    nested scope on one key is recognised whichever of ``with`` and ``async
+    with`` each uses.
+    """
+    loop = _get_running_loop()
+    if loop is not None:
+        task = _current_task(loop)
+        if task is not None:
+            return task
+    return _get_ident()
 
-    def try_acquire(self) -> bool:
-        return self._lock.acquire(blocking=False)
 
-    async def aacquire(self) -> None:
-        if self._lock.acquire(blocking=False):
-            return
-        loop = asyncio.get_running_loop()
-        while True:
-            # Register before retrying, so a release between the failed try
-            # and the await cannot be missed.
-            fut: asyncio.Future[None] = loop.create_future()
-            self._waiters.append(fut)
-            if self._lock.acquire(blocking=False):
-                self._discard(fut)
-                return
+class NestedScopeError(TierCacheError):
+    """A key's lock was asked for by the context that holds it."""
+
+
+class _Waiter:
+    """One thread or task waiting for a lock."""
+
+    __slots__ = ("future", "loop", "sem")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.loop = loop
+        if loop is None:
+            self.sem: threading.Lock | None = threading.Lock()
+            self.sem.acquire()
+            self.future: asyncio.Future[None] | None = None
+        else:
+            self.sem = None
+            self.future = loop.create_future()
+
+    def wake(self) -> None:
+        if self.sem is not None:
             try:
-                await fut
-            except BaseException:
-                self._discard(fut)
-                if fut.done() and not fut.cancelled():
-                    # We were woken and then cancelled: pass the wake-up on.
-                    self._wake_one()
-                raise
-            if self._lock.acquire(blocking=False):
-                return
-
-    def _discard(self, fut: asyncio.Future[None]) -> None:
-        try:
-            self._waiters.remove(fut)
-        except ValueError:
-            pass
-
-    def _wake_one(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if fut.done():
-                continue
-            loop = fut.get_loop()
-            if loop.is_closed():
-                continue
-            loop.call_soon_threadsafe(_set_if_pending, fut)
+                self.sem.release()
+            except RuntimeError:
+                pass  # already woken
             return
-
-    def release(self) -> None:
-        self._lock.release()
-        if self._waiters:
-            self._wake_one()
-
-    def locked(self) -> bool:
-        return self._lock.locked()
+        loop, fut = self.loop, self.future
+        if loop is not None and fut is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(_set_if_pending, fut)
+            except RuntimeError:
+                pass  # the loop closed meanwhile
 
 
 def _set_if_pending(fut: asyncio.Future[None]) -> None:
@@ -93,12 +108,63 @@ def _set_if_pending(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+class KeyLock:
+    """The lock of one key: who holds it, and who waits."""
+
+    __slots__ = ("holder", "owner", "waiters")
+
+    def __init__(self) -> None:
+        #: The context holding it (see :func:`owner`), or None when free.
+        self.owner: Any = None
+        #: ``id()`` of the object that recorded it (a scope, a Hold): only
+        #: that one's release frees it, whichever thread or task runs it.
+        self.holder = 0
+        self.waiters: deque[_Waiter] = deque()
+
+    def __repr__(self) -> str:
+        return f"<KeyLock owner={self.owner!r} waiters={len(self.waiters)}>"
+
+
+class Hold:
+    """Where a taker records the lock it holds (a scope is one too): the
+    registry sets ``_key_lock`` in the same run of stores that makes it the
+    owner, so an interrupt can never leave a lock taken and unrecorded."""
+
+    __slots__ = ("_key_lock",)
+
+    def __init__(self) -> None:
+        self._key_lock: KeyLock | None = None
+
+    def __del__(self) -> None:
+        # Dropped while holding (its release never ran: an interrupt landed
+        # on the call): free the key. A plain store, atomic for threads and
+        # signals; a waiter notices within POLL seconds.
+        lock = getattr(self, "_key_lock", None)
+        if lock is not None and lock.holder == id(self):
+            lock.owner = None
+            lock.holder = 0
+
+
 class LockRegistry:
     """Hands out the :class:`KeyLock` of a key and forgets unused ones.
 
-    >>> r = LockRegistry(); lock = r.checkout("k"); lock.acquire()
-    >>> lock.release(); r.checkin("k", lock); r.unused()
-    1
+    Every take records the lock in a holder (anything with a ``_key_lock``
+    attribute: a :class:`Hold`, a scope); :meth:`release` takes the holder
+    and does nothing when it holds nothing, so a caller writes::
+
+        hold = Hold()
+        try:
+            registry.acquire(key, owner(), hold)
+            ...
+        finally:
+            registry.release(hold)
+
+    >>> import threading
+    >>> r, hold = LockRegistry(threading.Lock()), Hold()
+    >>> r.acquire("k", "me", hold); hold._key_lock.owner
+    'me'
+    >>> r.release(hold); hold._key_lock is None
+    True
     >>> r.sweep_locked(); len(r)
     0
     """
@@ -108,47 +174,163 @@ class LockRegistry:
     #: between scopes, and 100,000 distinct keys leave at most this many.
     SWEEP_AT = 1024
 
-    def __init__(self, guard: threading.Lock | None = None) -> None:
+    def __init__(self, guard: threading.Lock) -> None:
         self._locks: dict[str, KeyLock] = {}
-        #: The cache passes its memory lock, so a scope's hot path checks a
-        #: lock out and looks its entry up in one critical section.
-        self.guard = guard or threading.Lock()
+        #: The cache passes its memory lock, so a scope's hot path takes a
+        #: key's lock and looks its entry up in one critical section.
+        self.guard = guard
         self._sweep_at = self.SWEEP_AT
 
-    def checkout(self, key: str) -> KeyLock:
-        """The lock of ``key``, counted as in use until :meth:`checkin`."""
-        guard = self.guard
-        guard.acquire()
-        lock = self.checkout_locked(key)
-        guard.release()
-        return lock
+    # -- under the guard (the caller holds it) ---------------------------------
 
-    def checkout_locked(self, key: str) -> KeyLock:
-        """:meth:`checkout` for a caller that holds :attr:`guard`."""
+    def take_locked(self, key: str, me: Any, holder: Any) -> bool:
+        """Make ``me`` the owner of ``key``'s lock and record it in
+        ``holder._key_lock``; False when another holds it. NestedScopeError when
+        ``me`` holds it already."""
+        hid = id(holder)
         lock = self._locks.get(key)
         if lock is None:
-            lock = self._locks[key] = KeyLock()
-        lock.users += 1
-        return lock
+            lock = KeyLock()
+            self._locks[key] = lock
+        held = lock.owner
+        if held is None:
+            # Stores only, no call between them: atomic for signals.
+            lock.owner = me
+            lock.holder = hid
+            holder._key_lock = lock
+            return True
+        if held is me or held == me:
+            raise NestedScopeError(
+                f"a session scope of {key!r} is already open in this context; nested scopes "
+                "on one key would deadlock: use the outer session value"
+            )
+        return False
 
-    def checkin(self, key: str, lock: KeyLock) -> None:
-        guard = self.guard
-        guard.acquire()
-        lock.users -= 1
+    def held_by(self, key: str, me: Any) -> bool:
+        """Whether ``me`` holds ``key``'s lock (a plain read: only the
+        holder itself can make the answer true, so no guard is needed)."""
+        lock = self._locks.get(key)
+        if lock is None:
+            return False
+        held = lock.owner
+        return held is not None and (held is me or held == me)
+
+    def release_locked(self, holder: Any) -> _Waiter | None:
+        """Free the lock ``holder`` records (none: nothing to do); the
+        waiter to wake, outside the guard, if any."""
+        lock: KeyLock | None = holder._key_lock
+        if lock is None:
+            return None
+        if lock.holder == id(holder):
+            lock.owner = None
+            lock.holder = 0
+        holder._key_lock = None
+        if lock.waiters:
+            return lock.waiters[0]
         if len(self._locks) > self._sweep_at:
             self.sweep_locked()
-        guard.release()
+        return None
 
     def sweep_locked(self) -> None:
-        """Forget every lock nobody holds or waits for (guard held)."""
+        """Forget every lock nobody holds or waits for."""
         locks = self._locks
-        for key in [k for k, lock in locks.items() if not lock.users]:
+        for key in [k for k, lock in locks.items() if lock.owner is None and not lock.waiters]:
             del locks[key]
         self._sweep_at = max(self.SWEEP_AT, 2 * len(locks))
 
+    # -- taking and releasing --------------------------------------------------
+
+    def try_acquire(self, key: str, me: Any, holder: Any) -> bool:
+        with self.guard:
+            return self.take_locked(key, me, holder)
+
+    def acquire(self, key: str, me: Any, holder: Any) -> None:
+        """Take the lock of ``key`` for ``me`` into ``holder``, waiting for
+        it (threads).
+
+        Inside a running event loop, waiting would block every task on it,
+        and hang for good if the holder is one of them: that is an error
+        (use ``async with``)."""
+        with self.guard:
+            if self.take_locked(key, me, holder):
+                return
+        if _get_running_loop() is not None:
+            raise TierCacheError(
+                f"key {key!r} is held by another task or thread, and a sync scope (or sync "
+                "set/delete/update/flush) inside a coroutine would block the event loop "
+                "waiting for it (for good, if a task on this loop holds it): use "
+                "'async with cache.session(...)' and the a-prefixed methods in async code"
+            )
+        waiter = _Waiter(None)
+        sem = waiter.sem
+        assert sem is not None
+        try:
+            with self.guard:
+                if self.take_locked(key, me, holder):
+                    return
+                self._locks[key].waiters.append(waiter)
+            while True:
+                sem.acquire(timeout=POLL)
+                with self.guard:
+                    if self.take_locked(key, me, holder):
+                        return
+        finally:
+            self._leave(key, waiter)
+
+    async def aacquire(self, key: str, me: Any, holder: Any) -> None:
+        """:meth:`acquire` for tasks: waits without blocking the loop."""
+        with self.guard:
+            if self.take_locked(key, me, holder):
+                return
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop)
+        try:
+            with self.guard:
+                if self.take_locked(key, me, holder):
+                    return
+                self._locks[key].waiters.append(waiter)
+            while True:
+                fut = waiter.future
+                assert fut is not None
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), POLL)
+                except TimeoutError:
+                    pass
+                with self.guard:
+                    if self.take_locked(key, me, holder):
+                        return
+                    if fut.done():
+                        waiter.future = loop.create_future()
+        finally:
+            self._leave(key, waiter)
+
+    def _leave(self, key: str, waiter: _Waiter) -> None:
+        """A waiter is done (it took the lock, or gave up: cancelled,
+        interrupted): take it off the queue; if the lock is free, wake the
+        next one, so a wake-up this waiter swallowed is passed on."""
+        nxt = None
+        with self.guard:
+            lock = self._locks.get(key)
+            if lock is not None:
+                try:
+                    lock.waiters.remove(waiter)
+                except ValueError:
+                    pass
+                if lock.owner is None and lock.waiters:
+                    nxt = lock.waiters[0]
+        if nxt is not None:
+            nxt.wake()
+
+    def release(self, holder: Any) -> None:
+        """Free what ``holder`` holds, if anything, and wake a waiter."""
+        with self.guard:
+            waiter = self.release_locked(holder)
+        if waiter is not None:
+            waiter.wake()
+
     def unused(self) -> int:
         """How many registered locks nobody holds or waits for."""
-        return sum(1 for lock in self._locks.values() if not lock.users)
+        return sum(1 for lock in self._locks.values() if lock.owner is None and not lock.waiters)
 
     def __len__(self) -> int:
         return len(self._locks)

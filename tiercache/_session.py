@@ -18,7 +18,6 @@ two handlers can never deadlock each other.
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 from ._exceptions import ConfigError, TierCacheError
 from ._flow import arun, run
-from ._locks import KeyLock, held
+from ._locks import KeyLock, owner
 from ._policy import Expiry, Lease, Resolver, Schema
 from ._tiers._memory import Entry
 
@@ -45,15 +44,15 @@ class Scope:
     """One session scope over a key: ``with`` or ``async with`` (not both).
 
     Made by :meth:`TieredCache.session`; entering yields the live tracked
-    value, leaving commits (or, if the body raised, rolls back).
+    value, leaving commits (or, if the body raised, rolls back). A scope
+    may be left in another thread or task than the one that entered it.
     """
 
     __slots__ = (
         "_cache",
         "_entry",
         "_fence",
-        "_lock",
-        "_token",
+        "_key_lock",
         "_value",
         "commit_on_error",
         "conflict",
@@ -83,87 +82,98 @@ class Scope:
         self.ttl = ttl
         self.schema = schema
         self.commit_on_error = commit_on_error
-        self._lock: KeyLock | None = None
+        #: The key's lock while the scope holds it (set by the lock
+        #: registry in the same stores that take it: see tiercache._locks).
+        self._key_lock: KeyLock | None = None
+        #: The memory entry while the scope pins it (set with the pin).
         self._entry: Entry | None = None
         self._value: Any = None
-        self._token: contextvars.Token[tuple[tuple[int, str], ...]] | None = None
         self._fence = 0
 
-    def _check(self) -> tuple[tuple[int, str], ...]:
+    def _check(self) -> None:
         cache, key = self._cache, self.key
         cache._check_key(key)
         if cache._closed:
             cache._check_open()
-        if self._lock is not None:
+        if self._key_lock is not None:
             raise TierCacheError(f"the scope of {key!r} is already open; make a new one")
-        mine = held.get()
-        if mine and (cache._id, key) in mine:
-            raise TierCacheError(
-                f"a session scope of {key!r} is already open in this context; nested scopes "
-                "on one key would deadlock: use the outer session value"
-            )
-        return mine
 
-    def _failed_open(self, lock: KeyLock) -> None:
-        lock.release()
-        self._cache._locks.checkin(self.key, lock)
+    def _let_go(self) -> None:
+        """Unpin and unlock, whatever is held (nothing: nothing to do).
 
-    def _opened(self, lock: KeyLock, entry: Entry | None, value: Any, mine: Any) -> Any:
-        self._lock, self._entry, self._value = lock, entry, value
-        self._token = held.set((*mine, (self._cache._id, self.key)))
-        return value
+        The callers free the lock inline before calling this (a signal's
+        exception can land at the start of any call, so this one might not
+        run): see tiercache._locks."""
+        if self._key_lock is None and self._entry is None:
+            self._value = None
+            return  # already let go (the read-only exit does it itself)
+        cache = self._cache
+        waiter = None
+        with cache._mlock:
+            entry = self._entry
+            if entry is not None:
+                entry.pins -= 1
+                self._entry = None
+            lock = self._key_lock
+            if lock is not None:
+                if lock.holder == id(self):
+                    lock.owner = None
+                    lock.holder = 0
+                self._key_lock = None
+                if lock.waiters:
+                    waiter = lock.waiters[0]
+                locks = cache._locks
+                if len(locks) > locks._sweep_at:
+                    locks.sweep_locked()
+        self._value = None
+        if waiter is not None:
+            waiter.wake()
 
-    def _closed(self) -> None:
-        """Forget the scope's state after its lock was released."""
-        self._lock = None
-        if self._token is not None:
-            held.reset(self._token)
-            self._token = None
-        self._entry = self._value = None
-
-    def _release(self) -> None:
-        lock = self._lock
-        if lock is not None:
-            lock.release()
-            self._cache._locks.checkin(self.key, lock)
-        self._closed()
+    def __del__(self) -> None:
+        # A scope dropped while it still holds its key (its __exit__ never
+        # ran: an interrupt landed on the call itself, or __enter__ was
+        # called by hand): free the key rather than leave it locked for
+        # good. No lock is taken here (the collector may run anywhere);
+        # these stores are atomic for threads and signals alike. A waiter
+        # notices within POLL seconds. (getattr: __init__ may itself have
+        # been interrupted.)
+        lock = getattr(self, "_key_lock", None)
+        if lock is not None and lock.holder == id(self):
+            lock.owner = None
+            lock.holder = 0
+        entry = getattr(self, "_entry", None)
+        if entry is not None:
+            entry.pins -= 1
+            self._entry = None
 
     def __enter__(self) -> Any:
         # The hot path is written out flat: every call saved here is ~5% of a
         # read-only scope on a memory hit.
         cache, key = self._cache, self.key
-        if type(key) is not str or cache._closed or self._lock is not None:
+        if type(key) is not str or cache._closed or self._key_lock is not None:
             self._check()
-        mine = held.get()
-        if mine and (cache._id, key) in mine:
-            self._check()
-        if self.lease is not None:
-            lock = cache._locks.checkout(key)
-            lock.acquire()
-            try:
-                strict, value, self._fence = run(
-                    cache._strict_enter_flow(key, self.initial, self.ttl, self.lease)
+        me = owner()
+        try:
+            if self.lease is not None:
+                cache._locks.acquire(key, me, self)
+                self._value, self._fence = run(
+                    cache._strict_enter_flow(self, key, self.initial, self.ttl, self.lease)
                 )
-            except BaseException:
-                self._failed_open(lock)
-                raise
-            self._lock, self._entry, self._value = lock, strict, value
-            self._token = held.set((*mine, (cache._id, key)))
-            return value
-        lock, entry, taken = cache._scope_open(key, self.initial)
-        if entry is not None:
-            value = entry.value
-        else:
-            if not taken:
-                lock.acquire()
-            try:
-                entry, value = run(cache._enter_flow(key, self.initial, self.ttl, self.schema))
-            except BaseException:
-                self._failed_open(lock)
-                raise
-        self._lock, self._entry, self._value = lock, entry, value
-        self._token = held.set((*mine, (cache._id, key)))
-        return value
+                return self._value
+            entry = cache._scope_open(self, key, self.initial, me)
+            if entry is not None:
+                value = self._value = entry.value
+                return value
+            if self._key_lock is None:
+                cache._locks.acquire(key, me, self)
+            self._value = run(cache._enter_flow(self, key, self.initial, self.ttl, self.schema))
+            return self._value
+        except BaseException:
+            lock = self._key_lock
+            if lock is not None:
+                lock.owner = None  # first, and inline: nothing can skip it
+            self._let_go()
+            raise
 
     def __exit__(
         self,
@@ -171,71 +181,53 @@ class Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        cache, lock = self._cache, self._lock
-        if lock is None:
+        cache = self._cache
+        if self._key_lock is None:
             return
         failed = exc is not None and not self.commit_on_error
-        if self._fence:
-            fence, self._fence = self._fence, 0
-            try:
-                run(cache._strict_exit_flow(self.key, self._entry, self._value, failed, fence))  # type: ignore[arg-type]
-            finally:
-                self._release()
-            return
-        if not failed and (
-            done := cache._scope_close_clean(self.key, lock, self._entry, self._value)
-        ):
-            self._lock = self._entry = self._value = None
-            held.reset(self._token)  # type: ignore[arg-type]
-            self._token = None
-            if done == 2:
-                run(cache._drain_flow())
-            return
         try:
-            run(
-                cache._exit_flow(
-                    self.key, self._entry, self._value, self.ttl, failed, self.conflict
-                )
-            )
+            if self._fence:
+                fence, self._fence = self._fence, 0
+                run(cache._strict_exit_flow(self, failed, fence))
+            elif not failed and (done := cache._scope_close_clean(self)):
+                if done == 2:
+                    run(cache._drain_flow())
+            else:
+                run(cache._exit_flow(self, failed))
         finally:
-            self._release()
+            lock = self._key_lock
+            if lock is not None:
+                lock.owner = None  # first, and inline: nothing can skip it
+            self._let_go()
 
     async def __aenter__(self) -> Any:
         cache, key = self._cache, self.key
-        if type(key) is not str or cache._closed or self._lock is not None:
+        if type(key) is not str or cache._closed or self._key_lock is not None:
             self._check()
-        mine = held.get()
-        if mine and (cache._id, key) in mine:
-            self._check()
-        if self.lease is not None:
-            lock = cache._locks.checkout(key)
-            await lock.aacquire()
-            try:
-                strict, value, self._fence = await arun(
-                    cache._strict_enter_flow(key, self.initial, self.ttl, self.lease)
+        me = owner()
+        try:
+            if self.lease is not None:
+                await cache._locks.aacquire(key, me, self)
+                self._value, self._fence = await arun(
+                    cache._strict_enter_flow(self, key, self.initial, self.ttl, self.lease)
                 )
-            except BaseException:
-                self._failed_open(lock)
-                raise
-            self._lock, self._entry, self._value = lock, strict, value
-            self._token = held.set((*mine, (cache._id, key)))
-            return value
-        lock, entry, taken = cache._scope_open(key, self.initial)
-        if entry is not None:
-            value = entry.value
-        else:
-            if not taken:
-                await lock.aacquire()
-            try:
-                entry, value = await arun(
-                    cache._enter_flow(key, self.initial, self.ttl, self.schema)
-                )
-            except BaseException:
-                self._failed_open(lock)
-                raise
-        self._lock, self._entry, self._value = lock, entry, value
-        self._token = held.set((*mine, (cache._id, key)))
-        return value
+                return self._value
+            entry = cache._scope_open(self, key, self.initial, me)
+            if entry is not None:
+                value = self._value = entry.value
+                return value
+            if self._key_lock is None:
+                await cache._locks.aacquire(key, me, self)
+            self._value = await arun(
+                cache._enter_flow(self, key, self.initial, self.ttl, self.schema)
+            )
+            return self._value
+        except BaseException:
+            lock = self._key_lock
+            if lock is not None:
+                lock.owner = None  # first, and inline: nothing can skip it
+            self._let_go()
+            raise
 
     async def __aexit__(
         self,
@@ -243,36 +235,24 @@ class Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        cache, lock = self._cache, self._lock
-        if lock is None:
+        cache = self._cache
+        if self._key_lock is None:
             return
         failed = exc is not None and not self.commit_on_error
-        if self._fence:
-            fence, self._fence = self._fence, 0
-            try:
-                await arun(
-                    cache._strict_exit_flow(self.key, self._entry, self._value, failed, fence)  # type: ignore[arg-type]
-                )
-            finally:
-                self._release()
-            return
-        if not failed and (
-            done := cache._scope_close_clean(self.key, lock, self._entry, self._value)
-        ):
-            self._lock = self._entry = self._value = None
-            held.reset(self._token)  # type: ignore[arg-type]
-            self._token = None
-            if done == 2:
-                await arun(cache._drain_flow())
-            return
         try:
-            await arun(
-                cache._exit_flow(
-                    self.key, self._entry, self._value, self.ttl, failed, self.conflict
-                )
-            )
+            if self._fence:
+                fence, self._fence = self._fence, 0
+                await arun(cache._strict_exit_flow(self, failed, fence))
+            elif not failed and (done := cache._scope_close_clean(self)):
+                if done == 2:
+                    await arun(cache._drain_flow())
+            else:
+                await arun(cache._exit_flow(self, failed))
         finally:
-            self._release()
+            lock = self._key_lock
+            if lock is not None:
+                lock.owner = None  # first, and inline: nothing can skip it
+            self._let_go()
 
 
 class LazySession(Generic[V]):

@@ -588,9 +588,30 @@ def test_a_load_failure_is_a_counted_miss(namespace: str) -> None:
         namespace=namespace,
         serializer=FaultySerializer(MsgpackSerializer(), faults),
     )
-    faults.fail_next(1)
+    faults.fail_next(2)  # bad bytes fail to decode every time
     assert reader.get("k") is None
     assert reader.stats().corrupt_entries == 1
+    writer.close()
+    reader.close()
+
+
+def test_a_decode_failure_that_does_not_repeat_is_not_corruption(namespace: str) -> None:
+    """An exception from elsewhere (a signal handler's) landing inside the
+    decoder must not get good data quarantined (#10.15): decoding again
+    tells it apart from bad bytes."""
+    shared = DictTier()
+    writer = TieredCache(MemoryTier(), shared, namespace=namespace)
+    writer.set("k", {"v": 1})
+    faults = Faults(methods={"loads"})
+    reader = TieredCache(
+        MemoryTier(),
+        shared,
+        namespace=namespace,
+        serializer=FaultySerializer(MsgpackSerializer(), faults),
+    )
+    faults.fail_next(1)
+    assert reader.get("k") == {"v": 1}
+    assert reader.stats().corrupt_entries == 0 and reader.stats().quarantined == 0
     writer.close()
     reader.close()
 

@@ -674,3 +674,215 @@ def test_an_interrupted_loading_thread_does_not_interrupt_its_waiters(
     t1.join(5)
     t2.join(5)
     assert sorted(map(str, got)) == sorted(["interrupted", str({"n": 1})])
+
+
+# -- 14. a scope may end in another task or thread -------------------------------------------
+
+
+async def test_a_scope_entered_in_one_task_and_exited_in_another(
+    proc: Callable[..., TieredCache], store: DictTier, namespace: str
+) -> None:
+    """#10.14: exiting raised ValueError from a contextvar token after
+    committing, and the first task could never open the key again."""
+    import asyncio
+
+    cache = proc()
+    scope = cache.session("k")
+
+    async def enter() -> Any:
+        return await scope.__aenter__()
+
+    async def leave() -> None:
+        await scope.__aexit__(None, None, None)
+
+    value = await asyncio.create_task(enter())
+    value["by"] = "first task"
+    await asyncio.create_task(leave())
+    assert read(store, namespace, "k") == {"by": "first task"}
+    async with cache.session("k") as s:  # this task, and others, open it again
+        s["n"] = 1
+    assert await asyncio.create_task(cache.aget("k")) == {"by": "first task", "n": 1}
+
+
+def test_a_scope_entered_in_one_thread_and_exited_in_another(
+    proc: Callable[..., TieredCache], store: DictTier, namespace: str
+) -> None:
+    import threading
+
+    cache = proc()
+    scope = cache.session("k")
+    value = scope.__enter__()
+    value["by"] = "main"
+    t = threading.Thread(target=scope.__exit__, args=(None, None, None))
+    t.start()
+    t.join(5)
+    assert read(store, namespace, "k") == {"by": "main"}
+    with cache.session("k") as s:
+        s["n"] = 1
+    done: list[Any] = []
+
+    def other() -> None:
+        with cache.session("k") as s:
+            done.append(dict(s))
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(5)
+    assert done == [{"by": "main", "n": 1}]
+
+
+# -- 15. an interrupt never leaves a lock held -------------------------------------------------
+
+
+STORM = """
+import gc, json, random, signal, sys, threading, time
+from tiercache import MemoryTier, TierCacheError, TieredCache
+from tiercache.testing import DictTier, FakeClock
+
+
+class Interrupt(BaseException):
+    pass  # what KeyboardInterrupt is
+
+
+class Timeout(Exception):
+    pass  # the common kind: an alarm-based request timeout
+
+
+kind = Interrupt if sys.argv[1] == "base" else Timeout
+clock = FakeClock()
+cache = TieredCache(MemoryTier(), DictTier(clock=clock), namespace="storm", clock=clock)
+zone = [False]  # raise only inside cache calls, never in this script's own code
+
+
+def handler(signum, frame):
+    if zone[0]:
+        raise kind
+
+
+signal.signal(signal.SIGALRM, handler)
+rng = random.Random(int(sys.argv[2]))
+interrupts = 0
+deadline = time.monotonic() + float(sys.argv[3])
+signal.setitimer(signal.ITIMER_REAL, 0.0003, 0.00017)
+while time.monotonic() < deadline:
+    key = f"k{rng.randrange(4)}"
+    op = rng.randrange(6)
+    try:
+        zone[0] = True
+        if op == 0:
+            with cache.session(key) as s:
+                s["n"] = s.get("n", 0) + 1
+        elif op == 1:
+            with cache.session(key) as s:
+                s.get("n")
+        elif op == 2:
+            cache.set(key, {"n": 0})
+        elif op == 3:
+            cache.get(key)
+        elif op == 4:
+            cache.update(key, lambda v: v.update(u=1))
+        else:
+            cache.delete(key)
+        zone[0] = False
+    except (kind, TierCacheError):
+        zone[0] = False
+        interrupts += 1
+signal.setitimer(signal.ITIMER_REAL, 0)
+zone[0] = False
+clock.advance(60)  # past any breaker backoff a wrapped interrupt opened
+gc.collect()  # scopes dropped mid-way give their keys back here at the latest
+opened = []
+
+
+def open_all():
+    try:
+        for i in range(4):
+            with cache.session(f"k{i}") as s:
+                s["after"] = True
+            opened.append(f"k{i}")
+    except Exception as exc:
+        opened.append(repr(exc))
+
+
+t = threading.Thread(target=open_all, daemon=True)
+t.start()
+t.join(5)
+closer = threading.Thread(target=cache.close, daemon=True)
+closer.start()
+closer.join(5)
+st = cache.stats()
+print(json.dumps({
+    "interrupts": interrupts,
+    "opened": opened,
+    "close_hung": closer.is_alive(),
+    "corrupt": st.corrupt_entries,
+    "quarantined": st.quarantined,
+}))
+sys.stdout.flush()
+import os
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_interrupts_at_random_moments_never_leave_a_lock_held(seed: int) -> None:
+    """#10.15: a KeyboardInterrupt (or any exception a signal handler
+    raises) landing between a lock's acquire and release left the memory
+    lock or a key lock held: the next call hung, and so did close(). A real
+    process takes a timer signal every ~0.2 ms whose handler raises, as
+    KeyboardInterrupt does, at random moments into scopes, sets, gets,
+    updates and deletes (thousands of times); afterwards every key opens
+    from another thread at once, close() returns, and no good data was
+    taken for corrupt. (An ordinary exception from a handler, landing in
+    the decoder, is tests/unit/test_faults.py's
+    test_a_decode_failure_that_does_not_repeat_is_not_corruption: at this
+    rate it would also hit the logging module, which is not built for it.)"""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", STORM, "base", str(seed), "3"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    result = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    assert result["interrupts"] > 500, "the signals did land"
+    assert result["opened"] == ["k0", "k1", "k2", "k3"], "a key stayed locked"
+    assert result["close_hung"] is False
+    assert result["corrupt"] == 0 and result["quarantined"] == 0, "good data taken for bad"
+
+
+# -- 16. a sync scope inside a coroutine never hangs --------------------------------------------
+
+
+async def test_a_sync_scope_inside_a_coroutine_on_a_held_key_is_a_clear_error(
+    proc: Callable[..., TieredCache],
+) -> None:
+    """#10.16: with cache.session(k) (sync) on the event loop's thread while
+    another task holds k in async with: it hung forever."""
+    import asyncio
+
+    from tiercache import TierCacheError
+
+    cache = proc()
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with cache.session("k") as s:
+            s["by"] = "holder"
+            holding.set()
+            await release.wait()
+
+    task = asyncio.create_task(holder())
+    await holding.wait()
+    with pytest.raises(TierCacheError, match="async with"), cache.session("k"):
+        pass
+    with pytest.raises(TierCacheError, match="async with"):
+        cache.set("k", {"x": 1})
+    release.set()
+    await task
+    with cache.session("k") as s:  # free: a sync scope in a coroutine works
+        assert s["by"] == "holder"
+    assert await cache.aget("k") == {"by": "holder"}
