@@ -410,9 +410,11 @@ class RedisBus(_BusBase):
     own connection with the same settings, and ``apublish`` runs the sync
     publish in a worker thread). ``maxlen`` caps the stream (approximately,
     ``MAXLEN ~``): it is how much a disconnected listener can miss and still
-    replay. ``block_ms`` is how long one ``XREAD`` waits; it bounds nothing
-    a user sees, since ``close`` unblocks the read. A URL is checked as
-    :class:`~tiercache.RedisTier` checks it (``rediss://`` works the same).
+    replay. ``block_ms`` is how long one ``XREAD`` waits (``close``
+    unblocks it); it bounds how soon an idle listener notices that its
+    stream was emptied or deleted with nothing published since. A URL is
+    checked as :class:`~tiercache.RedisTier` checks it (``rediss://`` works
+    the same).
 
     ``on_messages`` and ``on_gap`` run on the listener thread: keep them
     short and thread-safe.
