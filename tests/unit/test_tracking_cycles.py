@@ -465,11 +465,31 @@ def make_cache() -> tuple[TieredCache, DictTier]:
     return TieredCache(MemoryTier(), tier, namespace="x"), tier
 
 
+def test_a_scope_names_the_key_keeps_the_value_and_stays_usable() -> None:
+    cache, tier = make_cache()
+    with cache.session("k") as s:
+        s["n"] = 1
+    stored = tier.get("x:k")
+    assert stored is not None
+    with cache.session("k") as s:
+        with expect("cannot store key 'k': value['a']['me'] is value['a'] (a cycle)"):
+            s["a"] = self_dict()
+        with expect("cannot store key 'k': value['n'].next is value['n'] (a cycle)"):
+            s["n"] = dataclass_self()
+        assert s == {"n": 1} and not is_dirty(s)
+    assert tier.get("x:k") == stored  # nothing was written
+    with cache.session("k") as s:
+        with pytest.raises(SerializationError):
+            s.setdefault("tags", set()).add(self_in_a_set())
+        s["m"] = 2  # the scope goes on
+    assert cache.get("k") == {"n": 1, "m": 2, "tags": set()}
+
+
 def test_a_scope_whose_body_raises_rolls_back() -> None:
     cache, tier = make_cache()
     cache.set("k", {"n": 1})
     stored = tier.get("x:k")
-    with pytest.raises(SerializationError, match=r"value\['a'\]\['me'\] is value\['a'\]"):
+    with pytest.raises(SerializationError, match=r"^cannot store key 'k': "):
         with cache.session("k") as s:
             s["n"] = 2
             s["a"] = self_dict()
@@ -574,6 +594,18 @@ def test_depth_counts_from_the_root_on_every_write() -> None:
     cur["y"] = 1  # an atom is no level
     cur["z"] = bytearray(b"opaque")  # nor is a value that is not walked
     assert dirty_fields(s) == {"x"}
+
+
+def test_a_session_refuses_depth_with_the_key() -> None:
+    cache, _ = make_cache()
+    with cache.session("k") as s:
+        s["a"] = nested(dict, MAX_DEPTH - 1)
+        with pytest.raises(
+            SerializationError,
+            match=f"^cannot store key 'k': nested deeper than {MAX_DEPTH} levels at value\\['b'\\]",
+        ):
+            s["b"] = nested(dict, MAX_DEPTH)
+    assert cache.get("k") == {"a": nested(dict, MAX_DEPTH - 1)}
 
 
 def at_depth(frames: int, fn: Callable[[], Any]) -> Any:
