@@ -788,7 +788,8 @@ def _release(v: Any, to: _Root | None = None) -> None:
     elif "_tc_orig" in t.__dict__:
         object.__setattr__(v, "_tc_root", to)
         items = _obj_state(v).values()
-    elif t is tuple or t is frozenset or issubclass(t, tuple):
+    elif t is tuple or t is frozenset or (issubclass(t, tuple) and hasattr(t, "_make")):
+        # (other tuple subclasses are opaque: adoption never goes inside)
         items = v
     else:
         return
@@ -1805,18 +1806,30 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, enum.Enum):
         return a is b
     if issubclass(k, tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+        if len(a) != len(b) or (not hasattr(k, "_make") and not _intact(a, b)):
+            return False
+        return all(_same(x, y) for x, y in zip(a, b, strict=True))
     if "_tc_orig" in ta.__dict__ or "_tc_orig" in tb.__dict__ or _is_plain_obj(a):
+        if _is_frozen_dataclass(k) and not _intact(a, b):
+            return False
         sa, sb = _obj_state(a), _obj_state(b)
         return _same(sa, sb)
     return bool(_fingerprint(a) == _fingerprint(b))
+
+
+def _intact(a: Any, b: Any) -> bool:
+    """Frozen shells and tuple subclasses other than namedtuples hold parts
+    that adoption checked but never took over, so they may have changed
+    since (a cycle, more depth): compare them part by part only if neither
+    side did. If one did, the two differ, and the serializer names where."""
+    return _scan(a, 1) is None and _scan(b, 1) is None
 
 
 def _is_plain_obj(v: Any) -> bool:
     return _tracked_class(type(v)) is not None or _is_frozen_dataclass(type(v))
 
 
-def _canon(v: Any) -> Any:
+def _canon(v: Any, depth: int = 1) -> Any:
     """A hashable, type-strict canonical form (for set members and keys)."""
     t = type(v)
     if t in _SIMPLE:
@@ -1825,17 +1838,22 @@ def _canon(v: Any) -> Any:
         return (t, v.hex())
     if t in _ATOMS:
         return (t, repr(v))
+    if depth > MAX_DEPTH:
+        # Adoption bounds everything but dict keys, which it stores as given:
+        # an object key holding its own dict ends here, told by identity.
+        return (t, id(v))
+    d = depth + 1
     k = _kind(t)
     if k is dict:
-        return (dict, frozenset((_canon(x), _canon(y)) for x, y in dict.items(v)))
+        return (dict, frozenset((_canon(x, d), _canon(y, d)) for x, y in dict.items(v)))
     if k is list or k is tuple or (isinstance(k, type) and issubclass(k, tuple)):
-        return (k, tuple(_canon(x) for x in v))
+        return (k, tuple(_canon(x, d) for x in v))
     if k is set or k is frozenset:
-        return (k, frozenset(_canon(x) for x in v))
+        return (k, frozenset(_canon(x, d) for x in v))
     if isinstance(v, enum.Enum):
         return (t, v.name)
     if "_tc_orig" in t.__dict__ or _is_plain_obj(v):
-        return (k, _canon(_obj_state(v)))
+        return (k, _canon(_obj_state(v), depth))
     return (t, _fingerprint(v))
 
 
@@ -1846,7 +1864,11 @@ def _fingerprint(v: Any) -> Any:
     try:
         return pickle.dumps(v, protocol=5)
     except Exception:
+        pass
+    try:
         return repr(v)
+    except Exception:  # a repr that fails, or recurses too deep: identity
+        return ("id", id(v))
 
 
 # -- the API ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -669,6 +670,39 @@ def test_shared_parts_are_copied_as_before() -> None:
     assert s["z"]["again"] is not s["b"] and s["z"]["again"] == s["b"]
     s["me"] = s  # the root itself: a copy of it, not a cycle
     assert s["me"] is not s and "me" not in s["me"]
+
+
+# -- the helpers never meet what adoption refused ------------------------------------
+
+
+def test_a_frozen_shell_grown_into_a_cycle_after_adoption() -> None:
+    # A frozen shell's insides are compared, not tracked: a cycle made there
+    # later reads as a change (the serializer then names it), not a crash.
+    s = track({"f": Shell([1]), "n": 0})
+    s["f"].items.append(s["f"])
+    assert is_dirty(s) and dirty_fields(s) == {"f"}
+    with pytest.raises(SerializationError):
+        mark_clean(s)
+
+
+def test_an_object_key_holding_its_own_dict() -> None:
+    # Keys are stored as given (never adopted); comparing them stays bounded.
+    key = Plain()
+    s = track({"m": {key: 1}})
+    key.next = s["m"]
+    s["m"]["z"] = 1
+    del s["m"]["z"]
+    assert not is_dirty(s)
+
+
+def test_an_opaque_value_too_deep_to_pickle_is_compared_by_identity() -> None:
+    a: deque[Any] = deque()
+    b: deque[Any] = deque()
+    for _ in range(3_000):
+        a, b = deque([a]), deque([b])
+    s = track({"q": a})
+    s["q"] = b
+    assert dirty_fields(s) == {"q"}
 
 
 # -- property: random values with back references --------------------------------------
