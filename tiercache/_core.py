@@ -279,7 +279,7 @@ class Core:
         CorruptEntryError, counted."""
         try:
             return track(plain)
-        except (TypeError, ValueError, RecursionError) as exc:
+        except (TypeError, ValueError, RecursionError, SerializationError) as exc:
             raise self._unreadable(
                 f"a value that cannot be tracked ({type(exc).__name__})"
             ) from None

@@ -47,6 +47,21 @@ Policies, fixed here and tested in ``tests/unit/test_tracking*.py``:
   their top-level field *watched*: a plain copy is kept at the clean point
   and compared whenever the root is checked. Roots with no watched field
   answer ``is_dirty`` from the flag alone.
+* **Cycles and depth:** adoption refuses a value that contains itself (a
+  dict or list holding itself, ``a.b = a``, mutual cycles, cycles through a
+  set of objects) or that would make its root nest more than
+  :data:`MAX_DEPTH` containers deep (the root is level 1; atoms and opaque
+  values are not levels), with a :class:`~tiercache.SerializationError`
+  naming the path -- and the cache key, once the root has one -- at
+  :func:`track` and at every mutator and attribute write. A refused write
+  leaves the container, the value offered and the root's dirty state as
+  they were. Shared parts that are not cycles (one plain list in two
+  fields) are copied, as the aliasing policy says. 100 levels keep every
+  recursive helper here (the adoption walk, copies, comparisons: at most
+  three frames a level) within about 300 frames, so a caller may already
+  be ~600 frames deep under Python's default recursion limit of 1000; the
+  msgpack serializer's own limit is 511. Frozen dataclasses and other
+  values that are compared but not adopted count toward the limit too.
 * **Not seen:** writes that bypass Python entirely -- unbound
   ``dict.__setitem__(d, ...)`` on a tracked dict, ``obj.__dict__[k] = v``,
   ``object.__setattr__`` -- and mutations of dict keys (keys are stored as
@@ -64,14 +79,15 @@ import math
 import operator
 import pickle
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Final, SupportsIndex
 
-from ._exceptions import DetachedError
+from ._exceptions import DetachedError, SerializationError
 
 __all__ = [
+    "MAX_DEPTH",
     "MISSING",
     "WHOLE",
     "TrackedDict",
@@ -113,6 +129,11 @@ WHOLE: Final[Any] = _Sentinel("WHOLE")
 # _tc_field of a dict or object root: the field is the key / attribute.
 _SELF: Final[Any] = _Sentinel("_SELF")
 
+#: How many containers deep a tracked root may nest, the root itself being
+#: level 1 (``{"a": [{}]}`` is 3 deep); deeper values are refused with a
+#: SerializationError. See the module docs for why 100.
+MAX_DEPTH: Final = 100
+
 _RESERVED = "_tc_"
 
 # Values that never change in place: returned as-is, never watched.
@@ -148,11 +169,13 @@ _ATOMS.add(_Sentinel)
 class _Root:
     """The bookkeeping of one tracked value; nodes point here."""
 
-    __slots__ = ("backup", "detached", "dirty", "kind", "order", "saved", "value")
+    __slots__ = ("backup", "detached", "dirty", "kind", "label", "order", "saved", "value")
 
     def __init__(self, kind: str) -> None:
         self.kind = kind  # "d" dict, "o" object, "w" list/set (one field)
         self.value: Any = None
+        # The cache key, when the cache set it: refusals name it.
+        self.label: str | None = None
         self.dirty = False
         self.detached = False
         # field -> plain copy at the clean point (MISSING: did not exist);
@@ -205,22 +228,43 @@ def _get_field(root: _Root, field: Any) -> Any:
 # -- adoption -------------------------------------------------------------------
 
 
+class _Refused(SerializationError):
+    """Raised inside an adoption walk at a cycle or past :data:`MAX_DEPTH`.
+
+    Whoever started the walk puts back what it changed and raises a
+    SerializationError naming the path instead (:func:`_refusal`); this
+    message is seen only for values that entered without adoption and are
+    met by the re-walk at a clean point."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"a value holding a cycle or nested deeper than {MAX_DEPTH} levels entered "
+            "without adoption (heapq, C code) and cannot be tracked"
+        )
+
+
 class _Walk:
-    """State of one adoption walk: nodes already claimed, and whether the
-    field holds anything that must be watched."""
+    """State of one adoption walk: nodes already claimed in place, whether
+    the field holds anything that must be watched, and the undo log."""
 
-    __slots__ = ("seen", "store", "watch")
+    __slots__ = ("log", "seen", "store", "watch")
 
-    def __init__(self, store: bool = False) -> None:
+    def __init__(self, store: bool = False, log: list[Any] | None = None) -> None:
         self.seen: set[int] = set()
         self.watch = False
         # A store copies every attached node it meets, even inside a tuple;
         # a re-walk (clean point) keeps the nodes already in their field.
         self.store = store
+        # What the walk changes in the caller's own objects (class swaps,
+        # stamps, replaced items and attributes) as (function, *args) steps
+        # to undo if it is refused; None on a re-walk at a clean point,
+        # which only meets nodes that are ours already.
+        self.log = log
 
 
-def _adopt(value: Any, root: _Root, field: Any) -> Any:
-    """Adopt a value entering a tracked container (store mode).
+def _adopt(value: Any, root: _Root, field: Any, depth: int, log: list[Any]) -> Any:
+    """Adopt a value entering a tracked container at ``depth`` (store mode);
+    raises _Refused (after which the caller undoes ``log``).
 
     A node attached anywhere is copied: the caller re-storing it in its own
     place never gets here (that is a no-op write)."""
@@ -228,7 +272,7 @@ def _adopt(value: Any, root: _Root, field: Any) -> Any:
         return value
     if _node_root(value) is not None:
         value = _plain(value)
-    return _claim(value, root, field, _Walk(store=True))
+    return _claim(value, root, field, _Walk(True, log), depth)
 
 
 def _node_root(value: Any) -> _Root | None:
@@ -239,74 +283,110 @@ def _node_root(value: Any) -> _Root | None:
     return None
 
 
-def _claim(v: Any, root: _Root, field: Any, walk: _Walk) -> Any:
-    """Return ``v`` adopted under ``root``/``field``: plain containers become
-    tracked copies, free or own nodes are re-stamped in place, nodes
-    attached elsewhere (or met twice) are copied."""
+# The adoption walk recurses (a call per level is cheaper than an explicit
+# stack in CPython) and counts levels instead of trusting the interpreter's
+# limit: past MAX_DEPTH it raises _Refused. A cycle of plain containers is
+# copied round until that happens; one through a node claimed in place
+# (objects, free tracked containers) is found when the walk meets the node
+# again (_copy_of). Either way _refusal then finds and names the spot.
+
+
+def _claim(v: Any, root: _Root, field: Any, walk: _Walk, depth: int) -> Any:
+    """Return ``v`` adopted under ``root``/``field`` at level ``depth``:
+    plain containers become tracked copies, free or own nodes are
+    re-stamped in place, nodes attached elsewhere (or met twice) are
+    copied."""
     t = type(v)
     if t in _ATOMS:
         return v
     if t is dict:
+        if depth > MAX_DEPTH:
+            raise _Refused
         c = dict.__new__(TrackedDict)
         c._tc_root = root
         c._tc_field = field
+        c._tc_depth = depth
         dict.update(c, v)
-        _claim_dict_items(c, root, field, walk)
+        _claim_dict_items(c, root, field, walk, depth + 1)
         return c
     if t is list:
+        if depth > MAX_DEPTH:
+            raise _Refused
         lc = list.__new__(TrackedList)
         lc._tc_root = root
         lc._tc_field = field
+        lc._tc_depth = depth
         list.extend(lc, v)
-        _claim_list_items(lc, root, field, walk)
+        _claim_list_items(lc, root, field, walk, depth + 1)
         return lc
     if t is set:
+        if depth > MAX_DEPTH:
+            raise _Refused
         sc = set.__new__(TrackedSet)
         sc._tc_root = root
         sc._tc_field = field
+        sc._tc_depth = depth
         set.update(sc, v)
-        _claim_set_items(sc, root, field, walk)
+        _claim_set_items(sc, root, field, walk, depth + 1)
         return sc
     if t in _CONTAINER_TYPES:
+        if depth > MAX_DEPTH:
+            raise _Refused
         if not _claimable(v, root, field, walk):
-            return _claim(_plain(v), root, field, walk)
+            return _claim(_copy_of(v, walk, depth), root, field, walk, depth)
+        if walk.log is not None:
+            walk.log.append((_restore_node, v, v._tc_root, v._tc_field, v._tc_depth, _contents(v)))
         v._tc_root = root
         v._tc_field = field
+        v._tc_depth = depth
         if t is TrackedDict:
-            _claim_dict_items(v, root, field, walk)
+            _claim_dict_items(v, root, field, walk, depth + 1)
         elif t is TrackedList:
-            _claim_list_items(v, root, field, walk)
+            _claim_list_items(v, root, field, walk, depth + 1)
         else:
-            _claim_set_items(v, root, field, walk)
+            _claim_set_items(v, root, field, walk, depth + 1)
         return v
-    return _claim_other(v, root, field, walk)
+    return _claim_other(v, root, field, walk, depth)
 
 
 def _claimable(node: Any, root: _Root, field: Any, walk: _Walk) -> bool:
+    """Whether a node may be claimed in place (then it counts as seen)."""
     r = node._tc_root
-    ok = r is None or (
-        not walk.store and r is root and node._tc_field == field and id(node) not in walk.seen
-    )
-    walk.seen.add(id(node))
-    return ok
+    i = id(node)
+    if r is None or (
+        not walk.store and r is root and node._tc_field == field and i not in walk.seen
+    ):
+        walk.seen.add(i)
+        return True
+    return False
 
 
-def _claim_dict_items(c: dict[Any, Any], root: _Root, field: Any, walk: _Walk) -> None:
+def _copy_of(node: Any, walk: _Walk, depth: int) -> Any:
+    """A plain copy of a node that cannot be claimed in place. One claimed
+    earlier in this walk is either a part met twice (copy it) or an
+    ancestor of this spot -- a cycle, which _plain would follow forever."""
+    if id(node) in walk.seen and _scan(node, depth) is not None:
+        raise _Refused
+    return _plain(node)
+
+
+def _claim_dict_items(c: dict[Any, Any], root: _Root, field: Any, walk: _Walk, depth: int) -> None:
+    # depth: the level of the items
     for k, x in dict.items(c):
         if type(x) not in _ATOMS:
-            nx = _claim(x, root, field, walk)
+            nx = _claim(x, root, field, walk, depth)
             if nx is not x:
                 dict.__setitem__(c, k, nx)
 
 
-def _claim_list_items(c: list[Any], root: _Root, field: Any, walk: _Walk) -> None:
+def _claim_list_items(c: list[Any], root: _Root, field: Any, walk: _Walk, depth: int) -> None:
     heapable = True
     for i, x in enumerate(list.__iter__(c)):
         tx = type(x)
         if tx not in _ATOMS:
             if tx in _ANY_CONTAINER:
                 heapable = False
-            nx = _claim(x, root, field, walk)
+            nx = _claim(x, root, field, walk, depth)
             if nx is not x:
                 list.__setitem__(c, i, nx)
     if heapable:
@@ -314,11 +394,11 @@ def _claim_list_items(c: list[Any], root: _Root, field: Any, walk: _Walk) -> Non
         walk.watch = True
 
 
-def _claim_set_items(c: set[Any], root: _Root, field: Any, walk: _Walk) -> None:
+def _claim_set_items(c: set[Any], root: _Root, field: Any, walk: _Walk, depth: int) -> None:
     swaps = []
     for x in set.__iter__(c):
         if type(x) not in _ATOMS:
-            nx = _claim(x, root, field, walk)
+            nx = _claim(x, root, field, walk, depth)
             if nx is not x:
                 swaps.append((x, nx))
     for x, nx in swaps:
@@ -326,13 +406,16 @@ def _claim_set_items(c: set[Any], root: _Root, field: Any, walk: _Walk) -> None:
         set.add(c, nx)
 
 
-def _claim_other(v: Any, root: _Root, field: Any, walk: _Walk) -> Any:
+def _claim_other(v: Any, root: _Root, field: Any, walk: _Walk, depth: int) -> Any:
     t = type(v)
     if isinstance(v, enum.Enum):
         _ATOMS.add(t)
         return v
     if t is tuple or t is frozenset or (issubclass(t, tuple) and hasattr(t, "_make")):
-        items = [x if type(x) in _ATOMS else _claim(x, root, field, walk) for x in v]
+        if depth > MAX_DEPTH:
+            raise _Refused
+        d = depth + 1
+        items = [x if type(x) in _ATOMS else _claim(x, root, field, walk, d) for x in v]
         if all(a is b for a, b in zip(items, v, strict=True)):
             return v
         if t is tuple:
@@ -341,22 +424,35 @@ def _claim_other(v: Any, root: _Root, field: Any, walk: _Walk) -> Any:
             return frozenset(items)
         return t._make(items)
     if "_tc_orig" in t.__dict__:
+        if depth > MAX_DEPTH:
+            raise _Refused
         if not _claimable(v, root, field, walk):
-            return _claim(_plain(v), root, field, walk)
-        object.__setattr__(v, "_tc_root", root)
-        object.__setattr__(v, "_tc_field", field)
-        _claim_obj_state(v, root, field, walk)
+            return _claim(_copy_of(v, walk, depth), root, field, walk, depth)
+        if walk.log is not None:
+            walk.log.append((_restore_stamps, v, v._tc_root, v._tc_field, v._tc_depth))
+        _stamp(v, root, field, depth)
+        _claim_obj_state(v, root, field, walk, depth)
         return v
     if _is_frozen_dataclass(t):
-        if not _is_immutable(v):
+        # Not adopted, but copied and compared field by field: it counts
+        # toward depth and cycles like the values around it.
+        if not _is_immutable(v, depth):
+            _check(v, depth)
             walk.watch = True  # a frozen shell around mutable parts
+        return v
+    if issubclass(t, tuple):
+        # not a namedtuple: opaque here, but compared item by item
+        _check(v, depth)
+        walk.watch = True
         return v
     tc = _tracked_class(t)
     if tc is None:
         walk.watch = True  # opaque: bytearray, foreign objects...
         return v
+    if depth > MAX_DEPTH:
+        raise _Refused
     if tc._tc_copies:
-        # A __slots__ layout cannot take the two tracking slots in place.
+        # A __slots__ layout cannot take the tracking slots in place.
         new = object.__new__(tc)
         for s in tc._tc_slots:
             try:
@@ -371,25 +467,318 @@ def _claim_other(v: Any, root: _Root, field: Any, walk: _Walk) -> Any:
             _OBJ_CLASSES[t] = None
             walk.watch = True
             return v
-    object.__setattr__(v, "_tc_root", root)
-    object.__setattr__(v, "_tc_field", field)
+        if walk.log is not None:
+            walk.log.append((_unswap, v, t))
+    _stamp(v, root, field, depth)
     walk.seen.add(id(v))
-    _claim_obj_state(v, root, field, walk)
+    _claim_obj_state(v, root, field, walk, depth)
     return v
 
 
-def _claim_obj_state(v: Any, root: _Root, field: Any, walk: _Walk) -> None:
+def _stamp(obj: Any, root: _Root | None, field: Any, depth: int) -> None:
+    object.__setattr__(obj, "_tc_root", root)
+    object.__setattr__(obj, "_tc_field", field)
+    object.__setattr__(obj, "_tc_depth", depth)
+
+
+def _claim_obj_state(v: Any, root: _Root, field: Any, walk: _Walk, depth: int) -> None:
+    d = depth + 1
+    log = walk.log
     for name, x in _obj_state(v).items():
         if type(x) not in _ATOMS:
             sub = field if field is not _SELF else name
-            nx = _claim(x, root, sub, walk)
+            nx = _claim(x, root, sub, walk, d)
             if nx is not x:
+                if log is not None:
+                    log.append((object.__setattr__, v, name, x))
                 object.__setattr__(v, name, nx)
+
+
+def _check(v: Any, depth: int) -> None:
+    if _scan(v, depth) is not None:
+        raise _Refused
+
+
+# -- undoing a refused walk -------------------------------------------------------
+
+
+def _contents(node: Any) -> list[Any]:
+    return list(dict.items(node)) if type(node) is TrackedDict else list(node)
+
+
+def _restore_node(
+    node: Any, root: _Root | None, field: Any, depth: int, contents: list[Any]
+) -> None:
+    node._tc_root = root
+    node._tc_field = field
+    node._tc_depth = depth
+    t = type(node)
+    if t is TrackedDict:
+        dict.clear(node)
+        dict.update(node, contents)
+    elif t is TrackedList:
+        list.__setitem__(node, slice(None), contents)
+    else:
+        set.clear(node)
+        set.update(node, contents)
+
+
+def _restore_stamps(obj: Any, root: _Root | None, field: Any, depth: int) -> None:
+    _stamp(obj, root, field, depth)
+
+
+def _unswap(obj: Any, cls: type) -> None:
+    # Only classes with a __dict__ are swapped (slotted ones are copied).
+    state = obj.__dict__
+    for name in ("_tc_root", "_tc_field", "_tc_depth"):
+        state.pop(name, None)
+    object.__setattr__(obj, "__class__", cls)
+
+
+def _restore_key(node: dict[Any, Any], key: Any, old: Any) -> None:
+    if old is MISSING:
+        dict.pop(node, key, None)
+    else:
+        dict.__setitem__(node, key, old)
+
+
+def _refill_set(node: set[Any], members: list[Any], root: _Root) -> None:
+    set.clear(node)
+    set.update(node, members)
+    for m in members:
+        _release(m, root)
+
+
+def _undo(log: list[Any]) -> None:
+    for step in reversed(log):
+        step[0](*step[1:])
+
+
+class _Undo:
+    """One mutation's way back: the root's dirty state before it, and the
+    log of what it changed since (items stored, values released, what
+    adoption did in place)."""
+
+    __slots__ = ("dirty", "log", "root", "saved")
+
+    def __init__(self, root: _Root) -> None:
+        self.root = root
+        self.dirty = root.dirty
+        # Fields first touched by the mutation are appended to root.saved.
+        self.saved = len(root.saved)
+        self.log: list[Any] = []
+
+    def rollback(self) -> None:
+        _rollback(self.root, self.log, self.dirty, self.saved)
+
+
+def _rollback(root: _Root, log: list[Any], dirty: bool, saved: int) -> None:
+    """Undo ``log``, then give the root back its dirty flag and its saved
+    fields as they were (``saved``: how many; a mutation only appends)."""
+    _undo(log)
+    fields = root.saved
+    while len(fields) > saved:
+        fields.popitem()
+    root.dirty = dirty
+
+
+def _enter(root: _Root, field: Any, old: Any, value: Any, depth: int, log: list[Any]) -> Any:
+    """Steps 3 and 4 of a write putting a non-atom where ``old`` was (MISSING:
+    nothing): save the field, release ``old``, adopt ``value``. Logs what it
+    changes; raises _Refused."""
+    if field not in root.saved:
+        _save(root, field)
+    root.dirty = True
+    if old is not MISSING and type(old) not in _ATOMS:
+        # Released first, so a value moved out of ``old`` is adopted in place.
+        _release(old)
+        log.append((_release, old, root))
+    return _adopt(value, root, field, depth, log)
+
+
+def _adopt_into(node: Any, root: _Root, field: Any, value: Any, step: _Step) -> Any:
+    """Touch ``field`` and adopt one non-atom entering ``node`` at ``step``; a
+    refusal leaves everything as it was and names the path."""
+    dirty, saved = root.dirty, len(root.saved)
+    log: list[Any] = []
+    _touch(root, field)
+    try:
+        return _adopt(value, root, field, node._tc_depth + 1, log)
+    except _Refused:
+        _rollback(root, log, dirty, saved)
+        raise _refused_at(root, node, step, value) from None
+
+
+# -- finding and naming what was refused (error path only) -----------------------
+
+# One step of a path: ("[]", key or index), (".", attribute), ("item", member).
+_Step = tuple[str, Any]
+
+
+def _parts(x: Any) -> Iterator[tuple[str, Any, Any]] | None:
+    """The (how, key, child) non-atom children of everything the tracker
+    walks, copies or compares part by part; None for a leaf."""
+    t = type(x)
+    if t in _ATOMS:
+        return None
+    atoms = _ATOMS
+    if t is dict or t is TrackedDict:
+        return (("[]", k, v) for k, v in dict.items(x) if type(v) not in atoms)
+    if t is list or t is TrackedList:
+        return (("[]", i, v) for i, v in enumerate(list.__iter__(x)) if type(v) not in atoms)
+    if t is set or t is TrackedSet or t is frozenset:
+        return (("item", v, v) for v in x if type(v) not in atoms)
+    if isinstance(x, enum.Enum):
+        return None
+    if issubclass(t, tuple):
+        return (("[]", i, v) for i, v in enumerate(x) if type(v) not in atoms)
+    if "_tc_orig" in t.__dict__ or _is_frozen_dataclass(t) or _tracked_class(t) is not None:
+        state = _obj_state(x)
+        return ((".", k, v) for k, v in state.items() if type(v) not in atoms)
+    return None
+
+
+def _scan(value: Any, depth: int) -> tuple[list[_Step], int | None] | None:
+    """Where ``value``, placed at level ``depth``, holds a cycle or nests past
+    MAX_DEPTH: the steps from ``value`` to the offending container and the
+    index in them of the ancestor it repeats (None: too deep); None if
+    neither. Iterative, because the values it judges are the ones too deep
+    for recursion; a part seen whole is not walked again at a level no
+    deeper, so shared parts cost once."""
+    kids = _parts(value)
+    if kids is None:
+        return None
+    if depth > MAX_DEPTH:
+        return [], None
+    stack = [kids]
+    steps: list[_Step] = []
+    # id -> index in stack, for the containers on the current path
+    active = {id(value): 0}
+    passed: dict[int, int] = {}  # id -> deepest level it was found fine at
+    path_ids = [id(value)]
+    while stack:
+        for how, key, child in stack[-1]:
+            ck = _parts(child)
+            if ck is None:
+                continue
+            i = id(child)
+            at = active.get(i)
+            if at is not None:
+                return [*steps, (how, key)], at
+            level = depth + len(stack)
+            if passed.get(i, 0) >= level:
+                continue
+            if level > MAX_DEPTH:
+                return [*steps, (how, key)], None
+            active[i] = len(stack)
+            path_ids.append(i)
+            stack.append(ck)
+            steps.append((how, key))
+            break
+        else:
+            stack.pop()
+            i = path_ids.pop()
+            del active[i]
+            level = depth + len(stack)
+            if passed.get(i, 0) < level:
+                passed[i] = level
+            if steps:
+                steps.pop()
+    return None
+
+
+def _find(top: Any, node: Any) -> list[_Step] | None:
+    """The steps from ``top`` to ``node`` (by identity) inside a tracked value."""
+    kids = _parts(top)
+    if kids is None:
+        return None
+    stack = [kids]
+    steps: list[_Step] = []
+    while stack:
+        for how, key, child in stack[-1]:
+            if child is node:
+                return [*steps, (how, key)]
+            ck = _parts(child)
+            if ck is not None and len(stack) <= MAX_DEPTH:
+                stack.append(ck)
+                steps.append((how, key))
+                break
+        else:
+            stack.pop()
+            if steps:
+                steps.pop()
+    return None
+
+
+def _path_to(root: _Root, node: Any) -> list[_Step]:
+    """Where ``node`` sits in its root."""
+    top = root.value
+    if node is top:
+        return []
+    if root.kind == "w":
+        return _find(top, node) or [("...", None)]
+    field = node._tc_field
+    first: _Step = ("[]" if root.kind == "d" else ".", field)
+    sub = _get_field(root, field)
+    if sub is node:
+        return [first]
+    rest = _find(sub, node)
+    return [first, *(rest or [("...", None)])]
+
+
+def _short(x: Any) -> str:
+    t = type(x)
+    if (
+        t in _ATOMS
+        or isinstance(x, enum.Enum)
+        or (t is tuple and all(type(y) in _ATOMS for y in x))
+    ):
+        r = repr(x)
+        return r if len(r) <= 40 else r[:37] + "..."
+    return f"<{_orig_class(t).__name__}>"
+
+
+def _render(steps: list[_Step]) -> str:
+    parts = []
+    for how, key in steps:
+        if how == "[]":
+            parts.append(f"[{_short(key)}]")
+        elif how == ".":
+            parts.append(f".{key}")
+        elif how == "item":
+            parts.append(f" item {_short(key)}")
+        else:
+            parts.append("...")
+    if len(parts) > 12:
+        parts[6:-6] = [f"...({len(parts) - 12} more)..."]
+    return "value" + "".join(parts)
+
+
+def _refusal(label: str | None, where: list[_Step], value: Any, depth: int) -> SerializationError:
+    """The error for ``value``, refused on its way to ``where`` (steps from
+    the root) at level ``depth``; the caller has already put everything back."""
+    found = _scan(value, depth)
+    if found is None:  # pragma: no cover - the walk and _scan agree
+        detail = f"{_render(where)} holds a cycle or nests deeper than {MAX_DEPTH} levels"
+    else:
+        steps, at = found
+        path = _render(where + steps)
+        if at is None:
+            detail = f"nested deeper than {MAX_DEPTH} levels at {path}"
+        else:
+            detail = f"{path} is {_render(where + steps[:at])} (a cycle)"
+    if label is not None:
+        detail = f"cannot store key {label!r}: {detail}"
+    return SerializationError(detail)
+
+
+def _refused_at(root: _Root, node: Any, step: _Step, value: Any) -> SerializationError:
+    return _refusal(root.label, [*_path_to(root, node), step], value, node._tc_depth + 1)
 
 
 def _release(v: Any, to: _Root | None = None) -> None:
     """Detach a removed value's nodes from their root (``to``: _DEAD after a
-    revert, so stale handles raise)."""
+    revert, so stale handles raise; the root itself to undo a release)."""
     t = type(v)
     if t in _ATOMS:
         return
@@ -399,7 +788,8 @@ def _release(v: Any, to: _Root | None = None) -> None:
     elif "_tc_orig" in t.__dict__:
         object.__setattr__(v, "_tc_root", to)
         items = _obj_state(v).values()
-    elif t is tuple or t is frozenset or issubclass(t, tuple):
+    elif t is tuple or t is frozenset or (issubclass(t, tuple) and hasattr(t, "_make")):
+        # (other tuple subclasses are opaque: adoption never goes inside)
         items = v
     else:
         return
@@ -423,15 +813,37 @@ def _is_frozen_dataclass(t: type) -> bool:
     return params is not None and bool(params.frozen)
 
 
-def _is_immutable(v: Any) -> bool:
+def _is_immutable(v: Any, depth: int = 1) -> bool:
+    """Whether ``v`` (at level ``depth``) can never change in place. Raises
+    _Refused past MAX_DEPTH: it judges values not yet adopted, and only
+    those too deep (or a frozen cycle made with object.__setattr__) get
+    there. Iterative, like the rest of what judges raw input."""
     t = type(v)
     if t in _ATOMS or isinstance(v, enum.Enum):
         return True
-    if t is tuple or t is frozenset or (issubclass(t, tuple) and hasattr(t, "_make")):
-        return all(_is_immutable(x) for x in v)
-    if _is_frozen_dataclass(t):
-        return all(_is_immutable(getattr(v, f.name)) for f in dataclasses.fields(v))
-    return False
+    if not (
+        t is tuple
+        or t is frozenset
+        or (issubclass(t, tuple) and hasattr(t, "_make"))
+        or _is_frozen_dataclass(t)
+    ):
+        return False
+    todo = [(v, depth)]
+    while todo:
+        x, level = todo.pop()
+        t = type(x)
+        if t in _ATOMS or isinstance(x, enum.Enum):
+            continue
+        if t is tuple or t is frozenset or (issubclass(t, tuple) and hasattr(t, "_make")):
+            parts: Iterable[Any] = x
+        elif _is_frozen_dataclass(t):
+            parts = [getattr(x, f.name) for f in dataclasses.fields(x)]
+        else:
+            return False
+        if level > MAX_DEPTH:
+            raise _Refused
+        todo.extend((p, level + 1) for p in parts)
+    return True
 
 
 def _slot_names(cls: type) -> tuple[str, ...]:
@@ -513,13 +925,20 @@ def _make_tracked_class(cls: type) -> type:
         field = self._tc_field
         if field is _SELF:
             field = name
-        if field not in root.saved:
-            _save(root, field)
-        root.dirty = True
-        if old is not MISSING and type(old) not in _ATOMS:
-            _release(old)
-        if type(value) not in _ATOMS:
-            value = _adopt(value, root, field)
+        if type(value) in _ATOMS:
+            if field not in root.saved:
+                _save(root, field)
+            root.dirty = True
+            if old is not MISSING and type(old) not in _ATOMS:
+                _release(old)
+        else:
+            dirty, saved = root.dirty, len(root.saved)
+            log: list[Any] = []
+            try:
+                value = _enter(root, field, old, value, self._tc_depth + 1, log)
+            except _Refused:
+                _rollback(root, log, dirty, saved)
+                raise _refused_at(root, self, (".", name), value) from None
         orig_setattr(self, name, value)
 
     def __delattr__(self: Any, name: str) -> None:
@@ -562,7 +981,7 @@ def _make_tracked_class(cls: type) -> type:
         return _shallow_twin(self).__getstate__()
 
     ns: dict[str, Any] = {
-        "__slots__": () if has_dict else ("_tc_root", "_tc_field"),
+        "__slots__": () if has_dict else ("_tc_depth", "_tc_field", "_tc_root"),
         "__module__": cls.__module__,
         "__qualname__": cls.__qualname__,
         "__doc__": cls.__doc__,
@@ -660,9 +1079,10 @@ class TrackedDict(dict[Any, Any]):
     ['count']
     """
 
-    __slots__ = ("_tc_field", "_tc_root")
+    __slots__ = ("_tc_depth", "_tc_field", "_tc_root")
     _tc_root: _Root | None
     _tc_field: Any
+    _tc_depth: int  # the level it sits at in its root (the root: 1)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -670,6 +1090,7 @@ class TrackedDict(dict[Any, Any]):
         except AttributeError:  # constructed directly: a free container
             self._tc_root = None
             self._tc_field = None
+            self._tc_depth = 0
             dict.__init__(self, *args, **kwargs)
             return
         if root is None:
@@ -693,19 +1114,58 @@ class TrackedDict(dict[Any, Any]):
         if root.detached:
             raise _detached_error(root)
         old = dict.get(self, key, MISSING)
-        if old is value or (type(value) in _ATOMS and _same_atom(old, value)):
-            return
         field = self._tc_field
         if field is _SELF:
             field = key
+        if type(value) not in _ATOMS:
+            if old is value:
+                return
+            # the rollback state in locals: cheaper than an _Undo
+            dirty, saved = root.dirty, len(root.saved)
+            log: list[Any] = []
+            try:
+                value = _enter(root, field, old, value, self._tc_depth + 1, log)
+            except _Refused:
+                _rollback(root, log, dirty, saved)
+                raise _refused_at(root, self, ("[]", key), value) from None
+            dict.__setitem__(self, key, value)
+            return
+        if old is value or _same_atom(old, value):
+            return
         if field not in root.saved:
             _save(root, field)
         root.dirty = True
         if old is not MISSING and type(old) not in _ATOMS:
             _release(old)
-        if type(value) not in _ATOMS:
-            value = _adopt(value, root, field)
         dict.__setitem__(self, key, value)
+
+    def _store(self, root: _Root, items: Iterable[tuple[Any, Any]]) -> None:
+        """Store pairs as one change: a refused value puts back every pair
+        stored before it, and what they released."""
+        undo = _Undo(root)
+        log = undo.log
+        depth = self._tc_depth + 1
+        base = self._tc_field
+        for key, value in items:
+            old = dict.get(self, key, MISSING)
+            if old is value or (type(value) in _ATOMS and _same_atom(old, value)):
+                continue
+            field = key if base is _SELF else base
+            if type(value) in _ATOMS:
+                if field not in root.saved:
+                    _save(root, field)
+                root.dirty = True
+                if old is not MISSING and type(old) not in _ATOMS:
+                    _release(old)
+                    log.append((_release, old, root))
+            else:
+                try:
+                    value = _enter(root, field, old, value, depth, log)
+                except _Refused:
+                    undo.rollback()
+                    raise _refused_at(root, self, ("[]", key), value) from None
+            log.append((_restore_key, self, key, old))
+            dict.__setitem__(self, key, value)
 
     def __delitem__(self, key: Any) -> None:
         root = self._tc_root
@@ -730,8 +1190,7 @@ class TrackedDict(dict[Any, Any]):
         if root.detached:
             raise _detached_error(root)
         # dict() parses a mapping, pairs and kwargs exactly as update does.
-        for k, v in dict(*args, **kwargs).items():
-            self[k] = v
+        self._store(root, dict(*args, **kwargs).items())
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
         """Like ``dict.setdefault``, but returns the *adopted* default, so
@@ -742,9 +1201,10 @@ class TrackedDict(dict[Any, Any]):
         if key in self or root is None:
             return dict.setdefault(self, key, default)
         field = self._field(key)
-        _touch(root, field)
-        if type(default) not in _ATOMS:
-            default = _adopt(default, root, field)
+        if type(default) in _ATOMS:
+            _touch(root, field)
+        else:
+            default = _adopt_into(self, root, field, default, ("[]", key))
         dict.__setitem__(self, key, default)
         return default
 
@@ -822,9 +1282,10 @@ class TrackedList(list[Any]):
     ['history']
     """
 
-    __slots__ = ("_tc_field", "_tc_root")
+    __slots__ = ("_tc_depth", "_tc_field", "_tc_root")
     _tc_root: _Root | None
     _tc_field: Any
+    _tc_depth: int  # the level it sits at in its root (the root: 1)
 
     def __init__(self, iterable: Iterable[Any] = (), /) -> None:
         try:
@@ -832,6 +1293,7 @@ class TrackedList(list[Any]):
         except AttributeError:
             self._tc_root = None
             self._tc_field = None
+            self._tc_depth = 0
             list.__init__(self, iterable)
             return
         if root is None:
@@ -845,9 +1307,18 @@ class TrackedList(list[Any]):
         return (list, (list(self),))
 
     def _incoming(
-        self, root: _Root, values: Iterable[Any], keep: set[int] | None = None
+        self,
+        root: _Root,
+        values: Iterable[Any],
+        undo: _Undo,
+        at: int,
+        step: int = 1,
+        keep: set[int] | None = None,
     ) -> list[Any]:
+        """Adopt values that will sit at positions ``at``, ``at + step``...; a
+        refusal rolls ``undo`` back and names the position."""
         field = self._tc_field
+        depth = self._tc_depth + 1
         out = []
         for v in values:
             if type(v) in _ATOMS:
@@ -856,7 +1327,12 @@ class TrackedList(list[Any]):
                 keep.discard(id(v))  # moved within this list: same place
                 out.append(v)
             else:
-                out.append(_adopt(v, root, field))
+                try:
+                    out.append(_adopt(v, root, field, depth, undo.log))
+                except _Refused:
+                    undo.rollback()
+                    where = ("[]", at + step * len(out))
+                    raise _refused_at(root, self, where, v) from None
         return out
 
     def __setitem__(self, index: Any, value: Any) -> None:
@@ -870,8 +1346,10 @@ class TrackedList(list[Any]):
             if not old and not values:
                 return
             ids = {id(x) for x in old if type(x) not in _ATOMS}
+            undo = _Undo(root)
             _touch(root, self._tc_field)
-            new = self._incoming(root, values, ids)
+            start, _, step = index.indices(len(self))
+            new = self._incoming(root, values, undo, start, step, ids)
             list.__setitem__(self, index, new)
             kept = {id(x) for x in new}
             for x in old:
@@ -885,11 +1363,19 @@ class TrackedList(list[Any]):
             raise
         if old is value or (type(value) in _ATOMS and _same_atom(old, value)):
             return
-        _touch(root, self._tc_field)
-        if type(old) not in _ATOMS:
-            _release(old)
-        if type(value) not in _ATOMS:
-            value = _adopt(value, root, self._tc_field)
+        if type(value) in _ATOMS:
+            _touch(root, self._tc_field)
+            if type(old) not in _ATOMS:
+                _release(old)
+        else:
+            dirty, saved = root.dirty, len(root.saved)
+            log: list[Any] = []
+            try:
+                value = _enter(root, self._tc_field, old, value, self._tc_depth + 1, log)
+            except _Refused:
+                _rollback(root, log, dirty, saved)
+                where = ("[]", operator.index(index) % len(self))
+                raise _refused_at(root, self, where, value) from None
         list.__setitem__(self, index, value)
 
     def __delitem__(self, index: Any) -> None:
@@ -912,9 +1398,10 @@ class TrackedList(list[Any]):
     def append(self, value: Any) -> None:
         root = _live_root(self)
         if root is not None:
-            _touch(root, self._tc_field)
-            if type(value) not in _ATOMS:
-                value = _adopt(value, root, self._tc_field)
+            if type(value) in _ATOMS:
+                _touch(root, self._tc_field)
+            else:
+                value = _adopt_into(self, root, self._tc_field, value, ("[]", len(self)))
         list.append(self, value)
 
     def extend(self, values: Iterable[Any]) -> None:
@@ -925,8 +1412,9 @@ class TrackedList(list[Any]):
         items = list(values)
         if not items:
             return
+        undo = _Undo(root)
         _touch(root, self._tc_field)
-        list.extend(self, self._incoming(root, items))
+        list.extend(self, self._incoming(root, items, undo, len(self)))
 
     def __iadd__(self, values: Iterable[Any]) -> TrackedList:  # type: ignore[misc]
         self.extend(values)
@@ -943,19 +1431,26 @@ class TrackedList(list[Any]):
         if count <= 0:
             self.clear()
             return self
+        undo = _Undo(root)
         _touch(root, self._tc_field)
         orig = list(self)
+        new: list[Any] = []
         for _ in range(count - 1):
             # Repeats would alias one node at two positions: copy them.
-            list.extend(self, self._incoming(root, orig))
+            new += self._incoming(root, orig, undo, len(orig) + len(new))
+        list.extend(self, new)
         return self
 
     def insert(self, index: SupportsIndex, value: Any) -> None:
         root = _live_root(self)
         if root is not None:
-            _touch(root, self._tc_field)
-            if type(value) not in _ATOMS:
-                value = _adopt(value, root, self._tc_field)
+            if type(value) in _ATOMS:
+                _touch(root, self._tc_field)
+            else:
+                n = len(self)
+                i = operator.index(index)
+                at = min(n, max(0, i + n if i < 0 else i))
+                value = _adopt_into(self, root, self._tc_field, value, ("[]", at))
         list.insert(self, index, value)
 
     def pop(self, index: SupportsIndex = -1) -> Any:
@@ -1015,9 +1510,10 @@ class TrackedSet(set[Any]):
     ['tags']
     """
 
-    __slots__ = ("_tc_field", "_tc_root")
+    __slots__ = ("_tc_depth", "_tc_field", "_tc_root")
     _tc_root: _Root | None
     _tc_field: Any
+    _tc_depth: int  # the level it sits at in its root (the root: 1)
 
     def __init__(self, iterable: Iterable[Any] = (), /) -> None:
         try:
@@ -1025,6 +1521,7 @@ class TrackedSet(set[Any]):
         except AttributeError:
             self._tc_root = None
             self._tc_field = None
+            self._tc_depth = 0
             set.__init__(self, iterable)
             return
         if root is None:
@@ -1033,8 +1530,18 @@ class TrackedSet(set[Any]):
         if root.detached:
             raise _detached_error(root)
         new = list(iterable)
-        self.clear()
-        self.update(new)
+        undo = _Undo(root)
+        old = list(self)
+        if old:
+            _touch(root, self._tc_field)
+            set.clear(self)
+            for m in old:
+                _release(m)
+            undo.log.append((_refill_set, self, old, root))
+        members = list(dict.fromkeys(new))
+        if members:
+            _touch(root, self._tc_field)
+            set.update(self, self._incoming(root, members, undo))
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
         return (set, (list(self),))
@@ -1044,18 +1551,32 @@ class TrackedSet(set[Any]):
         # plain twin's, so logs, doctests and sort(key=repr) match it.
         return set.__repr__(set(self))
 
-    def _put(self, root: _Root, members: Iterable[Any]) -> None:
+    def _incoming(self, root: _Root, members: Iterable[Any], undo: _Undo) -> list[Any]:
+        """Adopt members before any is added; a refusal rolls ``undo`` back."""
         field = self._tc_field
+        depth = self._tc_depth + 1
+        out = []
         for m in members:
-            set.add(self, m if type(m) in _ATOMS else _adopt(m, root, field))
+            if type(m) in _ATOMS:
+                out.append(m)
+                continue
+            try:
+                out.append(_adopt(m, root, field, depth, undo.log))
+            except _Refused:
+                undo.rollback()
+                raise _refused_at(root, self, ("item", m), m) from None
+        return out
 
     def add(self, value: Any) -> None:
         root = _live_root(self)
         if root is None or value in self:
             set.add(self, value)
             return
-        _touch(root, self._tc_field)
-        self._put(root, (value,))
+        if type(value) in _ATOMS:
+            _touch(root, self._tc_field)
+        else:
+            value = _adopt_into(self, root, self._tc_field, value, ("item", value))
+        set.add(self, value)
 
     def discard(self, value: Any) -> None:
         root = _live_root(self)
@@ -1104,8 +1625,9 @@ class TrackedSet(set[Any]):
         new = [m for m in dict.fromkeys(m for other in others for m in other) if m not in self]
         if not new:
             return
+        undo = _Undo(root)
         _touch(root, self._tc_field)
-        self._put(root, new)
+        set.update(self, self._incoming(root, new, undo))
 
     def intersection_update(self, *others: Iterable[Any]) -> None:
         root = _live_root(self)
@@ -1148,10 +1670,12 @@ class TrackedSet(set[Any]):
         items = set(other)
         if not items:
             return
+        undo = _Undo(root)
         _touch(root, self._tc_field)
         gone = {m for m in items if m in self}
+        new = self._incoming(root, [m for m in items if m not in gone], undo)
         set.difference_update(self, gone)
-        self._put(root, (m for m in items if m not in gone))
+        set.update(self, new)
         for m in gone:
             _release(m)
 
@@ -1282,18 +1806,30 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, enum.Enum):
         return a is b
     if issubclass(k, tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+        if len(a) != len(b) or (not hasattr(k, "_make") and not _intact(a, b)):
+            return False
+        return all(_same(x, y) for x, y in zip(a, b, strict=True))
     if "_tc_orig" in ta.__dict__ or "_tc_orig" in tb.__dict__ or _is_plain_obj(a):
+        if _is_frozen_dataclass(k) and not _intact(a, b):
+            return False
         sa, sb = _obj_state(a), _obj_state(b)
         return _same(sa, sb)
     return bool(_fingerprint(a) == _fingerprint(b))
+
+
+def _intact(a: Any, b: Any) -> bool:
+    """Frozen shells and tuple subclasses other than namedtuples hold parts
+    that adoption checked but never took over, so they may have changed
+    since (a cycle, more depth): compare them part by part only if neither
+    side did. If one did, the two differ, and the serializer names where."""
+    return _scan(a, 1) is None and _scan(b, 1) is None
 
 
 def _is_plain_obj(v: Any) -> bool:
     return _tracked_class(type(v)) is not None or _is_frozen_dataclass(type(v))
 
 
-def _canon(v: Any) -> Any:
+def _canon(v: Any, depth: int = 1) -> Any:
     """A hashable, type-strict canonical form (for set members and keys)."""
     t = type(v)
     if t in _SIMPLE:
@@ -1302,17 +1838,22 @@ def _canon(v: Any) -> Any:
         return (t, v.hex())
     if t in _ATOMS:
         return (t, repr(v))
+    if depth > MAX_DEPTH:
+        # Adoption bounds everything but dict keys, which it stores as given:
+        # an object key holding its own dict ends here, told by identity.
+        return (t, id(v))
+    d = depth + 1
     k = _kind(t)
     if k is dict:
-        return (dict, frozenset((_canon(x), _canon(y)) for x, y in dict.items(v)))
+        return (dict, frozenset((_canon(x, d), _canon(y, d)) for x, y in dict.items(v)))
     if k is list or k is tuple or (isinstance(k, type) and issubclass(k, tuple)):
-        return (k, tuple(_canon(x) for x in v))
+        return (k, tuple(_canon(x, d) for x in v))
     if k is set or k is frozenset:
-        return (k, frozenset(_canon(x) for x in v))
+        return (k, frozenset(_canon(x, d) for x in v))
     if isinstance(v, enum.Enum):
         return (t, v.name)
     if "_tc_orig" in t.__dict__ or _is_plain_obj(v):
-        return (k, _canon(_obj_state(v)))
+        return (k, _canon(_obj_state(v), depth))
     return (t, _fingerprint(v))
 
 
@@ -1323,17 +1864,25 @@ def _fingerprint(v: Any) -> Any:
     try:
         return pickle.dumps(v, protocol=5)
     except Exception:
+        pass
+    try:
         return repr(v)
+    except Exception:  # a repr that fails, or recurses too deep: identity
+        return ("id", id(v))
 
 
 # -- the API ----------------------------------------------------------------------
 
 
-def root_of(value: Any) -> _Root | None:
+def root_of(value: Any, *, label: str | None = None) -> _Root | None:
     """The bookkeeping object of a tracked root, ``None`` for an immutable
     value. The cache keeps it beside the value so its hot paths flip
-    ``detached`` and read ``dirty``/``backup`` without a call."""
-    return _root(value, "root_of")
+    ``detached`` and read ``dirty``/``backup`` without a call. ``label``
+    (the cache key) is kept on the root and named by refusals."""
+    root = _root(value, "root_of")
+    if root is not None and label is not None:
+        root.label = label
+    return root
 
 
 def is_tracked(value: Any) -> bool:
@@ -1346,7 +1895,7 @@ def is_tracked(value: Any) -> bool:
     return t in _CONTAINER_TYPES or "_tc_orig" in t.__dict__
 
 
-def track(value: Any) -> Any:
+def track(value: Any, *, label: str | None = None) -> Any:
     """Adopt ``value`` as a tracked root and return the root.
 
     ``dict``, ``list`` and ``set`` come back as :class:`TrackedDict`,
@@ -1359,6 +1908,10 @@ def track(value: Any) -> Any:
     tuples of immutables) come back as they are and are never dirty. A
     value that is already a tracked root is returned as-is.
 
+    A value holding a cycle or nested deeper than :data:`MAX_DEPTH` raises
+    :class:`~tiercache.SerializationError` naming the path (and ``label``,
+    the cache key, if given) and is left as it was.
+
     >>> s = track({"user": {"name": "ann"}, "tags": set()})
     >>> isinstance(s, dict), is_dirty(s)
     (True, False)
@@ -1367,25 +1920,49 @@ def track(value: Any) -> Any:
     (True, ['user'])
     >>> track(42)
     42
+    >>> d = {"a": {}}; d["a"]["me"] = d["a"]
+    >>> track(d, label="chat:1")
+    Traceback (most recent call last):
+    ...
+    tiercache._exceptions.SerializationError: cannot store key 'chat:1': value['a']['me'] is ...
     """
+    if type(value) in _ATOMS:
+        return value
+    log: list[Any] = []
+    try:
+        return _track(value, label, log)
+    except _Refused:
+        _undo(log)
+        raise _refusal(label, [], value, 1) from None
+
+
+def _track(value: Any, label: str | None, log: list[Any]) -> Any:
     t = type(value)
-    if t in _ATOMS or _is_immutable(value):
+    if _is_immutable(value):
         return value
     node_root = _node_root(value)
     if node_root is not None:
         if node_root.value is value:
+            if label is not None:
+                node_root.label = label
             return value
         value = _plain(value)  # attached under another root: copy it
         t = type(value)
     if t is dict or t is TrackedDict:
         root = _Root("d")
-        node: Any = value if t is TrackedDict else dict.__new__(TrackedDict)
+        if t is TrackedDict:  # a free one, adopted in place
+            node: Any = value
+            log.append((_restore_node, node, None, node._tc_field, node._tc_depth, _contents(node)))
+        else:
+            node = dict.__new__(TrackedDict)
         node._tc_root = root
         node._tc_field = _SELF
+        node._tc_depth = 1
         root.value = node
+        root.label = label
         if node is not value:
             dict.update(node, value)
-        _claim_root_fields(root, list(dict.keys(node)))
+        _claim_root_fields(root, list(dict.keys(node)), log, node is value)
         return node
     if t in (list, set, TrackedList, TrackedSet):
         root = _Root("w")
@@ -1393,20 +1970,24 @@ def track(value: Any) -> Any:
             node = (TrackedList if t is list else TrackedSet).__new__(
                 TrackedList if t is list else TrackedSet
             )
-            node._tc_root = root
-            node._tc_field = WHOLE
             (list.extend if t is list else set.update)(node, value)
         else:
             node = value
-            node._tc_root = root
-            node._tc_field = WHOLE
+            log.append((_restore_node, node, None, node._tc_field, node._tc_depth, _contents(node)))
+        node._tc_root = root
+        node._tc_field = WHOLE
+        node._tc_depth = 1
         root.value = node
-        _claim_root_fields(root, [WHOLE])
+        root.label = label
+        _claim_root_fields(root, [WHOLE], log, node is value)
         return node
     if "_tc_orig" in t.__dict__ or _tracked_class(t) is not None:
         root = _Root("o")
-        obj = _claim(value, root, _SELF, _Walk())
+        root.label = label
+        obj = _claim(value, root, _SELF, _Walk(False, log), 1)
         root.value = obj
+        # Every part was claimed just now: this walk only decides what is
+        # watched, and can neither fail nor change anything of the caller's.
         _claim_root_fields(root, list(_obj_state(obj)))
         return obj
     raise TypeError(
@@ -1415,27 +1996,36 @@ def track(value: Any) -> Any:
     )
 
 
-def _claim_root_fields(root: _Root, fields: Iterable[Any]) -> None:
+def _claim_root_fields(
+    root: _Root, fields: Iterable[Any], log: list[Any] | None = None, own: bool = False
+) -> None:
     """(Re-)adopt each field's value in place and decide whether it is
-    watched; part of every clean point."""
+    watched; part of every clean point. ``log``: see :class:`_Walk`;
+    ``own``: the root node is the caller's, adopted in place, so it may
+    hold itself."""
     value = root.value
     kind = root.kind
     for f in fields:
         if kind == "w":
-            walk = _Walk()
+            walk = _Walk(False, log)
+            if own:
+                walk.seen.add(id(value))
             if type(value) is TrackedList:
-                _claim_list_items(value, root, WHOLE, walk)
+                _claim_list_items(value, root, WHOLE, walk, 2)
             else:
-                _claim_set_items(value, root, WHOLE, walk)
+                _claim_set_items(value, root, WHOLE, walk, 2)
             cur = value
         else:
             cur = _get_field(root, f)
             if cur is MISSING or type(cur) in _ATOMS:
                 root.backup.pop(f, None)
                 continue
-            walk = _Walk()
-            new = _claim(cur, root, f, walk)
+            walk = _Walk(False, log)
+            if own:
+                walk.seen.add(id(value))
+            new = _claim(cur, root, f, walk, 2)
             if new is not cur:
+                # (a root adopted in place was logged whole by track)
                 if kind == "d":
                     dict.__setitem__(value, f, new)
                 else:

@@ -78,7 +78,7 @@ class Entry:
         self.value = value
         #: The value's tracking bookkeeping (None for an immutable value):
         #: scopes flip ``root.detached`` directly on their hot path.
-        self.root = root_of(value)
+        self.root = root_of(value, label=key)
         self.version = version
         self.expires_at = expires_at
         self.ttl = ttl
