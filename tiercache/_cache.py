@@ -1140,8 +1140,8 @@ class TieredCache:
                     }
                 else:
                     e.base = None  # the migration changed its shape: replace
-        e.value = track(ours)
-        e.root = root_of(e.value)
+        e.value = track(ours, label=e.key)
+        e.root = root_of(e.value, label=e.key)
         e.schema_version = schema.version
         e.pending = core.seal(
             e.key,
@@ -1220,8 +1220,8 @@ class TieredCache:
         resolver = e.conflict or self.conflict
         if e.value is _UNDECODED:  # a journal replay's stand-in entry
             data = cast(bytes, e.pending)
-            e.value = track(core.serializer.loads(_envelope_decode(data).payload))
-            e.root = root_of(e.value)
+            e.value = track(core.serializer.loads(_envelope_decode(data).payload), label=e.key)
+            e.root = root_of(e.value, label=e.key)
         for attempt in range(_MAX_MERGES):
             if attempt:
                 yield _backoff(attempt)
@@ -1246,12 +1246,14 @@ class TieredCache:
                 merged = core.merge(e.key, e.base, to_plain(e.value), theirs, resolver)
             except ConflictError:
                 # Keep theirs in memory so the next scope starts from it.
-                self._replace_value(e, track({} if theirs is MISSING else theirs), version)
+                self._replace_value(
+                    e, track({} if theirs is MISSING else theirs, label=e.key), version
+                )
                 e.merged = True
                 e.pending = None
                 e.base = {}
                 raise
-            self._replace_value(e, track(merged), version)
+            self._replace_value(e, track(merged, label=e.key), version)
             e.merged = True
             if e.base is not None:
                 # If this write loses again, theirs is the new common base.
@@ -1336,7 +1338,7 @@ class TieredCache:
         mark_clean(value)
         detach(value)
         e.value = value
-        e.root = root_of(value)
+        e.root = root_of(value, label=e.key)
         e.stored = e.version = stored
         if old is not value:
             detach(old)
@@ -1463,7 +1465,7 @@ class TieredCache:
             self._locks.release(hold)
 
     def _set_flow(self, key: str, value: Any, ttl: float | None) -> Flow[None]:
-        entry = Entry(key, track(value), ttl=ttl)
+        entry = Entry(key, track(value, label=key), ttl=ttl)
         entry.schema_version = self._core.schema.version
         entry.base = None  # a replacement: it overwrites whatever is stored
         with self._mlock:
@@ -1556,10 +1558,10 @@ class TieredCache:
                     plain, version = MISSING, 0
                 else:
                     plain, version = to_plain(current.value), current.version
-            value = track(initial() if plain is MISSING else plain)
+            value = track(initial() if plain is MISSING else plain, label=key)
             result = fn(value)
             if result is not None and result is not value:
-                value = track(result)
+                value = track(result, label=key)
                 changed = _changed_fields(plain, value)  # a replacement
             else:
                 # What fn changed, against what it was given: the merge base
@@ -1992,7 +1994,9 @@ class TieredCache:
         if entry is None:
             # Virtual until changed: a read-only scope on a new key stores
             # nothing, but keeps the value in memory for the next scope.
-            entry = Entry(key, track(initial()), ttl=ttl, expires_at=self._core.memory_expiry(ttl))
+            entry = Entry(
+                key, track(initial(), label=key), ttl=ttl, expires_at=self._core.memory_expiry(ttl)
+            )
             entry.initial = initial
             entry.schema_version = (schema or self._core.schema).version
             entry.touched_at = self._now()
@@ -2153,7 +2157,7 @@ class TieredCache:
         except BaseException:
             yield Call(tier, counters, "release_lease", (lkey, token))
             raise
-        value = track(initial() if plain is MISSING else plain)
+        value = track(initial() if plain is MISSING else plain, label=key)
         entry = Entry(key, value, version=version, ttl=ttl, expires_at=core.memory_expiry(ttl))
         entry.schema_version = core.schema.version
         entry.touched_at = self._now()

@@ -60,6 +60,7 @@ from tiercache import (
     MemoryTier,
     MsgpackSerializer,
     PickleSerializer,
+    SerializationError,
     Serializer,
     SignatureError,
     TieredCache,
@@ -749,10 +750,11 @@ def adoptable(raw: bytes, serializer: Serializer) -> bool:
     """Whether the cache can hold what ``raw`` decodes to: a stored root the
     tracker refuses (a tuple holding a list, which tiercache never writes)
     or cannot walk (nesting of about 495 levels and more) is unreadable to
-    the cache, a counted miss like corrupt bytes."""
+    the cache, a counted miss like corrupt bytes; so is one past the
+    tracker's depth limit (a SerializationError from the tracker)."""
     try:
         track(open_stored(raw, serializer))
-    except (TypeError, RecursionError):
+    except (TypeError, RecursionError, SerializationError):
         return False
     return True
 
