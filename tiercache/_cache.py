@@ -339,7 +339,10 @@ class TieredCache:
         self._flight_lock = threading.Lock()
         self._hits = 0
         self._misses = 0
+        #: No new scopes or calls (close() has begun).
         self._closed = False
+        #: close() is past its last flush: nothing more can be written.
+        self._shut = False
         self._id = id(self)
         self._timer: threading.Thread | None = None
         self._stop = threading.Event()
@@ -1797,16 +1800,36 @@ class TieredCache:
 
     # -- closing --------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Write everything pending, stop the timer and close the tiers.
+    def close(self, wait: float = 30.0) -> None:
+        """Write everything pending, stop the timer and close the tiers;
+        idempotent.
 
-        If a write fails, the :class:`TierError` propagates and the cache
-        stays open with the change still pending, so ``close`` can be retried.
+        New scopes and calls are refused from the start. Scopes other
+        threads or tasks have open are waited for, up to ``wait`` (real)
+        seconds, so what they change is written too; one still open after
+        that cannot write any more: its exit raises and rolls its change
+        back (a scope that never ends does not hold the close up). A sync
+        ``close()`` on a running event loop's thread cannot wait for that
+        loop's tasks: use ``aclose()`` there. If a write fails, the
+        :class:`TierError` propagates and the cache stays open with the
+        change still pending, so ``close`` can be retried.
         """
-        if self._closed:
+        if self._shut:
             return
-        self._stop_timer()
-        self._flush_all("close")
+        self._closed = True
+        try:
+            # Real time: the other scopes run on it, whatever the cache's clock.
+            deadline = time.monotonic() + wait
+            if asyncio._get_running_loop() is not None:
+                deadline = 0.0  # this loop's tasks cannot run while we wait
+            while self._others_in_scopes() and time.monotonic() < deadline:
+                time.sleep(POLL)
+            self._stop_timer()
+            self._flush_all("close")
+        except BaseException:
+            self._reopen()
+            raise
+        self._shut_down()
         atexit.unregister(self._atexit)
         closers: list[Callable[[], None]] = [t.close for t in self._core.tiers]
         if self._bus is not None:
@@ -1814,14 +1837,24 @@ class TieredCache:
         if self._journal is not None:
             closers.insert(0, self._journal.close)
         _close_all(closers)
-        self._closed = True
 
-    async def aclose(self) -> None:
-        """Async :meth:`close`."""
-        if self._closed:
+    async def aclose(self, wait: float = 30.0) -> None:
+        """Async :meth:`close`: waits for other tasks' scopes without
+        blocking the loop."""
+        if self._shut:
             return
-        self._stop_timer()
-        await self._aflush_all("close")
+        self._closed = True
+        try:
+            deadline = time.monotonic() + wait
+            # Polled: the scopes may be other threads', with nothing to await.
+            while self._others_in_scopes() and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(POLL)
+            self._stop_timer()
+            await self._aflush_all("close")
+        except BaseException:
+            self._reopen()
+            raise
+        self._shut_down()
         atexit.unregister(self._atexit)
         first: BaseException | None = None
         closers: list[Callable[[], Awaitable[None]]] = [t.aclose for t in self._core.tiers]
@@ -1834,9 +1867,30 @@ class TieredCache:
                 first = first or exc
         if self._journal is not None:
             self._journal.close()
-        self._closed = True
         if first is not None:
             raise first
+
+    def _others_in_scopes(self) -> bool:
+        """Whether a key's lock is held by another thread or task than the
+        caller (a scope, or a set/update, under way)."""
+        me = owner()
+        with self._mlock:
+            return any(
+                lock.owner is not None and lock.owner is not me and lock.owner != me
+                for lock in self._locks._locks.values()
+            )
+
+    def _reopen(self) -> None:
+        """close() failed: the cache stays usable, its timer running again."""
+        self._closed = False
+        self._stop = threading.Event()
+        self._timer = None
+        self._ensure_timer(retry=bool(self._pending_entries()))
+
+    def _shut_down(self) -> None:
+        """Past the last flush: a scope still open can no longer write."""
+        with self._mlock:
+            self._shut = True
 
     def _stop_timer(self) -> None:
         self._stop.set()
@@ -2031,6 +2085,9 @@ class TieredCache:
                 raise TierCacheError(f"the scope of {key!r} holds no entry")
             if failed:
                 revert(value)
+            elif self._shut and is_dirty(value):
+                revert(value)
+                raise self._closed_under(key)
             elif is_dirty(value):
                 if self._write_through:
                     undo = _Undo(entry)
@@ -2185,6 +2242,9 @@ class TieredCache:
         try:
             if failed:
                 revert(value)
+            elif self._shut and is_dirty(value):
+                revert(value)
+                raise self._closed_under(key)
             elif is_dirty(value):
                 self._seal_or_revert(entry)
                 entry.initial = None
@@ -2317,6 +2377,12 @@ class TieredCache:
     def _check_open(self) -> None:
         if self._closed:
             raise TierCacheError(f"cache {self.namespace!r} is closed")
+
+    def _closed_under(self, key: str) -> TierCacheError:
+        return TierCacheError(
+            f"cache {self.namespace!r} was closed while the scope of {key!r} was open (close() "
+            "waited its timeout for it): its change was not applied"
+        )
 
     def _check_key(self, key: object) -> None:
         check_key(key, self.max_key_length)
@@ -2521,7 +2587,7 @@ def _timer_loop(ref: weakref.ref[TieredCache], stop: threading.Event, interval: 
 
 def _flush_at_exit(ref: weakref.ref[TieredCache]) -> None:
     cache = ref()
-    if cache is None or cache._closed:
+    if cache is None or cache._shut:
         return
     try:
         cache.close()

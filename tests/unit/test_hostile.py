@@ -886,3 +886,95 @@ async def test_a_sync_scope_inside_a_coroutine_on_a_held_key_is_a_clear_error(
     with cache.session("k") as s:  # free: a sync scope in a coroutine works
         assert s["by"] == "holder"
     assert await cache.aget("k") == {"by": "holder"}
+
+
+# -- 5. close() while another thread's scope is open ---------------------------------------
+
+
+def test_close_waits_for_a_scope_another_thread_has_open(
+    proc: Callable[..., TieredCache], store: DictTier, namespace: str
+) -> None:
+    """#10.5: under WriteBehind without a journal, the scope returned
+    normally and its change was never written."""
+    import threading
+
+    from tiercache import WriteBehind
+
+    cache = proc(flush=WriteBehind(3600))
+    inside, go = threading.Event(), threading.Event()
+
+    def handler() -> None:
+        with cache.session("k") as s:
+            s["by"] = "handler"
+            inside.set()
+            go.wait(5)
+
+    t = threading.Thread(target=handler)
+    t.start()
+    assert inside.wait(5)
+    closer = threading.Thread(target=cache.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive(), "close waits for the open scope"
+    from tiercache import TierCacheError
+
+    with pytest.raises(TierCacheError, match="closed"), cache.session("other"):
+        pass  # nothing new starts meanwhile
+    go.set()
+    t.join(5)
+    closer.join(5)
+    assert not closer.is_alive()
+    assert read(store, namespace, "k") == {"by": "handler"}
+
+
+def test_a_scope_still_open_after_close_gave_up_waiting_is_not_applied(
+    proc: Callable[..., TieredCache], store: DictTier, namespace: str
+) -> None:
+    import threading
+
+    from tiercache import TierCacheError, WriteBehind
+
+    cache = proc(flush=WriteBehind(3600))
+    inside, go = threading.Event(), threading.Event()
+    raised: list[BaseException] = []
+
+    def handler() -> None:
+        try:
+            with cache.session("k") as s:
+                s["by"] = "late"
+                inside.set()
+                go.wait(5)
+        except TierCacheError as exc:
+            raised.append(exc)
+
+    t = threading.Thread(target=handler)
+    t.start()
+    assert inside.wait(5)
+    cache.close(wait=0.2)  # gives up waiting
+    go.set()
+    t.join(5)
+    assert len(raised) == 1 and "was not applied" in str(raised[0])
+    assert read(store, namespace, "k") is None
+
+
+async def test_aclose_waits_for_another_tasks_scope(
+    proc: Callable[..., TieredCache], store: DictTier, namespace: str
+) -> None:
+    import asyncio
+
+    from tiercache import WriteBehind
+
+    cache = proc(flush=WriteBehind(3600))
+    inside = asyncio.Event()
+
+    async def handler() -> None:
+        async with cache.session("k") as s:
+            s["by"] = "task"
+            inside.set()
+            await asyncio.sleep(0.2)
+
+    task = asyncio.create_task(handler())
+    await inside.wait()
+    await cache.aclose()
+    await task
+    assert read(store, namespace, "k") == {"by": "task"}
