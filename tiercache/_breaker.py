@@ -79,6 +79,19 @@ class Breaker:
         self._probe: threading.Thread | None = None
         self._lock = threading.Lock()
 
+    def _after_fork(self) -> None:
+        """In a forked child: a closed circuit, a new lock, no probe."""
+        self._lock = threading.Lock()
+        self.failures = 0
+        self.open_until = 0.0
+        self.down_since = None
+        self.last_error = None
+        self.slow = False
+        self._probe = None
+        hook = getattr(self._tier, "_after_fork", None)
+        if hook is not None:
+            hook()
+
     @property
     def degraded(self) -> bool:
         return self.down_since is not None

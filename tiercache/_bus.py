@@ -372,6 +372,12 @@ class _BusBase:
         self._healthy = True
         self._unhealthy_since = None
 
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._origin = secrets.token_hex(6)
+        self._healthy = False
+        self._unhealthy_since = None
+
     def _claim_start(self) -> None:
         with self._lock:
             if self._closed:
@@ -476,10 +482,29 @@ class RedisBus(_BusBase):
         self._loops: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._rng = random.Random()
+        self._callbacks: tuple[OnMessages, OnGap] | None = None
 
     def __repr__(self) -> str:
         where = redact_url(self._url) if self._url is not None else "client"
         return f"RedisBus({where!r}, namespace={self._namespace!r})"
+
+    def _after_fork(self) -> None:
+        """In a forked child: a new origin (the parent and the child must
+        each hear the other's invalidations) and a listener of its own,
+        from the stream's end. The parent's clients are left to it."""
+        super()._after_fork()
+        self._origin_b = self._origin.encode()
+        self._stop = threading.Event()
+        self._thread = None
+        self._listener = None
+        self._listener_id = None
+        self._run_id = None
+        self._last_id = None
+        self._loops = {}
+        self._closing = set()
+        self._rng = random.Random()
+        if self._callbacks is not None and not self._closed:
+            self._listen(*self._callbacks)
 
     @property
     def stream(self) -> str:
@@ -621,6 +646,10 @@ class RedisBus(_BusBase):
         published in between is unknown). Raises if started twice or closed.
         """
         self._claim_start()
+        self._callbacks = (on_messages, on_gap)
+        self._listen(on_messages, on_gap)
+
+    def _listen(self, on_messages: OnMessages, on_gap: OnGap) -> None:
         self._listener = self._new_listener()
         try:
             self._sync_position(on_messages, on_gap)

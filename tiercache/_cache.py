@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
+from . import _fork
 from ._breaker import Breaker
 from ._bus import Bus, Invalidation
 from ._clock import Clock, SystemClock
@@ -355,6 +356,7 @@ class TieredCache:
         self._trusted_since = self._clock.monotonic()
         if bus is not None:
             bus.start(self._on_invalidations, self._on_gap)
+        _fork.watch(self)
         if journal is not None and journal.depth:
             # Changes a previous run acknowledged while the shared tier was
             # down: put them where they belong now, if it is back.
@@ -362,6 +364,40 @@ class TieredCache:
                 run(self._replay_flow())
             except TierError as exc:
                 log.warning("tiercache: journal replay deferred: %s", exc)
+
+    def _after_fork(self) -> None:
+        """In a forked child (see :mod:`tiercache._fork`): new locks and
+        threads, an empty memory, a new writer tag and bus origin; the
+        parent's journal refused."""
+        memory = self._memory
+        memory._after_fork()
+        self._mlock = memory.lock
+        self._locks = LockRegistry(self._mlock)
+        self._flights = {}
+        self._aflights = {}
+        self._flight_lock = threading.Lock()
+        self._replaying = False
+        self._timer = None
+        self._stop = threading.Event()
+        self._timer_lock = threading.Lock()
+        self._renewer = _Renewer()
+        self._unconfirmed = set()
+        self._journal_keys = {}
+        self._journal_rebase = set()
+        core = self._core
+        core.new_writer()
+        for counters in (*core.counters, self._bus_counters):
+            counters.lock = threading.Lock()
+        for tier in core.tiers:
+            hook = getattr(tier, "_after_fork", None)
+            if hook is not None:
+                hook()
+        if self._journal is not None:
+            self._journal._after_fork()
+        self._trusted_since = self._clock.monotonic()
+        hook = getattr(self._bus, "_after_fork", None)
+        if hook is not None:
+            hook()
 
     # -- reading ---------------------------------------------------------------
 
@@ -2089,7 +2125,7 @@ class TieredCache:
                 revert(value)
                 raise self._closed_under(key)
             elif is_dirty(value):
-                if self._write_through:
+                if self._write_through or self._wal:
                     undo = _Undo(entry)
                 self._seal_or_revert(entry, clean=undo is None)
                 entry.initial = None  # changed: a real entry from now on
@@ -2125,7 +2161,18 @@ class TieredCache:
                 self._ensure_timer()
                 if self._wal:
                     # Durable before the scope returns; the timer writes it.
-                    self._journal_batch([(entry, entry.pending)])
+                    try:
+                        self._journal_batch([(entry, entry.pending)])
+                    except TierError:
+                        if undo is not None:
+                            # Not journaled, so not acknowledged: not applied.
+                            with self._mlock:
+                                revert(value)
+                                undo.restore(entry)
+                        raise
+                    finally:
+                        if undo is not None:
+                            mark_clean(value)
         if entry is not None and entry.outdated:
             self._let_go(entry)
         yield from self._drain_flow()

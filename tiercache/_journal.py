@@ -162,6 +162,8 @@ class Journal:
                 os.unlink(path)
         self._seq = max(seqs, default=0) + 1
         self.depth = sum(n for _, n in self._sealed)
+        #: The process that opened it: the only one that may write or replay.
+        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"Journal({self.directory!r}, depth={self.depth}, max_entries={self.max_entries})"
@@ -182,13 +184,36 @@ class Journal:
             )
         return frames
 
+    def _after_fork(self) -> None:
+        """In a forked child: nothing waits here for this process (the
+        records are the parent's, to replay); writing is refused."""
+        self._lock = threading.Lock()
+        self.depth = 0
+        self._sealed = []
+        self._fd = None  # the parent's descriptor: never ours to write or close
+        self._lockfd = -1
+
+    def _check_owner(self) -> None:
+        if os.getpid() != self._pid:
+            err = TierError(
+                f"the journal in {self.directory!r} belongs to process {self._pid}: this "
+                "cache was made before os.fork(), and a journal cannot be shared. Make the "
+                "cache, with a Journal directory of its own, in each process after the fork "
+                "(gunicorn: in post_fork, or without --preload)"
+            )
+            err.transient = False
+            err.sent = False
+            raise err
+
     def write(self, frames: Sequence[bytes]) -> None:
         """Append ``frames`` with one ``write(2)``, all or none: once this
         returns they survive a crash of this process. JournalFullError when
         the journal would grow past ``max_entries``; TierError when the disk
-        refuses (the segment is cut back, nothing half-written stays)."""
+        refuses (the segment is cut back, nothing half-written stays), or
+        when this is a forked child of the process that opened it."""
         if not frames:
             return
+        self._check_owner()
         with self._lock:
             if self.depth + len(frames) > self.max_entries:
                 raise JournalFullError(
@@ -242,6 +267,7 @@ class Journal:
     def take(self, serializer: Serializer) -> Taken:
         """Seal the segment being written and return every record of the
         sealed segments, oldest first; writes after this go to a new segment."""
+        self._check_owner()
         with self._lock:
             self._seal()
             segments = tuple(self._sealed)
@@ -330,7 +356,9 @@ class Journal:
 
     def close(self) -> None:
         """Close the segment and release the directory (records stay for
-        the next owner)."""
+        the next owner). In a forked child, nothing: they are the parent's."""
+        if os.getpid() != self._pid:
+            return
         with self._lock:
             self._seal()
             if self._lockfd >= 0:

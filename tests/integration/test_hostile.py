@@ -5,6 +5,7 @@ proves; the unit-level ones are in tests/unit/test_hostile.py."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -264,3 +265,139 @@ def test_a_value_over_proto_max_bulk_len_is_its_own_error_not_an_outage(
         assert check.get("big") is None
     behind.close()
     cache.close()
+
+
+# -- 4. a cache made before os.fork() works in the child --------------------------------
+
+FORKER = textwrap.dedent(
+    """
+    import json, os, sys, threading, time
+    from tiercache import (
+        Journal, MemoryTier, RedisBus, RedisTier, TieredCache, TierError, WriteBehind,
+    )
+
+    url, namespace, journal_dir = sys.argv[1:4]
+
+    def make(**kw):
+        return TieredCache(
+            MemoryTier(), RedisTier(url), namespace=namespace,
+            bus=RedisBus(url, namespace=namespace), flush=WriteBehind(0.05), **kw,
+        )
+
+    def wait(pred, seconds=10):
+        end = time.monotonic() + seconds
+        while not pred():
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.01)
+        return True
+
+    cache = make()
+    with cache.session("seen-by-child") as s:
+        s["v"] = "parent"
+    cache.flush()
+    cache.get("seen-by-parent")  # the parent remembers it as missing
+    # A thread of the parent holds a key's lock at the moment of the fork.
+    holding, release = threading.Event(), threading.Event()
+    def hold():
+        with cache.session("held") as s:
+            s["by"] = "parent thread"
+            holding.set()
+            release.wait(10)
+    threading.Thread(target=hold, daemon=True).start()
+    holding.wait(5)
+
+    # WriteBehind + a journal: the journal is the parent's.
+    wal = TieredCache(
+        MemoryTier(), RedisTier(url), namespace=namespace + "-wal",
+        flush=WriteBehind(3600), journal=Journal(journal_dir),
+    )
+    with wal.session("k") as s:
+        s["v"] = 1
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        out = {}
+        with cache.session("held") as s:  # the parent thread's lock is not ours
+            s["by"] = "child"
+        out["held_opened"] = True
+        with cache.session("seen-by-parent") as s:
+            s["v"] = "child"  # written by the child's own timer
+        out["bus_healthy"] = wait(lambda: cache.stats().bus_healthy)
+        out["child_sees_parent"] = wait(lambda: (cache.get("seen-by-child") or {}).get("v") == "parent again")
+        try:
+            with wal.session("k") as s:
+                s["v"] = 2
+            out["journal"] = "no error"
+        except TierError as exc:
+            out["journal"] = str(exc)
+        out["wal_value"] = dict(wal.get("k") or {})
+        out["child_origin"] = cache._bus.origin
+        os.write(w, json.dumps(out).encode())
+        os.close(w)
+        wait(lambda: False, 0.5)  # let the timer write before leaving
+        cache.close()
+        os._exit(0)
+    os.close(w)
+    # The parent: writes a key the child holds, then reads the child's.
+    time.sleep(0.3)
+    with cache.session("seen-by-child") as s:
+        s["v"] = "parent again"
+    cache.flush()
+    got = b""
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        got += chunk
+    _, status = os.waitpid(pid, 0)
+    child = json.loads(got or b"{}")
+    release.set()
+    parent_sees_child = wait(lambda: (cache.get("seen-by-parent") or {}).get("v") == "child")
+    print(json.dumps({
+        "child": child,
+        "status": status,
+        "parent_sees_child": parent_sees_child,
+        "parent_origin": cache._bus.origin,
+        "parent_journal_depth": wal.stats().journal_depth,
+    }))
+    wal.close()
+    cache.close()
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_a_cache_made_before_fork_works_in_the_child(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    """#10.4: the forked child shared the parent's bus origin (each dropped
+    the other's invalidations), had no listener but reported the bus
+    healthy, had no write-behind timer, appended to the parent's journal,
+    and could deadlock on a lock held at the fork. Now the child works on
+    its own: a new origin and listener (each sees the other's writes), its
+    own timer, locks free, and the parent's journal refused with an error
+    that says why."""
+    out = subprocess.run(
+        [sys.executable, "-c", FORKER, redis_url, namespace, str(tmp_path / "journal")],
+        capture_output=True,
+        timeout=50,
+        check=True,
+    )
+    result = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    child = result["child"]
+    assert result["status"] == 0
+    assert child["held_opened"] is True, "a lock held by a parent thread at the fork"
+    assert child["bus_healthy"] is True
+    assert child["child_origin"] != result["parent_origin"]
+    assert child["child_sees_parent"] is True, "the child hears the parent's invalidation"
+    assert result["parent_sees_child"] is True, "the parent hears the child's, and its timer wrote"
+    assert "belongs to process" in child["journal"] and "after the fork" in child["journal"]
+    assert child["wal_value"] != {"v": 2}, "the refused change was not applied"
+    assert result["parent_journal_depth"] == 1, "the parent's journal is untouched"
+    with TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace) as check:
+        assert check.get("held") == {"by": "child"}
+    with TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace + "-wal") as check:
+        assert check.get("k") == {"v": 1}, "the parent's journaled change, replayed at its close"

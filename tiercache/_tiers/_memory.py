@@ -206,6 +206,21 @@ class MemoryTier:
             self.peek = self.data.get
             self.recent = _no_op
 
+    def _after_fork(self) -> None:
+        """In a forked child: a new lock, and nothing in memory (what the
+        parent had pending is the parent's to write)."""
+        self.lock = threading.Lock()
+        entries = [*self.data.values(), *self.evicted.values()]
+        self.evicted.clear()
+        self.absent.clear()
+        for entry in entries:
+            entry.pins = 0
+            entry.pending = None
+            entry.journaled = False
+        self.data.clear()  # each entry goes through on_drop (detached)
+        self.evicted.clear()
+        self.evictions = 0
+
     # Every method below expects ``self.lock`` to be held by the caller: the
     # cache takes it once around a whole lookup-or-insert.
 

@@ -450,6 +450,13 @@ class RedisTier(PersistentTier):
         where = redact_url(self._url) if self._url is not None else "client"
         return f"RedisTier({where!r}, prefix={self._prefix!r})"
 
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's event loops and their clients are
+        not ours (redis-py renews the sync client's connections itself)."""
+        self._lock = threading.Lock()
+        self._loops = {}
+        self._closing = set()
+
     @property
     def prefix(self) -> str:
         return self._prefix
