@@ -326,7 +326,9 @@ FORKER = textwrap.dedent(
         with cache.session("seen-by-parent") as s:
             s["v"] = "child"  # written by the child's own timer
         out["bus_healthy"] = wait(lambda: cache.stats().bus_healthy)
-        out["child_sees_parent"] = wait(lambda: (cache.get("seen-by-child") or {}).get("v") == "parent again")
+        out["child_sees_parent"] = wait(
+            lambda: (cache.get("seen-by-child") or {}).get("v") == "parent again"
+        )
         try:
             with wal.session("k") as s:
                 s["v"] = 2
