@@ -403,3 +403,30 @@ def test_a_cache_made_before_fork_works_in_the_child(
         assert check.get("held") == {"by": "child"}
     with TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace + "-wal") as check:
         assert check.get("k") == {"v": 1}, "the parent's journaled change, replayed at its close"
+
+
+def test_a_copy_from_before_a_delete_never_matches_the_recreated_key_on_redis(
+    redis_url: str, namespace: str
+) -> None:
+    """#10.3 on Redis: a holds a pre-delete copy; b deletes; c re-creates and
+    writes as often as a's copy had been. a's copy is not confirmed by
+    version, and its write merges into c's value instead of overwriting."""
+    a = TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace, max_stale=0.05)
+    b = TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace)
+    c = TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace)
+    a.set("k", {"who": "a"})
+    with a.session("k") as s:
+        s["n"] = 1
+    assert b.delete("k") is True
+    raw = redis.Redis.from_url(redis_url)
+    assert raw.get(f"tc:{namespace}:k") is not None, "a tombstone, not a bare DEL"
+    raw.close()
+    for who in ("c", "c again"):
+        with c.session("k") as s:
+            s["who"] = who
+    with a.session("k") as s:
+        s["mine"] = True
+    with TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace) as check:
+        assert check.get("k") == {"who": "c again", "mine": True}
+    for cache in (a, b, c):
+        cache.close()
