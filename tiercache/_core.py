@@ -27,6 +27,7 @@ from typing import Any
 
 from . import _envelope
 from ._clock import Clock
+from ._envelope import safe_version
 from ._exceptions import (
     CorruptEntryError,
     SchemaError,
@@ -444,6 +445,38 @@ class Core:
         if migrated:
             plain = schema.migrate(plain, env.schema_version)
         return plain, env, migrated
+
+    def read_stored_flow(
+        self, key: str, skey: str, *, adopt: bool = False
+    ) -> Flow[tuple[Any, int]]:
+        """The value and version in the authoritative (last) tier, fresh:
+        ``(MISSING, version)`` when it is absent or unreadable. ``adopt``:
+        the value comes back tracked (else plain, or only checked)."""
+        value, version, _ = yield from self.read_raw_flow(key, skey, adopt=adopt)
+        return value, version
+
+    def read_raw_flow(
+        self, key: str, skey: str, *, adopt: bool = False, check: bool = False
+    ) -> Flow[tuple[Any, int, bytes | None]]:
+        """:meth:`read_stored_flow` plus the stored bytes themselves;
+        ``check``: a plain value the tracker would refuse is unreadable."""
+        tier = self.tiers[-1]
+        raw = yield Call(tier, self.counters[-1], "get", (skey,))
+        if raw is None:
+            return MISSING, 0, None
+        try:
+            opened = self.read(key, raw, self.schema, self.clock.time())
+            if opened is not None and (adopt or check):
+                tracked = self.adopt(opened[0])
+                if adopt:
+                    opened = (tracked, *opened[1:])
+        except CorruptEntryError as exc:
+            if (yield from self.quarantine_flow(key, len(self.tiers) - 1, raw, str(exc))):
+                return MISSING, 0, None  # moved aside: the key is absent now
+            return MISSING, safe_version(raw), raw
+        if opened is None:  # expired, or a delete's tombstone
+            return MISSING, safe_version(raw), raw
+        return opened[0], opened[1].version, raw
 
     def merge(
         self, key: str, base: dict[Any, Any] | None, ours: Any, theirs: Any, resolver: Resolver

@@ -58,6 +58,7 @@ __all__ = [
     "encode",
     "is_tombstone",
     "peek_version",
+    "safe_version",
 ]
 
 MAGIC = b"TC"
@@ -224,3 +225,12 @@ def is_tombstone(data: bytes) -> bool:
         and data[:2] == MAGIC
         and bool(data[4] & TOMBSTONE)
     )
+
+
+def safe_version(data: bytes) -> int:
+    """The version field of stored bytes the cache cannot read; 0 when they
+    are not even an envelope (the tiers' compare-and-set does the same)."""
+    try:
+        return peek_version(data)
+    except Exception:
+        return 0

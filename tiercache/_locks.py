@@ -231,6 +231,11 @@ class LockRegistry:
             self.sweep_locked()
         return None
 
+    def sweep_if_due_locked(self) -> None:
+        """Sweep when the registry has grown past its bound (guard held)."""
+        if len(self._locks) > self._sweep_at:
+            self.sweep_locked()
+
     def sweep_locked(self) -> None:
         """Forget every lock nobody holds or waits for."""
         locks = self._locks
@@ -327,6 +332,13 @@ class LockRegistry:
             waiter = self.release_locked(holder)
         if waiter is not None:
             waiter.wake()
+
+    def held_by_others_locked(self, me: Any) -> bool:
+        """Whether any key's lock is held by another context than ``me``."""
+        return any(
+            lock.owner is not None and lock.owner is not me and lock.owner != me
+            for lock in self._locks.values()
+        )
 
     def unused(self) -> int:
         """How many registered locks nobody holds or waits for."""

@@ -21,14 +21,11 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
-from ._exceptions import ConfigError, TierCacheError
-from ._flow import arun, run
-from ._locks import KeyLock, owner
+from ._exceptions import ConfigError
 from ._policy import Expiry, Lease, Resolver, Schema
-from ._tiers._memory import Entry
+from ._scope import Scope
 
 if TYPE_CHECKING:
     from ._cache import TieredCache
@@ -38,221 +35,6 @@ __all__ = ["LazySession", "Scope", "cached_session"]
 P = ParamSpec("P")
 R = TypeVar("R")
 V = TypeVar("V")
-
-
-class Scope:
-    """One session scope over a key: ``with`` or ``async with`` (not both).
-
-    Made by :meth:`TieredCache.session`; entering yields the live tracked
-    value, leaving commits (or, if the body raised, rolls back). A scope
-    may be left in another thread or task than the one that entered it.
-    """
-
-    __slots__ = (
-        "_cache",
-        "_entry",
-        "_fence",
-        "_key_lock",
-        "_value",
-        "commit_on_error",
-        "conflict",
-        "initial",
-        "key",
-        "lease",
-        "schema",
-        "ttl",
-    )
-
-    def __init__(
-        self,
-        cache: TieredCache,
-        key: str,
-        initial: Callable[[], Any],
-        ttl: float | None,
-        schema: Schema | None,
-        commit_on_error: bool,
-        conflict: Resolver | None = None,
-        lease: Lease | None = None,
-    ) -> None:
-        self._cache = cache
-        self.conflict = conflict
-        self.lease = lease
-        self.key = key
-        self.initial = initial
-        self.ttl = ttl
-        self.schema = schema
-        self.commit_on_error = commit_on_error
-        #: The key's lock while the scope holds it (set by the lock
-        #: registry in the same stores that take it: see tiercache._locks).
-        self._key_lock: KeyLock | None = None
-        #: The memory entry while the scope pins it (set with the pin).
-        self._entry: Entry | None = None
-        self._value: Any = None
-        self._fence = 0
-
-    def _check(self) -> None:
-        cache, key = self._cache, self.key
-        cache._check_key(key)
-        if cache._closed:
-            cache._check_open()
-        if self._key_lock is not None:
-            raise TierCacheError(f"the scope of {key!r} is already open; make a new one")
-
-    def _let_go(self) -> None:
-        """Unpin and unlock, whatever is held (nothing: nothing to do).
-
-        The callers free the lock inline before calling this (a signal's
-        exception can land at the start of any call, so this one might not
-        run): see tiercache._locks."""
-        if self._key_lock is None and self._entry is None:
-            self._value = None
-            return  # already let go (the read-only exit does it itself)
-        cache = self._cache
-        waiter = None
-        with cache._mlock:
-            entry = self._entry
-            if entry is not None:
-                entry.pins -= 1
-                self._entry = None
-            lock = self._key_lock
-            if lock is not None:
-                if lock.holder == id(self):
-                    lock.owner = None
-                    lock.holder = 0
-                self._key_lock = None
-                if lock.waiters:
-                    waiter = lock.waiters[0]
-                locks = cache._locks
-                if len(locks) > locks._sweep_at:
-                    locks.sweep_locked()
-        self._value = None
-        if waiter is not None:
-            waiter.wake()
-
-    def __del__(self) -> None:
-        # A scope dropped while it still holds its key (its __exit__ never
-        # ran: an interrupt landed on the call itself, or __enter__ was
-        # called by hand): free the key rather than leave it locked for
-        # good. No lock is taken here (the collector may run anywhere);
-        # these stores are atomic for threads and signals alike. A waiter
-        # notices within POLL seconds. (getattr: __init__ may itself have
-        # been interrupted.)
-        lock = getattr(self, "_key_lock", None)
-        if lock is not None and lock.holder == id(self):
-            lock.owner = None
-            lock.holder = 0
-        entry = getattr(self, "_entry", None)
-        if entry is not None:
-            entry.pins -= 1
-            self._entry = None
-
-    def __enter__(self) -> Any:
-        # The hot path is written out flat: every call saved here is ~5% of a
-        # read-only scope on a memory hit.
-        cache, key = self._cache, self.key
-        if type(key) is not str or cache._closed or self._key_lock is not None:
-            self._check()
-        me = owner()
-        try:
-            if self.lease is not None:
-                cache._locks.acquire(key, me, self)
-                self._value, self._fence = run(
-                    cache._strict_enter_flow(self, key, self.initial, self.ttl, self.lease)
-                )
-                return self._value
-            entry = cache._scope_open(self, key, self.initial, me)
-            if entry is not None:
-                value = self._value = entry.value
-                return value
-            if self._key_lock is None:
-                cache._locks.acquire(key, me, self)
-            self._value = run(cache._enter_flow(self, key, self.initial, self.ttl, self.schema))
-            return self._value
-        except BaseException:
-            lock = self._key_lock
-            if lock is not None:
-                lock.owner = None  # first, and inline: nothing can skip it
-            self._let_go()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        cache = self._cache
-        if self._key_lock is None:
-            return
-        failed = exc is not None and not self.commit_on_error
-        try:
-            if self._fence:
-                fence, self._fence = self._fence, 0
-                run(cache._strict_exit_flow(self, failed, fence))
-            elif not failed and (done := cache._scope_close_clean(self)):
-                if done == 2:
-                    run(cache._drain_flow())
-            else:
-                run(cache._exit_flow(self, failed))
-        finally:
-            lock = self._key_lock
-            if lock is not None:
-                lock.owner = None  # first, and inline: nothing can skip it
-            self._let_go()
-
-    async def __aenter__(self) -> Any:
-        cache, key = self._cache, self.key
-        if type(key) is not str or cache._closed or self._key_lock is not None:
-            self._check()
-        me = owner()
-        try:
-            if self.lease is not None:
-                await cache._locks.aacquire(key, me, self)
-                self._value, self._fence = await arun(
-                    cache._strict_enter_flow(self, key, self.initial, self.ttl, self.lease)
-                )
-                return self._value
-            entry = cache._scope_open(self, key, self.initial, me)
-            if entry is not None:
-                value = self._value = entry.value
-                return value
-            if self._key_lock is None:
-                await cache._locks.aacquire(key, me, self)
-            self._value = await arun(
-                cache._enter_flow(self, key, self.initial, self.ttl, self.schema)
-            )
-            return self._value
-        except BaseException:
-            lock = self._key_lock
-            if lock is not None:
-                lock.owner = None  # first, and inline: nothing can skip it
-            self._let_go()
-            raise
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        cache = self._cache
-        if self._key_lock is None:
-            return
-        failed = exc is not None and not self.commit_on_error
-        try:
-            if self._fence:
-                fence, self._fence = self._fence, 0
-                await arun(cache._strict_exit_flow(self, failed, fence))
-            elif not failed and (done := cache._scope_close_clean(self)):
-                if done == 2:
-                    await arun(cache._drain_flow())
-            else:
-                await arun(cache._exit_flow(self, failed))
-        finally:
-            lock = self._key_lock
-            if lock is not None:
-                lock.owner = None  # first, and inline: nothing can skip it
-            self._let_go()
 
 
 class LazySession(Generic[V]):
@@ -339,17 +121,16 @@ class _Spec:
         self.commit_on_error = commit_on_error
 
     def scope(self, key: str) -> Scope:
-        return Scope(
-            self.cache,
+        # The decorator's own lease, else the cache-wide one: exactly what
+        # cache.session() chooses, since it is cache.session().
+        return self.cache.session(
             key,
-            self.initial,
-            self.ttl,
-            self.schema,
-            self.commit_on_error,
-            self.conflict,
-            # The decorator's own lease, else the cache-wide one, exactly as
-            # cache.session() chooses.
-            self.lease or self.cache.lease,
+            initial=self.initial,
+            ttl=self.ttl,
+            schema=self.schema,
+            commit_on_error=self.commit_on_error,
+            conflict=self.conflict,
+            lease=self.lease,
         )
 
 
@@ -365,7 +146,7 @@ def _plan(
         if spec.lazy:
             lazy[spec.arg] = LazySession(spec.scope(key))
             continue
-        order = (spec.cache.namespace, spec.cache._id, key)
+        order = (spec.cache.namespace, id(spec.cache), key)
         if order in eager:
             eager[order][1].append(spec.arg)
         else:

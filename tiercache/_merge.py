@@ -1,0 +1,145 @@
+"""Merging: what a write that lost a compare-and-set race does.
+
+::
+
+    write_flow: compare_and_set(expected=v) ──lost──> merge_flow(entry)
+        read what is stored now (theirs, version w, raw bytes)
+            ├─ raw is our own pending bytes ──> it landed after all: done
+            ├─ raw is one of our uncertain writes ──> rebase: ours is the base
+            └─ core.merge(base, ours, theirs, resolver) ──> merged
+                   (fields only we changed: ours; only they: theirs; both,
+                    whatever the values: the resolver, ConflictError by default)
+        seal merged at next_version(w); compare_and_set(expected=w)
+            └─ lost again? back off and repeat (up to MAX_MERGES)
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, cast
+
+from ._envelope import decode as _envelope_decode
+from ._exceptions import ConflictError, TierError
+from ._flow import Call, Flow, Pause
+from ._state import CacheState
+from ._tiers._memory import Entry
+from ._tracking import MISSING, detach, mark_clean, root_of, to_plain, track
+from ._tracking import _same as same
+
+__all__ = ["MAX_MERGES", "UNDECODED", "Merger", "backoff"]
+
+#: Merge-and-retry rounds before a write gives up with TierError. Between
+#: rounds a lost writer backs off (jittered, doubling from 1 ms up to 50 ms):
+#: without it, optimistic writers on one hot key starve each other.
+MAX_MERGES = 64
+
+#: A value not decoded yet: journal replays decode one only to merge it.
+UNDECODED: Any = object()
+
+
+def backoff(attempt: int) -> Pause:
+    """The wait before compare-and-set retry ``attempt``."""
+    return Pause(random.uniform(0.5, 1.0) * min(0.05, 0.001 * 2**attempt))
+
+
+class Merger:
+    """The merge layer of one cache (see the module docstring)."""
+
+    def __init__(self, state: CacheState) -> None:
+        self.s = state
+
+    def merge_flow(self, e: Entry, skey: str, ttl: float | None) -> Flow[bytes]:
+        core = self.s.core
+        tier, counters = core.tiers[-1], core.counters[-1]
+        resolver = e.conflict or self.s.conflict
+        if e.value is UNDECODED:  # a journal replay's stand-in entry
+            data = cast(bytes, e.pending)
+            e.value = track(core.serializer.loads(_envelope_decode(data).payload), label=e.key)
+            e.root = root_of(e.value, label=e.key)
+        for attempt in range(MAX_MERGES):
+            if attempt:
+                yield backoff(attempt)
+            theirs, version, raw = yield from self.s.core.read_raw_flow(e.key, skey, check=True)
+            if raw is not None and raw == e.pending:
+                # Our write did land: its reply said otherwise (the client
+                # retried a command whose first reply was lost, and the
+                # retry found its own version). Never merge with ourselves.
+                return e.pending
+            if e.uncertain is not None and raw in e.uncertain:
+                if e.base is not None and type(theirs) is dict:
+                    # A write whose reply we lost did land: the stored value
+                    # is our own, so what we changed since is relative to it.
+                    e.base = {f: theirs.get(f, MISSING) for f in e.base}
+                e.uncertain = None
+            elif e.uncertain and e.base and type(theirs) is dict:
+                # It may have landed and been written over by others since:
+                # a field whose stored value is exactly what one of our
+                # lost-reply writes set is our own change, not a conflict.
+                self.rebase_on_own_writes(e, theirs)
+            try:
+                merged = core.merge(e.key, e.base, to_plain(e.value), theirs, resolver)
+            except ConflictError:
+                # Keep theirs in memory so the next scope starts from it.
+                self.replace_value(
+                    e, track({} if theirs is MISSING else theirs, label=e.key), version
+                )
+                e.merged = True
+                e.pending = None
+                e.base = {}
+                raise
+            self.replace_value(e, track(merged, label=e.key), version)
+            e.merged = True
+            if e.base is not None:
+                # If this write loses again, theirs is the new common base.
+                e.base = {
+                    f: (theirs.get(f, MISSING) if type(theirs) is dict else theirs) for f in e.base
+                }
+            e.version = core.next_version(version)
+            data = core.seal(
+                e.key,
+                e.value,
+                version=e.version,
+                created_ms=e.created_ms,
+                ttl=e.ttl,
+                schema_version=e.schema_version,
+            )
+            e.pending = data
+            try:
+                ok = yield Call(tier, counters, "compare_and_set", (skey, data, ttl, version))
+            except BaseException as exc:
+                # A reply lost, or an interrupt mid-write: if these bytes turn
+                # up stored, they are our own.
+                if not isinstance(exc, TierError) or exc.sent:
+                    e.uncertain = (e.uncertain or set()) | {data}
+                raise
+            if ok:
+                core.merges += 1
+                return data
+        raise TierError(f"gave up writing {e.key!r}: {MAX_MERGES} other writers won in a row")
+
+    def rebase_on_own_writes(self, e: Entry, theirs: dict[Any, Any]) -> None:
+        base = cast(dict[Any, Any], e.base)
+        core = self.s.core
+        for blob in cast(set[bytes], e.uncertain):
+            try:
+                ours = core.serializer.loads(_envelope_decode(blob).payload)
+            except Exception:
+                continue
+            if type(ours) is not dict:
+                continue
+            for field in base:
+                mine = ours.get(field, MISSING)
+                if mine is not MISSING and same(theirs.get(field, MISSING), mine):
+                    base[field] = mine
+
+    def replace_value(self, e: Entry, value: Any, stored: int) -> None:
+        """Swap the entry's live value (key lock held); handles to the old
+        one go stale and raise on mutation."""
+        old = e.value
+        mark_clean(value)
+        detach(value)
+        e.value = value
+        e.root = root_of(value, label=e.key)
+        e.stored = e.version = stored
+        if old is not value:
+            detach(old)

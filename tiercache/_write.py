@@ -1,0 +1,336 @@
+"""The write path: sealing a changed value and writing it to every tier.
+
+::
+
+    scope exit / set / evict / timer / flush / close
+       └─> seal(entry): serialize once into envelope bytes at the next
+           version ──> entry.pending
+           └─> write_flow(entries, reason)
+                 journal not empty? replay it first (or join it: outage)
+                 shared tier: compare_and_set each on the version it last saw
+                   ├─ written ──────────────> the local tiers get the same bytes
+                   ├─ lost the race ────────> merge (tiercache._merge), write again
+                   ├─ refused (one entry) ──> that entry's own error; the rest go on
+                   └─ unreachable ──────────> journaled (with a journal) or raised
+                 pending cleared, versions recorded, invalidations published
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import cast
+
+from ._envelope import peek_version
+from ._exceptions import ConflictError, TierCacheError, TierError
+from ._flow import Call, Flow
+from ._invalidation import Invalidations
+from ._journal import Journal
+from ._journaling import Journaling
+from ._locks import Hold, owner
+from ._merge import Merger
+from ._state import CacheState
+from ._tiers._base import CasItem, SetItem
+from ._tiers._memory import Entry
+from ._tracking import changes, mark_clean, revert
+
+__all__ = ["Writer"]
+
+log = logging.getLogger("tiercache")
+
+
+class Writer:
+    """The write path of one cache (see the module docstring)."""
+
+    def __init__(
+        self,
+        state: CacheState,
+        inval: Invalidations,
+        journaling: Journaling,
+        merger: Merger,
+    ) -> None:
+        self.s = state
+        self.inval = inval
+        self.journaling = journaling
+        self.merger = merger
+
+    def seal(self, entry: Entry, *, clean: bool = True) -> None:
+        """Serialize the entry's value once into ``entry.pending`` and mark it
+        clean; raises SerializationError and then changes nothing.
+
+        ``clean=False`` keeps the value's clean point where it was (the
+        scope's start), so a write that then fails can still be rolled
+        back in place (:meth:`ScopeFlows.roll_back`); the caller marks it clean once
+        the write succeeded."""
+        if (
+            not self.s.core.tiers
+            and self.s.memory.max_bytes is None
+            and self.s.core.max_value_bytes is None
+        ):
+            # Memory only: nothing to write and no byte budget to measure.
+            mark_clean(entry.value)
+            entry.version += 1
+            entry.expires_at = self.s.core.memory_expiry(entry.ttl)
+            return
+        base = entry.base
+        if base is not None and entry.root is not None:
+            # First change of a field since the stored version: remember
+            # what it was then, the base of a merge if our write loses.
+            for field, was in changes(entry.value).items():
+                base.setdefault(field, was)
+        version = self.s.core.next_version(entry.version)
+        data = self.s.core.seal(
+            entry.key,
+            entry.value,
+            version=version,
+            created_ms=entry.created_ms,
+            ttl=entry.ttl,
+            schema_version=entry.schema_version,
+        )
+        if clean:
+            mark_clean(entry.value)
+        entry.version = version
+        if entry.pending is None:
+            entry.pending_since = self.s.clock.monotonic()
+        entry.pending = data
+        entry.size = len(data)
+        entry.expires_at = self.s.core.memory_expiry(entry.ttl)
+        if not entry.created_ms:
+            entry.created_ms = int(self.s.clock.time() * 1000)
+
+    def seal_or_revert(self, entry: Entry, *, clean: bool = True) -> None:
+        try:
+            self.seal(entry, clean=clean)
+        except BaseException:
+            # Nothing was stored; memory goes back to the scope's start too.
+            revert(entry.value)
+            raise
+
+    def write_flow(
+        self, entries: Iterable[Entry], reason: str, *, journal: bool = True
+    ) -> Flow[None]:
+        """Write the pending bytes of ``entries`` (caller holds their key locks).
+
+        When the last (shared, authoritative) tier can compare-and-set, each
+        entry is written there only if it still holds the version this
+        process last saw; a lost race is merged (:meth:`Merger.merge_flow`) and
+        retried. The tiers above get the same bytes once it succeeded.
+        Without compare-and-set the batch is written as is (last writer
+        wins).
+        """
+        batch = [(e, e.pending) for e in entries if e.pending is not None]
+        if not batch:
+            return
+        core = self.s.core
+        tiers = core.tiers
+        journaling = journal and self.s.journal is not None
+        if (
+            journaling
+            and cast(Journal, self.s.journal).depth
+            and (not self.s.wal or any(e.key in self.s.journal_keys for e, _ in batch))
+        ):
+            # Older acknowledged changes first: they go to the shared tier
+            # in the order they were made, or this batch joins them. (As a
+            # write-ahead log the journal always holds something; only the
+            # records of these keys must go first, and the timer sends them.)
+            try:
+                yield from self.s.replay_flow()
+            except TierError as exc:
+                if not exc.transient:
+                    raise  # refused, not unreachable: journaling cannot help
+                self.journaling.or_raise(batch, sent=False)  # the batch never went out
+                return
+        written: list[tuple[Entry, bytes]] = []
+        #: Entries that could not be written, each with its own error: one
+        #: of them never holds the rest of a batch back.
+        failures: list[tuple[Entry, TierCacheError]] = []
+        if tiers and tiers[-1].supports_cas:
+            # An outdated entry's idea of the stored version cannot be
+            # trusted (the store moved on, or a replay merged what it
+            # believed): a compare-and-set on it could match a version that
+            # now holds other content. It merges with what is stored instead.
+            trusted = [(e, data) for e, data in batch if not e.outdated]
+            items: list[CasItem] = [
+                (core.skey(e.key), data, core.ttl_for(e.ttl), e.stored) for e, data in trusted
+            ]
+            try:
+                results = yield from self.cas_flow(items)
+            except TierError as exc:
+                if exc.sent:
+                    # The connection may have died after the server applied
+                    # it: if these bytes turn up stored, they are our own.
+                    for e, data in batch:
+                        e.uncertain = (e.uncertain or set()) | {data}
+                if not journaling or not exc.transient:
+                    # Refused by a server that answered (a permission, a
+                    # wrong type): the handler hears it; a journal entry
+                    # could never be replayed.
+                    raise
+                self.journaling.or_raise(batch, sent=exc.sent)
+                return
+            except BaseException:
+                # Interrupted mid-write (KeyboardInterrupt, the flow closed):
+                # it may have landed, and if it did it is our own.
+                for e, data in batch:
+                    e.uncertain = (e.uncertain or set()) | {data}
+                raise
+            by_entry = {id(e): ok for (e, _), ok in zip(trusted, results, strict=True)}
+            unreached: list[Entry] = []
+            for e, data in batch:
+                ok = by_entry.get(id(e), False)
+                if ok is True:
+                    written.append((e, data))
+                    continue
+                if isinstance(ok, TierError):
+                    failures.append((e, ok))  # refused: this entry's own error
+                    continue
+                # What this entry believed stored is not: until a merge
+                # succeeds, no compare-and-set may be made on that belief.
+                e.outdated = True
+                if reason == "migrate":
+                    # Someone wrote since we loaded: forget our migrated
+                    # copy; the next access loads (and migrates) theirs.
+                    with self.s.mlock:
+                        self.s.memory.remove(e.key)
+                        e.pending = None
+                    continue
+                try:
+                    merged = yield from self.merger.merge_flow(
+                        e, core.skey(e.key), core.ttl_for(e.ttl)
+                    )
+                except ConflictError as exc:
+                    if reason in ("exit", "set"):
+                        failures.append((e, exc))
+                        continue
+                    # No handler to tell: theirs is kept, and it is loud.
+                    core.conflicts_lost += 1
+                    log.error(
+                        "tiercache: %s flush of %r lost a same-field conflict; the stored "
+                        "value was kept (use a conflict resolver to merge)",
+                        reason,
+                        e.key,
+                    )
+                    continue
+                except TierError as exc:
+                    if journaling and exc.transient:
+                        unreached.append(e)  # the store went away mid-merge
+                    else:
+                        failures.append((e, exc))
+                    continue
+                written.append((e, merged))
+            if unreached:
+                self.journaling.or_raise(
+                    [(e, cast(bytes, e.pending)) for e in unreached], sent=True
+                )
+            upper: list[SetItem] = [
+                (core.skey(e.key), data, core.ttl_for(e.ttl)) for e, data in written
+            ]
+            # The local tiers get the same bytes; their failures are
+            # bypassed (the shared tier took the write).
+            yield from core.write_flow(upper, range(len(tiers) - 1))
+        else:
+            if tiers:
+                plain_items: list[SetItem] = [
+                    (core.skey(e.key), data, core.ttl_for(e.ttl)) for e, data in batch
+                ]
+                yield from core.write_flow(plain_items)
+            written = batch
+        published = [(e.key, "set", peek_version(data)) for e, data in written]
+        with self.s.mlock:
+            mono = self.s.clock.monotonic()
+            for (e, data), (_, _, version) in zip(written, published, strict=True):
+                if e.pending is data:
+                    e.pending = None
+                    e.uncertain = None
+                    e.touched_at = e.checked_at = mono
+                    e.stored = version
+                    # Written by compare-and-set (or merged): current now.
+                    e.outdated = False
+                    e.journaled = e.key in self.s.journal_keys
+                    if e.base is None or e.base:
+                        e.base = {}
+            self.s.core.flushes[reason] += len(written)
+            self.inval.drop_evicted()
+        yield from self.inval.publish_flow(published)
+        if failures:
+            if reason not in ("exit", "set"):
+                for e, error in failures:
+                    log.warning(
+                        "tiercache: %s flush of %r failed; it stays pending: %s",
+                        reason,
+                        e.key,
+                        error,
+                    )
+            raise failures[0][1]
+
+    def cas_flow(self, items: list[CasItem]) -> Flow[list[bool | TierError]]:
+        """Compare-and-set ``items`` on the shared tier: one call, or one
+        pipelined batch. A batch the server refused (an error that is not
+        an outage) is retried one item at a time, so the items it took are
+        written and only the one it refuses carries the error. An outage
+        raises."""
+        core = self.s.core
+        last, counters = core.tiers[-1], core.counters[-1]
+        if not items:
+            return []
+        if len(items) == 1:
+            return [(yield Call(last, counters, "compare_and_set", items[0]))]
+        try:
+            return list((yield Call(last, counters, "compare_and_set_many", (items,))))
+        except TierError as exc:
+            if exc.transient:
+                raise
+        out: list[bool | TierError] = []
+        for item in items:
+            try:
+                out.append((yield Call(last, counters, "compare_and_set", item)))
+            except TierError as exc:
+                if exc.transient:
+                    raise
+                out.append(exc)
+        return out
+
+    def drain_flow(self) -> Flow[None]:
+        """Write entries the memory policy pushed out (write-through only;
+        under write-behind they stay readable until the next tick)."""
+        if not self.s.memory.evicted:
+            return
+        with self.s.mlock:
+            self.inval.drop_evicted()
+            waiting = [e for e in self.s.memory.evicted.values() if e.pending is not None]
+        if waiting and self.s.write_through:
+            try:
+                yield from self.locked_write_flow(waiting, "evict")
+            except (TierError, ConflictError) as exc:
+                # Other keys' writes: never this caller's error (its own
+                # change, if any, is already settled). They stay in the
+                # evicted area, readable, for the next drain or tick.
+                log.warning("tiercache: writing evicted entries failed: %s", exc)
+                self.s.ensure_timer(retry=True)
+
+    def locked_write_flow(self, entries: list[Entry], reason: str) -> Flow[None]:
+        """Write the entries whose key lock is free now (or is this
+        caller's own: a flush inside a scope writes its key). A busy key's
+        holder writes it at its scope exit (or the next flush), so an older
+        pending write can never land after a newer one."""
+        me = owner()
+        holds: list[Hold] = []
+        chosen: list[Entry] = []
+        try:
+            with self.s.mlock:
+                for e in entries:
+                    if self.s.locks.held_by(e.key, me):
+                        chosen.append(e)
+                        continue
+                    hold = Hold()
+                    holds.append(hold)
+                    if self.s.locks.take_locked(e.key, me, hold):
+                        chosen.append(e)
+            yield from self.write_flow(chosen, reason)
+        finally:
+            for hold in holds:
+                lock = hold._key_lock
+                if lock is not None:
+                    lock.owner = None  # first, and inline: nothing can skip it
+            for hold in holds:
+                self.s.locks.release(hold)
