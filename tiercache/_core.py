@@ -112,7 +112,6 @@ class Core:
         # flows, by one flow at a time per key, so plain ints suffice.
         self.loads = 0
         self.promotions = 0
-        self.writes_avoided = 0
         self.corrupt = 0
         self.quarantined = 0
         self.conflicts = 0

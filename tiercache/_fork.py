@@ -28,6 +28,8 @@ import threading
 import weakref
 from typing import Any
 
+from . import _locks
+
 __all__ = ["watch"]
 
 log = logging.getLogger("tiercache")
@@ -50,6 +52,7 @@ def watch(cache: Any) -> None:
 def _in_child() -> None:
     global _lock
     _lock = threading.Lock()  # another thread may have held it at the fork
+    _locks.after_fork()
     for cache in list(_live):
         try:
             cache._after_fork()

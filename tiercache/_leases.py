@@ -206,7 +206,7 @@ class Leases:
                     core.flushes["exit"] += 1
                 yield from self.inval.publish_flow([(key, "set", entry.version)])
             else:
-                core.writes_avoided += 1
+                self.s.writes_avoided += 1
         finally:
             detach(value)
             with self.s.mlock:

@@ -28,8 +28,9 @@ Python function, but never inside a run of plain attribute stores. So:
   with :func:`free` spelled out as stores (a call to a helper could be
   skipped), before the bookkeeping that may be skipped: clearing the
   record, waking a waiter;
-* a holder dropped while still holding (its release never ran) frees the
-  lock in ``__del__``;
+* a holder dropped while still holding (its release never ran) is found
+  out by whoever wants the lock next: the lock is then the only thing that
+  still refers to it (:func:`abandoned`), and it is freed;
 * a wake-up lost to an interrupt costs a waiter at most :data:`POLL`
   seconds: waiters re-check on their own.
 """
@@ -39,19 +40,48 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from sys import getrefcount
 from typing import Any
 
 from ._exceptions import TierCacheError
 
-__all__ = ["POLL", "Hold", "KeyLock", "LockRegistry", "NestedScopeError", "owner"]
+__all__ = ["POLL", "Hold", "KeyLock", "LockRegistry", "NestedScopeError", "abandoned", "owner"]
 
 #: How often (seconds) a waiter re-checks a lock on its own, in case the
 #: wake-up it was due was lost (the releaser was interrupted).
 POLL = 0.05
 
 _get_running_loop = asyncio._get_running_loop
-_current_task = asyncio.current_task
 _get_ident = threading.get_ident
+
+
+def _pick_current_task() -> Any:
+    """``asyncio.current_task(loop)``, or the dict lookup it is when it is
+    the pure-Python function over ``asyncio.tasks._current_tasks`` (3.11):
+    one call fewer per scope."""
+    fn = asyncio.tasks.current_task
+    code = getattr(fn, "__code__", None)
+    table = getattr(asyncio.tasks, "_current_tasks", None)
+    if (
+        fn is asyncio.current_task
+        and code is not None
+        and "_current_tasks" in code.co_names
+        and type(table) is dict
+    ):
+        return table.get
+    return asyncio.current_task
+
+
+#: ``asyncio.current_task(loop)``.
+task_of = _pick_current_task()
+
+#: thread ident -> the asyncio loop last seen running in that thread.
+#: ``asyncio._get_running_loop()`` checks ``getpid()`` (a system call, for
+#: fork safety) each time a loop runs; a loop's own ``_thread_id`` says the
+#: same for free: it is the thread running it, and None once it stops. Only
+#: loops that have one are kept (uvloop's is not visible: it is asked each
+#: time). Cleared in a forked child (:func:`after_fork`).
+thread_loops: dict[int, Any] = {}
 
 
 def owner() -> Any:
@@ -61,12 +91,23 @@ def owner() -> Any:
     nested scope on one key is recognised whichever of ``with`` and ``async
     with`` each uses.
     """
-    loop = _get_running_loop()
-    if loop is not None:
-        task = _current_task(loop)
-        if task is not None:
-            return task
-    return _get_ident()
+    ident = _get_ident()
+    loop = thread_loops.get(ident)
+    if loop is None or loop._thread_id != ident:
+        if loop is not None:
+            del thread_loops[ident]  # it stopped: ask asyncio
+        loop = _get_running_loop()
+        if loop is None:
+            return ident
+        if getattr(loop, "_thread_id", None) == ident:
+            thread_loops[ident] = loop
+    task = task_of(loop)
+    return ident if task is None else task
+
+
+def after_fork() -> None:
+    """In a forked child: no loop runs in it until one is started there."""
+    thread_loops.clear()
 
 
 class NestedScopeError(TierCacheError):
@@ -116,13 +157,37 @@ class KeyLock:
     def __init__(self) -> None:
         #: The context holding it (see :func:`owner`), or None when free.
         self.owner: Any = None
-        #: ``id()`` of the object that recorded it (a scope, a Hold): only
-        #: that one's release frees it, whichever thread or task runs it.
-        self.holder = 0
+        #: The object that recorded it (a scope, a Hold): only that one's
+        #: release frees it, whichever thread or task runs it.
+        self.holder: Any = None
         self.waiters: deque[_Waiter] = deque()
 
     def __repr__(self) -> str:
         return f"<KeyLock owner={self.owner!r} waiters={len(self.waiters)}>"
+
+
+def _let_go_of(lock: KeyLock) -> None:
+    """Free a lock whose holder was abandoned, and the entry it pinned."""
+    holder = lock.holder
+    entry = getattr(holder, "_entry", None)
+    if entry is not None:
+        entry.pins -= 1
+        holder._entry = None
+    holder._key_lock = None
+    lock.owner = None
+    lock.holder = None
+
+
+def abandoned(lock: KeyLock) -> bool:
+    """Whether ``lock`` is held by a holder nothing else refers to any more
+    (its release never ran: an interrupt landed on the very call, or a
+    scope was entered by hand and dropped): nobody can ever release it.
+
+    The holder a live taker holds is referred to by its frame, at least
+    (CPython's reference counts; the argument is one of the two counted
+    here, the lock the other)."""
+    holder = lock.holder
+    return holder is not None and getrefcount(holder) <= 3
 
 
 class Hold:
@@ -134,15 +199,6 @@ class Hold:
 
     def __init__(self) -> None:
         self._key_lock: KeyLock | None = None
-
-    def __del__(self) -> None:
-        # Dropped while holding (its release never ran: an interrupt landed
-        # on the call): free the key. A plain store, atomic for threads and
-        # signals; a waiter notices within POLL seconds.
-        lock = getattr(self, "_key_lock", None)
-        if lock is not None and lock.holder == id(self):
-            lock.owner = None
-            lock.holder = 0
 
 
 class LockRegistry:
@@ -174,8 +230,12 @@ class LockRegistry:
     #: between scopes, and 100,000 distinct keys leave at most this many.
     SWEEP_AT = 1024
 
-    def __init__(self, guard: threading.Lock) -> None:
+    def __init__(self, guard: threading.Lock | threading.RLock) -> None:
         self._locks: dict[str, KeyLock] = {}
+        #: The key -> lock map itself, for the one reader outside: a scope's
+        #: hot path takes a free existing lock inline (see Scope.__enter__),
+        #: exactly as :meth:`take_locked` would; anything else comes here.
+        self.table = self._locks
         #: The cache passes its memory lock, so a scope's hot path takes a
         #: key's lock and looks its entry up in one critical section.
         self.guard = guard
@@ -187,16 +247,20 @@ class LockRegistry:
         """Make ``me`` the owner of ``key``'s lock and record it in
         ``holder._key_lock``; False when another holds it. NestedScopeError when
         ``me`` holds it already."""
-        hid = id(holder)
         lock = self._locks.get(key)
         if lock is None:
+            if len(self._locks) >= self._sweep_at:
+                self.sweep_locked()
             lock = KeyLock()
             self._locks[key] = lock
         held = lock.owner
+        if held is not None and abandoned(lock):
+            _let_go_of(lock)
+            held = None
         if held is None:
             # Stores only, no call between them: atomic for signals.
             lock.owner = me
-            lock.holder = hid
+            lock.holder = holder
             holder._key_lock = lock
             return True
         if held is me or held == me:
@@ -221,23 +285,15 @@ class LockRegistry:
         lock: KeyLock | None = holder._key_lock
         if lock is None:
             return None
-        if lock.holder == id(holder):
+        if lock.holder is holder:
             lock.owner = None
-            lock.holder = 0
+            lock.holder = None
         holder._key_lock = None
-        if lock.waiters:
-            return lock.waiters[0]
-        if len(self._locks) > self._sweep_at:
-            self.sweep_locked()
-        return None
-
-    def sweep_if_due_locked(self) -> None:
-        """Sweep when the registry has grown past its bound (guard held)."""
-        if len(self._locks) > self._sweep_at:
-            self.sweep_locked()
+        return lock.waiters[0] if lock.waiters else None
 
     def sweep_locked(self) -> None:
-        """Forget every lock nobody holds or waits for."""
+        """Forget every lock nobody holds or waits for. Run when a new lock
+        would grow the registry past its bound: the only time it grows."""
         locks = self._locks
         for key in [k for k, lock in locks.items() if lock.owner is None and not lock.waiters]:
             del locks[key]
@@ -336,7 +392,10 @@ class LockRegistry:
     def held_by_others_locked(self, me: Any) -> bool:
         """Whether any key's lock is held by another context than ``me``."""
         return any(
-            lock.owner is not None and lock.owner is not me and lock.owner != me
+            lock.owner is not None
+            and lock.owner is not me
+            and lock.owner != me
+            and not abandoned(lock)
             for lock in self._locks.values()
         )
 

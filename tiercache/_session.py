@@ -83,18 +83,10 @@ class LazySession(Generic[V]):
 
 
 class _Spec:
-    __slots__ = (
-        "arg",
-        "cache",
-        "commit_on_error",
-        "conflict",
-        "initial",
-        "key",
-        "lazy",
-        "lease",
-        "schema",
-        "ttl",
-    )
+    """One ``@cached_session`` decorator: its key function, argument name and
+    the scope options, checked once when it decorates."""
+
+    __slots__ = ("arg", "cache", "host", "key", "lazy", "opts")
 
     def __init__(
         self,
@@ -110,28 +102,18 @@ class _Spec:
         lease: Lease | None,
     ) -> None:
         self.cache = cache
-        self.conflict = conflict
-        self.lease = lease
         self.key = key
-        self.initial = initial
         self.arg = arg
         self.lazy = lazy
-        self.ttl = ttl
-        self.schema = schema
-        self.commit_on_error = commit_on_error
+        # The decorator's own lease, else the cache-wide one, exactly as
+        # cache.session() chooses.
+        self.opts = cache._scope_options(initial, ttl, schema, commit_on_error, conflict, lease)
+        #: What the scopes of this decorator talk to (the cache's narrow
+        #: scope interface), bound once.
+        self.host = cache._scope_host()
 
     def scope(self, key: str) -> Scope:
-        # The decorator's own lease, else the cache-wide one: exactly what
-        # cache.session() chooses, since it is cache.session().
-        return self.cache.session(
-            key,
-            initial=self.initial,
-            ttl=self.ttl,
-            schema=self.schema,
-            commit_on_error=self.commit_on_error,
-            conflict=self.conflict,
-            lease=self.lease,
-        )
+        return Scope(self.host, key, self.opts)
 
 
 def _plan(
@@ -224,6 +206,9 @@ def cached_session(
 
 
 def _sync_wrapper(fn: Callable[..., Any], specs: tuple[_Spec, ...]) -> Callable[..., Any]:
+    if len(specs) == 1 and not specs[0].lazy:
+        return _one_sync(fn, specs[0])
+
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         scopes, lazies = _plan(specs, args, kwargs)
         opened: list[Scope] = []
@@ -240,6 +225,31 @@ def _sync_wrapper(fn: Callable[..., Any], specs: tuple[_Spec, ...]) -> Callable[
             raise
         _close_all(opened, lazies, None)
         return result
+
+    return wrapper
+
+
+def _one_sync(fn: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
+    """The common case, one eager session: exactly what the general
+    wrapper does for it (the key, then the scope around the call), flat."""
+    key, arg, host, opts = spec.key, spec.arg, spec.host, spec.opts
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with Scope(host, key(*args, **kwargs), opts) as value:
+            kwargs[arg] = value
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _one_async(fn: Callable[..., Coroutine[Any, Any, Any]], spec: _Spec) -> Callable[..., Any]:
+    """:func:`_one_sync` for a coroutine function."""
+    key, arg, host, opts = spec.key, spec.arg, spec.host, spec.opts
+
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        async with Scope(host, key(*args, **kwargs), opts) as value:
+            kwargs[arg] = value
+            return await fn(*args, **kwargs)
 
     return wrapper
 
@@ -267,6 +277,9 @@ def _close_all(
 def _async_wrapper(
     fn: Callable[..., Coroutine[Any, Any, Any]], specs: tuple[_Spec, ...]
 ) -> Callable[..., Awaitable[Any]]:
+    if len(specs) == 1 and not specs[0].lazy:
+        return _one_async(fn, specs[0])
+
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         scopes, lazies = _plan(specs, args, kwargs)
         opened: list[Scope] = []

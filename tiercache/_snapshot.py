@@ -45,7 +45,7 @@ def stats_of(s: CacheState) -> CacheStats:
         loads=core.loads,
         promotions=core.promotions,
         flushes=dict(core.flushes),
-        writes_avoided=core.writes_avoided,
+        writes_avoided=s.writes_avoided,
         evictions=s.memory.evictions,
         corrupt_entries=core.corrupt,
         quarantined=core.quarantined,

@@ -53,6 +53,10 @@ class OpenScope(Pinner, Protocol):
     key: str
     _value: Any
 
+    @property
+    def conflict(self) -> Resolver | None:
+        """The scope's own resolver for same-field conflicts, if any."""
+
 
 class Flight:
     """A sync load in progress that other threads wait for."""
@@ -106,6 +110,8 @@ class CacheState:
         self.mlock = memory.lock
         self.peek = memory.peek
         self.recent = memory.recent
+        #: Entries pushed out of memory that still wait to be written.
+        self.evicted = memory.evicted
         #: Per-key locks; guarded by the memory lock.
         self.locks = LockRegistry(self.mlock)
         self.core = core
@@ -165,6 +171,7 @@ class CacheState:
         # Counters, bumped under the memory lock (or by one flow per key).
         self.hits = 0
         self.misses = 0
+        self.writes_avoided = 0
         self.invalidated = 0
         self.gaps = 0
         self.revalidations = 0

@@ -170,7 +170,9 @@ class MemoryTier:
             raise ConfigError(f"MemoryTier policy must be a cachetools.Cache class, got {policy!r}")
         self.maxsize = maxsize
         self.max_bytes = max_bytes
-        self.lock = threading.Lock()
+        # An RLock, not a Lock: the hot paths release it explicitly, and an
+        # RLock refuses a release by a thread that does not hold it.
+        self.lock = threading.RLock()
         #: Entries pushed out that still have to be written or are in use.
         self.evicted: dict[str, Entry] = {}
         #: Keys every tier missed, with when that knowledge expires: a
@@ -209,7 +211,9 @@ class MemoryTier:
     def _after_fork(self) -> None:
         """In a forked child: a new lock, and nothing in memory (what the
         parent had pending is the parent's to write)."""
-        self.lock = threading.Lock()
+        # An RLock, not a Lock: the hot paths release it explicitly, and an
+        # RLock refuses a release by a thread that does not hold it.
+        self.lock = threading.RLock()
         entries = [*self.data.values(), *self.evicted.values()]
         self.evicted.clear()
         self.absent.clear()
