@@ -90,7 +90,7 @@ from redis.retry import Retry
 
 from ._clock import Clock, SystemClock
 from ._exceptions import ConfigError, InvalidKeyError, TierCacheError, TierError
-from ._tiers._redis import (
+from ._redisclient import (
     _close_at_loop_shutdown,
     _LoopClient,
     check_url,
