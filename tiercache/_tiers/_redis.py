@@ -36,7 +36,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from .._envelope import MAGIC, MIN_SIZE, VERSION_OFFSET
 from .._exceptions import ConfigError, TierError
 from .._redisclient import BACKEND_ERRORS as _BACKEND_ERRORS
 
@@ -52,6 +51,14 @@ from .._redisclient import error_text as error_text
 from .._redisclient import redact_url as redact_url
 from .._redisclient import transient as transient
 from ._base import CasItem, PersistentTier, SetItem
+from ._redis_scripts import (
+    ACQUIRE_LUA,
+    CAS_LUA,
+    FENCED_CAS_LUA,
+    QUARANTINE_LUA,
+    RELEASE_LUA,
+    RENEW_LUA,
+)
 
 __all__ = ["RedisTier"]
 
@@ -80,103 +87,6 @@ def _bulk_limit(reply: Any) -> int:
         return int(next(iter(values)))
     except (StopIteration, TypeError, ValueError):
         return _DEFAULT_BULK_LIMIT
-
-
-# Compare-and-set as one script, so nothing can write between the read and
-# the write. The stored version is compared as its 8 raw bytes rather than
-# through ``struct.unpack('<I8', ...)``: Lua numbers are doubles, which
-# cannot tell 2**53 from 2**53 + 1, while a byte compare is exact for every
-# u64. Bytes that are not an envelope (too short, foreign magic, a version
-# over MAX_VERSION: its top bit set) count as absent, version 0, so the
-# cache's repair write (expected=0) can replace them, as every other tier
-# does. ARGV[3] is the expiry: >0 PX in ms, 0 no
-# expiry, -1 already expired (delete).
-_CAS_LUA = f"""
-local cur = redis.call('GET', KEYS[1])
-local found = string.rep(string.char(0), 8)
-if cur and string.len(cur) >= {MIN_SIZE} and string.sub(cur, 1, 2) == '{MAGIC.decode()}'
-        and string.byte(cur, {VERSION_OFFSET + 8}) < 128 then
-    found = string.sub(cur, {VERSION_OFFSET + 1}, {VERSION_OFFSET + 8})
-end
-if found ~= ARGV[2] then
-    return 0
-end
-local px = tonumber(ARGV[3])
-if px < 0 then
-    redis.call('DEL', KEYS[1])
-elseif px == 0 then
-    redis.call('SET', KEYS[1], ARGV[1])
-else
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
-end
-return 1
-"""
-
-
-_CHECK_VERSION_LUA = f"""
-local cur = redis.call('GET', KEYS[1])
-local found = string.rep(string.char(0), 8)
-if cur and string.len(cur) >= {MIN_SIZE} and string.sub(cur, 1, 2) == '{MAGIC.decode()}'
-        and string.byte(cur, {VERSION_OFFSET + 8}) < 128 then
-    found = string.sub(cur, {VERSION_OFFSET + 1}, {VERSION_OFFSET + 8})
-end
-"""
-
-# Quarantine: move unreadable bytes aside only if they are still the value
-# (a writer that repaired the key meanwhile wins). ARGV[2]: ms to keep them.
-_QUARANTINE_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local keep = tonumber(ARGV[2])
-if keep > 0 then
-    redis.call('SET', KEYS[2], ARGV[1], 'PX', keep)
-end
-redis.call('DEL', KEYS[1])
-return 1
-"""
-
-# Strict mode. A lease key holds a fencing token drawn from a per-key
-# counter; each script checks the token it is given still holds it. The
-# counter expires with its lease (no key is left behind per leased
-# session); a new one starts from the server clock in microseconds, above
-# every token an earlier counter gave, so a token is never handed out twice.
-_ACQUIRE_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local token = redis.call('INCR', KEYS[2])
-if token == 1 then
-    local t = redis.call('TIME')
-    token = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    redis.call('SET', KEYS[2], token)
-end
-redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[1]) + 60000)
-redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
-return token
-"""
-_RENEW_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
-"""
-_FENCED_CAS_LUA = (
-    """
-if redis.call('GET', KEYS[2]) ~= ARGV[4] then return -1 end
-"""
-    + _CHECK_VERSION_LUA
-    + """
-if found ~= ARGV[2] then return 0 end
-local px = tonumber(ARGV[3])
-if px <= 0 then
-    redis.call('SET', KEYS[1], ARGV[1])
-else
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
-end
-return 1
-"""
-)
 
 
 def _lease_ms(ttl: float) -> int:
@@ -296,7 +206,7 @@ class RedisTier(PersistentTier):
         self._given_async = (
             None
             if async_client is None
-            else _LoopClient(async_client, async_client.register_script(_CAS_LUA), None)
+            else _LoopClient(async_client, async_client.register_script(CAS_LUA), None)
         )
         self._loops: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
         self._lock = threading.Lock()
@@ -347,7 +257,7 @@ class RedisTier(PersistentTier):
 
     def _script(self) -> Any:
         if self._sync_script is None:
-            self._sync_script = self._client().register_script(_CAS_LUA)
+            self._sync_script = self._client().register_script(CAS_LUA)
         return self._sync_script
 
     async def _aclient(self) -> _LoopClient:
@@ -371,7 +281,7 @@ class RedisTier(PersistentTier):
             retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
         )
         closer = _close_at_loop_shutdown(client, self._loops)
-        entry = _LoopClient(client, client.register_script(_CAS_LUA), closer)
+        entry = _LoopClient(client, client.register_script(CAS_LUA), closer)
         with self._lock:
             # Loops closed without shutting their async generators down
             # (loop.close() by hand) cannot close their clients any more;
@@ -600,11 +510,11 @@ class RedisTier(PersistentTier):
 
     def quarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
         keys, args = [self._key(key), self._key(to)], [bad, _keep_ms(keep)]
-        return bool(self._eval("quarantine", _QUARANTINE_LUA, keys, args))
+        return bool(self._eval("quarantine", QUARANTINE_LUA, keys, args))
 
     async def aquarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
         keys, args = [self._key(key), self._key(to)], [bad, _keep_ms(keep)]
-        return bool(await self._aeval("quarantine", _QUARANTINE_LUA, keys, args))
+        return bool(await self._aeval("quarantine", QUARANTINE_LUA, keys, args))
 
     # -- leases (strict mode) ----------------------------------------------------
 
@@ -627,40 +537,40 @@ class RedisTier(PersistentTier):
 
     def acquire_lease(self, lease: str, fence: str, ttl: float) -> int:
         keys = self._lease_args(lease, fence)
-        return int(self._eval("acquire_lease", _ACQUIRE_LUA, keys, [_lease_ms(ttl)]))
+        return int(self._eval("acquire_lease", ACQUIRE_LUA, keys, [_lease_ms(ttl)]))
 
     def renew_lease(self, lease: str, token: int, ttl: float) -> bool:
         keys, args = [self._key(lease)], [token, _lease_ms(ttl)]
-        return bool(self._eval("renew_lease", _RENEW_LUA, keys, args))
+        return bool(self._eval("renew_lease", RENEW_LUA, keys, args))
 
     def release_lease(self, lease: str, token: int) -> bool:
-        return bool(self._eval("release_lease", _RELEASE_LUA, [self._key(lease)], [token]))
+        return bool(self._eval("release_lease", RELEASE_LUA, [self._key(lease)], [token]))
 
     def compare_and_set_fenced(
         self, key: str, value: bytes, ttl: float | None, expected: int, lease: str, token: int
     ) -> int:
         keys = [self._key(key), self._key(lease)]
         args = [value, _U64.pack(expected), max(0, _px(ttl)), token]
-        return int(self._eval("compare_and_set_fenced", _FENCED_CAS_LUA, keys, args))
+        return int(self._eval("compare_and_set_fenced", FENCED_CAS_LUA, keys, args))
 
     async def aacquire_lease(self, lease: str, fence: str, ttl: float) -> int:
         keys = self._lease_args(lease, fence)
-        return int(await self._aeval("acquire_lease", _ACQUIRE_LUA, keys, [_lease_ms(ttl)]))
+        return int(await self._aeval("acquire_lease", ACQUIRE_LUA, keys, [_lease_ms(ttl)]))
 
     async def arenew_lease(self, lease: str, token: int, ttl: float) -> bool:
         keys, args = [self._key(lease)], [token, _lease_ms(ttl)]
-        return bool(await self._aeval("renew_lease", _RENEW_LUA, keys, args))
+        return bool(await self._aeval("renew_lease", RENEW_LUA, keys, args))
 
     async def arelease_lease(self, lease: str, token: int) -> bool:
         keys = [self._key(lease)]
-        return bool(await self._aeval("release_lease", _RELEASE_LUA, keys, [token]))
+        return bool(await self._aeval("release_lease", RELEASE_LUA, keys, [token]))
 
     async def acompare_and_set_fenced(
         self, key: str, value: bytes, ttl: float | None, expected: int, lease: str, token: int
     ) -> int:
         keys = [self._key(key), self._key(lease)]
         args = [value, _U64.pack(expected), max(0, _px(ttl)), token]
-        return int(await self._aeval("compare_and_set_fenced", _FENCED_CAS_LUA, keys, args))
+        return int(await self._aeval("compare_and_set_fenced", FENCED_CAS_LUA, keys, args))
 
     def close(self) -> None:
         """Close the connections the tier opened; clients passed in stay open.
