@@ -6,176 +6,51 @@
     aget/aset/... ──> redis.asyncio.Redis, one per running loop    ──┴─> redis-server
                       (closed when that loop shuts down)
 
-A ``redis.asyncio`` connection belongs to the event loop that opened it, and
-a program (or a test suite) may run several loops over its life, so the
-tier opens one async client per loop, on first use. Each client is closed
-by the loop's own shutdown (``asyncio.run`` and ``asyncio.Runner`` close
-async generators before the loop, and the tier parks one there), by
-:meth:`RedisTier.aclose` / :meth:`RedisTier.close`, or, if the tier is
-dropped while its loop still runs, by the loop's async-generator finalizer.
+Each command here is one redis-py call, or one Lua script where a check
+guards the write (:mod:`._redis_scripts`), run by the tier's retry loop,
+which also opens the clients and turns a failure into a
+:class:`~tiercache.TierError` (:class:`._redis_calls.RedisCalls`). URL
+checks, error classification and the per-loop async clients, shared with
+the Redis bus, are in :mod:`tiercache._redisclient`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import math
-import random
-import re
 import struct
-import threading
-import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import Any, NoReturn, TypeAlias, TypeVar, cast
+from collections.abc import Sequence
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
-import redis.asyncio.retry
-from redis.backoff import NoBackoff
-from redis.exceptions import (
-    AuthenticationError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisError,
-    ResponseError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
-from .._envelope import MAGIC, MIN_SIZE, VERSION_OFFSET
-from .._exceptions import ConfigError, TierError
+from .._exceptions import ConfigError
+
+# Importable from here before the client plumbing moved out; kept so.
+from .._redisclient import AsyncClient as AsyncClient
+from .._redisclient import SyncClient as SyncClient
+from .._redisclient import _close_at_loop_shutdown as _close_at_loop_shutdown
+from .._redisclient import _LoopClient as _LoopClient
+from .._redisclient import check_url as check_url
+from .._redisclient import close_loop_client as close_loop_client
+from .._redisclient import close_loop_clients as close_loop_clients
+from .._redisclient import error_text as error_text
+from .._redisclient import redact_url as redact_url
+from .._redisclient import transient as transient
 from ._base import CasItem, PersistentTier, SetItem
+from ._redis_calls import RedisCalls
+from ._redis_scripts import (
+    ACQUIRE_LUA,
+    FENCED_CAS_LUA,
+    QUARANTINE_LUA,
+    RELEASE_LUA,
+    RENEW_LUA,
+)
 
 __all__ = ["RedisTier"]
 
-SyncClient: TypeAlias = "redis.Redis"
-AsyncClient: TypeAlias = "redis.asyncio.Redis"
-
 _U64 = struct.Struct("<Q")
-_BACKEND_ERRORS = (RedisError, OSError)
-#: Failures worth another attempt: the connection, not the command.
-_RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-#: A command at least this big whose connection drops while the server
-#: still answers others was refused for its size: Redis's smallest
-#: proto-max-bulk-len and client-query-buffer-limit are both 1 MiB.
-_BIG_COMMAND = 1 << 20
-#: Redis's default proto-max-bulk-len.
-_DEFAULT_BULK_LIMIT = 512 << 20
-
-T = TypeVar("T")
-
-
-def _retry_delay(attempt: int) -> float:
-    """10-100 ms, jittered: a fleet of workers does not retry in lockstep."""
-    return random.uniform(0.5, 1.0) * min(0.1, 0.01 * 2.0 ** (attempt - 1))
-
-
-def _bulk_limit(reply: Any) -> int:
-    """proto-max-bulk-len from a CONFIG GET reply (the default when absent)."""
-    try:
-        values = dict(reply).values()
-        return int(next(iter(values)))
-    except (StopIteration, TypeError, ValueError):
-        return _DEFAULT_BULK_LIMIT
-
-
-# Compare-and-set as one script, so nothing can write between the read and
-# the write. The stored version is compared as its 8 raw bytes rather than
-# through ``struct.unpack('<I8', ...)``: Lua numbers are doubles, which
-# cannot tell 2**53 from 2**53 + 1, while a byte compare is exact for every
-# u64. Bytes that are not an envelope (too short, foreign magic, a version
-# over MAX_VERSION: its top bit set) count as absent, version 0, so the
-# cache's repair write (expected=0) can replace them, as every other tier
-# does. ARGV[3] is the expiry: >0 PX in ms, 0 no
-# expiry, -1 already expired (delete).
-_CAS_LUA = f"""
-local cur = redis.call('GET', KEYS[1])
-local found = string.rep(string.char(0), 8)
-if cur and string.len(cur) >= {MIN_SIZE} and string.sub(cur, 1, 2) == '{MAGIC.decode()}'
-        and string.byte(cur, {VERSION_OFFSET + 8}) < 128 then
-    found = string.sub(cur, {VERSION_OFFSET + 1}, {VERSION_OFFSET + 8})
-end
-if found ~= ARGV[2] then
-    return 0
-end
-local px = tonumber(ARGV[3])
-if px < 0 then
-    redis.call('DEL', KEYS[1])
-elseif px == 0 then
-    redis.call('SET', KEYS[1], ARGV[1])
-else
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
-end
-return 1
-"""
-
-
-_CHECK_VERSION_LUA = f"""
-local cur = redis.call('GET', KEYS[1])
-local found = string.rep(string.char(0), 8)
-if cur and string.len(cur) >= {MIN_SIZE} and string.sub(cur, 1, 2) == '{MAGIC.decode()}'
-        and string.byte(cur, {VERSION_OFFSET + 8}) < 128 then
-    found = string.sub(cur, {VERSION_OFFSET + 1}, {VERSION_OFFSET + 8})
-end
-"""
-
-# Quarantine: move unreadable bytes aside only if they are still the value
-# (a writer that repaired the key meanwhile wins). ARGV[2]: ms to keep them.
-_QUARANTINE_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local keep = tonumber(ARGV[2])
-if keep > 0 then
-    redis.call('SET', KEYS[2], ARGV[1], 'PX', keep)
-end
-redis.call('DEL', KEYS[1])
-return 1
-"""
-
-# Strict mode. A lease key holds a fencing token drawn from a per-key
-# counter; each script checks the token it is given still holds it. The
-# counter expires with its lease (no key is left behind per leased
-# session); a new one starts from the server clock in microseconds, above
-# every token an earlier counter gave, so a token is never handed out twice.
-_ACQUIRE_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local token = redis.call('INCR', KEYS[2])
-if token == 1 then
-    local t = redis.call('TIME')
-    token = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    redis.call('SET', KEYS[2], token)
-end
-redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[1]) + 60000)
-redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
-return token
-"""
-_RENEW_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
-"""
-_FENCED_CAS_LUA = (
-    """
-if redis.call('GET', KEYS[2]) ~= ARGV[4] then return -1 end
-"""
-    + _CHECK_VERSION_LUA
-    + """
-if found ~= ARGV[2] then return 0 end
-local px = tonumber(ARGV[3])
-if px <= 0 then
-    redis.call('SET', KEYS[1], ARGV[1])
-else
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
-end
-return 1
-"""
-)
 
 
 def _lease_ms(ttl: float) -> int:
@@ -184,127 +59,6 @@ def _lease_ms(ttl: float) -> int:
 
 def _keep_ms(keep: float) -> int:
     return 0 if keep <= 0 else max(1, math.ceil(keep * 1000))
-
-
-def redact_url(url: str) -> str:
-    """A Redis URL fit for logs and reprs: any password replaced by ``***``,
-    the user's and a TLS key's (``ssl_password=``).
-
-    >>> redact_url("redis://bot:s3cret@10.0.0.1:6379/0")
-    'redis://bot:***@10.0.0.1:6379/0'
-    >>> redact_url("rediss://h:6380/0?ssl_keyfile=k.pem&ssl_password=s3cret")
-    'rediss://h:6380/0?ssl_keyfile=k.pem&ssl_password=***'
-    """
-    url = re.sub(r"(?<=[:/])([^:/@]*):([^@]*)@", r"\1:***@", url, count=1)
-    return re.sub(r"(?<=[?&]ssl_password=)[^&#]*", "***", url)
-
-
-def check_url(url: str) -> None:
-    """Raise :class:`ConfigError` unless redis-py, sync and asyncio, takes ``url``.
-
-    Builds (without connecting) the connection each client would open, so
-    a query parameter redis-py does not take fails here, at construction,
-    instead of as a bare ``TypeError`` at first use: ``ssl_*`` on a
-    ``redis://`` URL, a misspelling (``ssl_ca_cert``), a bad value
-    (``ssl_cert_reqs=requried``), or one only the sync client knows
-    (``ssl_validate_ocsp``). redis-py hands every query parameter it does
-    not parse itself to the connection class, as a string; the error names it.
-
-    >>> check_url("rediss://h:6380/0?ssl_ca_certs=ca.pem&ssl_cert_reqs=required")
-    >>> check_url("redis://h:6379/0?ssl_ca_certs=ca.pem")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    tiercache._exceptions.ConfigError: bad Redis URL 'redis://h:6379/0?ssl_ca_certs=ca.pem': ...
-    """
-    for pool_class in (redis.ConnectionPool, redis.asyncio.ConnectionPool):
-        try:
-            pool = pool_class.from_url(url)
-            pool.connection_class(**pool.connection_kwargs)
-        except (TypeError, ValueError, RedisError) as exc:
-            text = str(exc)
-            # A password with an unquoted "/", "?" or "#" cuts the URL short,
-            # and urllib's "Port could not be cast" then quotes a piece of it.
-            for secret in re.findall(r"(?<=[:/])[^:/@]*:([^@]*)@", url):
-                for piece in re.split(r"[/?#]", secret):
-                    if piece:
-                        text = text.replace(piece, "***")
-            # Not chained: the original's message may hold those fragments.
-            raise ConfigError(
-                f"bad Redis URL {redact_url(url)!r}: {type(exc).__name__}: {text}"
-            ) from None
-
-
-def transient(exc: BaseException) -> bool:
-    """Whether a redis-py error means "unavailable now" rather than "the
-    server refused this command": a permission (``NOPERM``), a wrong type
-    or a bad argument is not fixed by waiting; a read-only replica (a
-    failover in progress) or a full server (``OOM``) may be.
-
-    >>> from redis.exceptions import ConnectionError, NoPermissionError, ReadOnlyError
-    >>> transient(ConnectionError()), transient(ReadOnlyError()), transient(NoPermissionError())
-    (True, True, False)
-    >>> from redis.exceptions import AuthenticationError
-    >>> transient(AuthenticationError())
-    False
-    """
-    if isinstance(exc, ResponseError):
-        return isinstance(exc, ReadOnlyError | OutOfMemoryError)
-    # Credentials the server turns down are a refusal too, not an outage
-    # (redis-py raises it as a ConnectionError, while connecting).
-    return not isinstance(exc, AuthenticationError)
-
-
-def error_text(exc: BaseException) -> str:
-    """``"Type: message"`` of a backend error, for TierError messages and logs.
-
-    Not ``repr``: redis-py 8's ``RedisError.__repr__`` is only the category
-    and class (``network:ConnectionError``), without the message that says
-    what failed (refused, or ``certificate verify failed``).
-    """
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def close_loop_clients(
-    loops: dict[asyncio.AbstractEventLoop, _LoopClient],
-    closing: set[asyncio.Task[None]],
-    timeout: float,
-) -> None:
-    """Close every per-loop async client, each on its own loop."""
-    try:
-        here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        here = None
-    # list(): each closer removes its own entry from the map as it runs.
-    for loop, entry in list(loops.items()):
-        close_loop_client(loop, entry, here, closing, timeout)
-
-
-def close_loop_client(
-    loop: asyncio.AbstractEventLoop,
-    entry: _LoopClient,
-    here: asyncio.AbstractEventLoop | None,
-    closing: set[asyncio.Task[None]],
-    timeout: float,
-) -> None:
-    """Close an async client on the loop it belongs to, from wherever
-    ``close()`` runs (``here`` is the caller's running loop, if any)."""
-    closer = entry.closer
-    if closer is None or loop.is_closed():
-        return
-    if loop is here:
-        # close() called from a coroutine on this loop: cannot wait here.
-        task = loop.create_task(closer.aclose())
-        closing.add(task)
-        task.add_done_callback(closing.discard)
-    elif loop.is_running():
-        future = asyncio.run_coroutine_threadsafe(closer.aclose(), loop)
-        try:
-            future.result(timeout=timeout)
-        except (concurrent.futures.TimeoutError, *_BACKEND_ERRORS):
-            pass  # best effort: its loop's shutdown will try again
-    elif here is None:
-        loop.run_until_complete(closer.aclose())
 
 
 def _px(ttl: float | None) -> int:
@@ -319,23 +73,7 @@ def _px(ttl: float | None) -> int:
     return max(1, math.ceil(ttl * 1000))
 
 
-class _LoopClient:
-    """The async client of one event loop and the generator that closes it."""
-
-    __slots__ = ("client", "closer", "script")
-
-    def __init__(
-        self,
-        client: AsyncClient,
-        script: Any,
-        closer: AsyncGenerator[None, None] | None,
-    ) -> None:
-        self.client = client
-        self.script = script
-        self.closer = closer
-
-
-class RedisTier(PersistentTier):
+class RedisTier(RedisCalls, PersistentTier):
     """A persistent tier in Redis, shared by every process that uses it.
 
     ``url_or_client`` is a URL (``redis://host:6379/0``, ``rediss://``,
@@ -398,14 +136,9 @@ class RedisTier(PersistentTier):
             raise ConfigError(
                 f"async_client must be a redis.asyncio.Redis, got {type(async_client).__name__}"
             )
-        self._prefix = prefix
-        self._timeouts = (float(socket_timeout), float(socket_connect_timeout), retries)
-        self._url: str | None = None
-        self._sync: SyncClient | None = None
-        self._owns_sync = False
+        url: str | None = None
+        sync: SyncClient | None = None
         if isinstance(url_or_client, str):
-            self._url = url_or_client
-            self._owns_sync = True
             # Check now so a bad URL fails at construction, not first use.
             if urlsplit(url_or_client).scheme not in ("redis", "rediss", "unix"):
                 raise ConfigError(
@@ -413,246 +146,43 @@ class RedisTier(PersistentTier):
                     "rediss:// or unix://"
                 )
             check_url(url_or_client)
+            url = url_or_client
         elif isinstance(url_or_client, redis.asyncio.Redis):
             raise ConfigError(
                 "RedisTier's first argument is a URL or a sync redis.Redis; "
                 "pass a redis.asyncio.Redis as async_client="
             )
         elif isinstance(url_or_client, redis.Redis):
-            self._sync = url_or_client
+            sync = url_or_client
         else:
             raise ConfigError(
                 "RedisTier needs a URL or a redis.Redis, got " + type(url_or_client).__name__
             )
-        for client in (self._sync, async_client):
+        for client in (sync, async_client):
             if client is not None and _decodes(client):
                 raise ConfigError(
                     "RedisTier needs clients with decode_responses=False: it stores bytes"
                 )
-        self._given_async = (
-            None
-            if async_client is None
-            else _LoopClient(async_client, async_client.register_script(_CAS_LUA), None)
+        super().__init__(
+            url,
+            sync,
+            async_client,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            retries=retries,
         )
-        self._loops: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
-        self._lock = threading.Lock()
-        self._sync_script: Any = None
-        self._closing: set[asyncio.Task[None]] = set()
-        # Clients passed in keep their own retry policy; the tier adds none.
-        self._owns_retries = self._owns_sync
-        self._retries = retries if self._owns_sync else 0
-        #: The largest value the server takes (its proto-max-bulk-len), once
-        #: known; the cache refuses bigger values at scope exit, so a write
-        #: it acknowledged can never be one Redis turns down.
-        self.max_value_size: int | None = None
+        self._prefix = prefix
 
     def __repr__(self) -> str:
         where = redact_url(self._url) if self._url is not None else "client"
         return f"RedisTier({where!r}, prefix={self._prefix!r})"
 
-    def _after_fork(self) -> None:
-        """In a forked child: the parent's event loops and their clients are
-        not ours (redis-py renews the sync client's connections itself)."""
-        self._lock = threading.Lock()
-        self._loops = {}
-        self._closing = set()
-
     @property
     def prefix(self) -> str:
         return self._prefix
 
-    # -- clients ---------------------------------------------------------------
-
-    def _client(self) -> SyncClient:
-        client = self._sync
-        if client is None:
-            with self._lock:
-                client = self._sync
-                if client is None:
-                    timeout, connect_timeout, _ = self._timeouts
-                    assert self._url is not None  # no URL means a client was given
-                    client = self._sync = redis.Redis.from_url(
-                        self._url,
-                        decode_responses=False,
-                        socket_timeout=timeout,
-                        socket_connect_timeout=connect_timeout,
-                        # The tier retries itself (see _run).
-                        retry=Retry(NoBackoff(), 0),
-                    )
-        return client
-
-    def _script(self) -> Any:
-        if self._sync_script is None:
-            self._sync_script = self._client().register_script(_CAS_LUA)
-        return self._sync_script
-
-    async def _aclient(self) -> _LoopClient:
-        if self._given_async is not None:
-            return self._given_async
-        loop = asyncio.get_running_loop()
-        entry = self._loops.get(loop)
-        if entry is not None:
-            return entry
-        if self._url is None:
-            raise ConfigError(
-                "RedisTier was given a sync client only; pass async_client= "
-                "(a redis.asyncio.Redis) or a URL to use the async methods"
-            )
-        timeout, connect_timeout, _ = self._timeouts
-        client = redis.asyncio.Redis.from_url(
-            self._url,
-            decode_responses=False,
-            socket_timeout=timeout,
-            socket_connect_timeout=connect_timeout,
-            retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
-        )
-        closer = _close_at_loop_shutdown(client, self._loops)
-        entry = _LoopClient(client, client.register_script(_CAS_LUA), closer)
-        with self._lock:
-            # Loops closed without shutting their async generators down
-            # (loop.close() by hand) cannot close their clients any more;
-            # forget them rather than keep their loops alive.
-            for old in [lp for lp in self._loops if lp.is_closed()]:
-                del self._loops[old]
-            self._loops[loop] = entry
-        # Running the generator to its yield registers it with the loop,
-        # whose shutdown_asyncgens() will then run its ``finally``.
-        await closer.__anext__()
-        return entry
-
     def _key(self, key: str) -> str:
         return self._prefix + key
-
-    # -- calls: retries, and what a failure means ------------------------------
-    #
-    # The tier retries a failed command itself (redis-py's own retry is off
-    # for the clients it opens), so it knows whether any attempt could have
-    # reached the server: one that failed while connecting did not; one that
-    # failed later (a reset, a timeout waiting for the reply) may have been
-    # applied. TierError.sent carries that to the cache, which tells "not
-    # applied" from "may have landed" (see TieredCache's failure rules).
-
-    def _run(self, op: str, key: str | None, call: Callable[[SyncClient], T], size: int = 0) -> T:
-        attempt = 0
-        maybe_sent = False
-        while True:
-            client = self._client()
-            try:
-                result = call(client)
-            except _RETRYABLE as exc:
-                maybe_sent = maybe_sent or not self._before_send(exc)
-                if attempt >= self._retries:
-                    self._fail(op, key, exc, maybe_sent, size)
-                attempt += 1
-                time.sleep(_retry_delay(attempt))
-            except _BACKEND_ERRORS as exc:
-                self._fail(op, key, exc, maybe_sent, size)
-            else:
-                if self.max_value_size is None:
-                    self._learn_limits(client)
-                return result
-
-    async def _arun(
-        self,
-        op: str,
-        key: str | None,
-        call: Callable[[_LoopClient], Awaitable[T]],
-        size: int = 0,
-    ) -> T:
-        attempt = 0
-        maybe_sent = False
-        while True:
-            entry = self._loops.get(asyncio.get_running_loop()) or await self._aclient()
-            try:
-                result = await call(entry)
-            except _RETRYABLE as exc:
-                maybe_sent = maybe_sent or not self._before_send(exc)
-                if attempt >= self._retries:
-                    await self._afail(op, key, exc, maybe_sent, size)
-                attempt += 1
-                await asyncio.sleep(_retry_delay(attempt))
-            except _BACKEND_ERRORS as exc:
-                await self._afail(op, key, exc, maybe_sent, size)
-            else:
-                if self.max_value_size is None:
-                    await self._alearn_limits(entry.client)
-                return result
-
-    def _before_send(self, exc: BaseException) -> bool:
-        """Whether a failed attempt certainly never reached the server: it
-        failed to connect. (Only for clients the tier opened: a client
-        passed in may retry inside redis-py, hiding an attempt that did.)"""
-        if isinstance(exc, AuthenticationError):
-            return True  # refused at AUTH, before any command
-        if not self._owns_retries:
-            return False
-        text = str(exc)
-        return " connecting to " in text or text.startswith("Timeout connecting")
-
-    def _error(self, op: str, key: str | None, exc: BaseException, sent: bool) -> TierError:
-        where = f" {key!r}" if key is not None else ""
-        err = TierError(f"redis tier: {op}{where} failed: {error_text(exc)}")
-        err.transient = transient(exc)
-        # Whether any attempt may have been applied: a reply that refuses
-        # the command (a ResponseError) means the server did not apply that
-        # attempt, a connection lost after sending may have come after.
-        err.sent = sent
-        return err
-
-    def _refused(self, op: str, key: str | None, exc: BaseException, size: int) -> TierError:
-        err = TierError(
-            f"redis tier: {op}{'' if key is None else f' {key!r}'} refused: Redis closed the "
-            f"connection on a {size}-byte command but answers others (a value over its "
-            f"proto-max-bulk-len, or a batch over client-query-buffer-limit): {error_text(exc)}"
-        )
-        err.transient = False
-        err.sent = False
-        return err
-
-    def _fail(
-        self, op: str, key: str | None, exc: BaseException, sent: bool = True, size: int = 0
-    ) -> NoReturn:
-        err = self._error(op, key, exc, sent)
-        if err.transient and size >= _BIG_COMMAND and self._answers():
-            # One command too big for the server is that command's error,
-            # never an outage: the circuit stays closed, the rest drains.
-            err = self._refused(op, key, exc, size)
-        raise err from exc
-
-    async def _afail(
-        self, op: str, key: str | None, exc: BaseException, sent: bool, size: int
-    ) -> NoReturn:
-        err = self._error(op, key, exc, sent)
-        if err.transient and size >= _BIG_COMMAND and await self._aanswers():
-            err = self._refused(op, key, exc, size)
-        raise err from exc
-
-    def _answers(self) -> bool:
-        try:
-            return bool(self._client().ping())
-        except _BACKEND_ERRORS:
-            return False
-
-    async def _aanswers(self) -> bool:
-        try:
-            entry = await self._aclient()
-            return bool(await entry.client.ping())
-        except _BACKEND_ERRORS:
-            return False
-
-    def _learn_limits(self, client: SyncClient) -> None:
-        try:
-            reply = client.config_get("proto-max-bulk-len")
-        except _BACKEND_ERRORS:
-            reply = {}  # no CONFIG for us (an ACL, a managed Redis): the default
-        self.max_value_size = _bulk_limit(reply)
-
-    async def _alearn_limits(self, client: AsyncClient) -> None:
-        try:
-            reply = await client.config_get("proto-max-bulk-len")
-        except _BACKEND_ERRORS:
-            reply = {}
-        self.max_value_size = _bulk_limit(reply)
 
     # -- sync ------------------------------------------------------------------
 
@@ -736,11 +266,11 @@ class RedisTier(PersistentTier):
 
     def quarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
         keys, args = [self._key(key), self._key(to)], [bad, _keep_ms(keep)]
-        return bool(self._eval("quarantine", _QUARANTINE_LUA, keys, args))
+        return bool(self._eval("quarantine", QUARANTINE_LUA, keys, args))
 
     async def aquarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
         keys, args = [self._key(key), self._key(to)], [bad, _keep_ms(keep)]
-        return bool(await self._aeval("quarantine", _QUARANTINE_LUA, keys, args))
+        return bool(await self._aeval("quarantine", QUARANTINE_LUA, keys, args))
 
     # -- leases (strict mode) ----------------------------------------------------
 
@@ -763,53 +293,40 @@ class RedisTier(PersistentTier):
 
     def acquire_lease(self, lease: str, fence: str, ttl: float) -> int:
         keys = self._lease_args(lease, fence)
-        return int(self._eval("acquire_lease", _ACQUIRE_LUA, keys, [_lease_ms(ttl)]))
+        return int(self._eval("acquire_lease", ACQUIRE_LUA, keys, [_lease_ms(ttl)]))
 
     def renew_lease(self, lease: str, token: int, ttl: float) -> bool:
         keys, args = [self._key(lease)], [token, _lease_ms(ttl)]
-        return bool(self._eval("renew_lease", _RENEW_LUA, keys, args))
+        return bool(self._eval("renew_lease", RENEW_LUA, keys, args))
 
     def release_lease(self, lease: str, token: int) -> bool:
-        return bool(self._eval("release_lease", _RELEASE_LUA, [self._key(lease)], [token]))
+        return bool(self._eval("release_lease", RELEASE_LUA, [self._key(lease)], [token]))
 
     def compare_and_set_fenced(
         self, key: str, value: bytes, ttl: float | None, expected: int, lease: str, token: int
     ) -> int:
         keys = [self._key(key), self._key(lease)]
         args = [value, _U64.pack(expected), max(0, _px(ttl)), token]
-        return int(self._eval("compare_and_set_fenced", _FENCED_CAS_LUA, keys, args))
+        return int(self._eval("compare_and_set_fenced", FENCED_CAS_LUA, keys, args))
 
     async def aacquire_lease(self, lease: str, fence: str, ttl: float) -> int:
         keys = self._lease_args(lease, fence)
-        return int(await self._aeval("acquire_lease", _ACQUIRE_LUA, keys, [_lease_ms(ttl)]))
+        return int(await self._aeval("acquire_lease", ACQUIRE_LUA, keys, [_lease_ms(ttl)]))
 
     async def arenew_lease(self, lease: str, token: int, ttl: float) -> bool:
         keys, args = [self._key(lease)], [token, _lease_ms(ttl)]
-        return bool(await self._aeval("renew_lease", _RENEW_LUA, keys, args))
+        return bool(await self._aeval("renew_lease", RENEW_LUA, keys, args))
 
     async def arelease_lease(self, lease: str, token: int) -> bool:
         keys = [self._key(lease)]
-        return bool(await self._aeval("release_lease", _RELEASE_LUA, keys, [token]))
+        return bool(await self._aeval("release_lease", RELEASE_LUA, keys, [token]))
 
     async def acompare_and_set_fenced(
         self, key: str, value: bytes, ttl: float | None, expected: int, lease: str, token: int
     ) -> int:
         keys = [self._key(key), self._key(lease)]
         args = [value, _U64.pack(expected), max(0, _px(ttl)), token]
-        return int(await self._aeval("compare_and_set_fenced", _FENCED_CAS_LUA, keys, args))
-
-    def close(self) -> None:
-        """Close the connections the tier opened; clients passed in stay open.
-
-        The tier stays usable: a later call connects again.
-        """
-        with self._lock:
-            sync, self._sync = (self._sync, None) if self._owns_sync else (None, self._sync)
-            self._sync_script = None if self._owns_sync else self._sync_script
-            loops, self._loops = self._loops, {}
-        if sync is not None:
-            sync.close()
-        close_loop_clients(loops, self._closing, self._timeouts[0] + 1.0)
+        return int(await self._aeval("compare_and_set_fenced", FENCED_CAS_LUA, keys, args))
 
     # -- async: native redis.asyncio ------------------------------------------
 
@@ -899,15 +416,6 @@ class RedisTier(PersistentTier):
 
         return await self._arun("compare_and_set", key, call, len(value))
 
-    async def aclose(self) -> None:
-        """Close what the tier opened, awaiting this loop's client."""
-        here = asyncio.get_running_loop()
-        with self._lock:
-            entry = self._loops.pop(here, None)
-        if entry is not None and entry.closer is not None:
-            await entry.closer.aclose()
-        self.close()
-
 
 def _queue_sets(pipe: Any, prefix: str, items: Sequence[SetItem]) -> None:
     for key, value, ttl in items:
@@ -922,21 +430,3 @@ def _decodes(client: Any) -> bool:
     pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", {})
     return bool(kwargs.get("decode_responses", False))
-
-
-async def _close_at_loop_shutdown(
-    client: AsyncClient, loops: dict[asyncio.AbstractEventLoop, _LoopClient]
-) -> AsyncGenerator[None, None]:
-    """Park until the loop shuts its async generators down, then close ``client``.
-
-    It must not hold the loop itself (the tier's map would then keep every
-    loop alive); it looks the loop up when it runs, which is on that loop.
-    """
-    try:
-        yield
-    finally:
-        loop = asyncio.get_running_loop()
-        entry = loops.get(loop)
-        if entry is not None and entry.client is client:
-            del loops[loop]
-        await client.aclose()

@@ -1,0 +1,85 @@
+"""The invalidation bus: tell other processes which keys changed, never the values.
+
+::
+
+    cache write acknowledged ──> bus.publish([(key, action, version), ...])
+        RedisBus (_redis)  ──> XADD to the namespace's capped Redis Stream
+        LocalBus (_local)  ──> the other LocalBuses of its LocalHub, in this thread
+    every other process's bus ──> on_messages([Invalidation, ...]): drop those keys
+                              └─> on_gap(): some may be lost, revalidate
+        RedisBus's listener thread (_listener): position, replay, gap detection
+
+    Bus, _BusBase (_base)     the protocol the cache needs; the settings,
+                              health and counters both buses share
+    Invalidation (_message)   one message, and its form as a stream entry
+
+Every name the bus's modules define is importable from here, as when the
+bus was one module (the cache imports ``Bus`` and ``Invalidation``, tests
+the rest), and setting one here sets it where it is read.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+from . import _base, _listener, _local, _message, _redis
+from ._base import Bus as Bus
+from ._base import OnGap as OnGap
+from ._base import OnMessages as OnMessages
+from ._base import _BusBase as _BusBase
+from ._base import log as log
+from ._listener import BACKOFF_BASE as BACKOFF_BASE
+from ._listener import BACKOFF_CAP as BACKOFF_CAP
+from ._listener import LISTENER_NAME as LISTENER_NAME
+from ._listener import READ_COUNT as READ_COUNT
+from ._listener import _read_gap as _read_gap
+from ._listener import _resume_gap as _resume_gap
+from ._listener import _StreamListener as _StreamListener
+from ._listener import _text as _text
+from ._local import LocalBus as LocalBus
+from ._local import LocalHub as LocalHub
+from ._message import _ACTIONS as _ACTIONS
+from ._message import _MARK_B as _MARK_B
+from ._message import MARK as MARK
+from ._message import WIRE_VERSION as WIRE_VERSION
+from ._message import Action as Action
+from ._message import Invalidation as Invalidation
+from ._message import PublishItem as PublishItem
+from ._message import _decode as _decode
+from ._message import _fields as _fields
+from ._message import stream_key as stream_key
+from ._redis import RedisBus as RedisBus
+
+__all__ = [
+    "Bus",
+    "Invalidation",
+    "LocalBus",
+    "LocalHub",
+    "RedisBus",
+    "stream_key",
+]
+
+_MISSING = object()
+_MODULES = (_base, _listener, _local, _message, _redis)
+
+
+class _Package(types.ModuleType):
+    """This package, whose names live in its modules.
+
+    Setting a name here (``monkeypatch.setattr(tiercache._bus, "BACKOFF_BASE",
+    1.0)``) sets it in the modules that read it too, as it did when the bus
+    was one module; otherwise the listener would go on reading its own copy.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        old = self.__dict__.get(name, _MISSING)
+        if old is not _MISSING:
+            for module in _MODULES:
+                if module.__dict__.get(name, _MISSING) is old:
+                    setattr(module, name, value)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

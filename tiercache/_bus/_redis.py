@@ -1,0 +1,281 @@
+"""The invalidation bus over a capped Redis Stream: publish, and the bus's
+connections.
+
+::
+
+    process A                         redis-server                     process B
+    ─────────                         ────────────                     ─────────
+    cache write acknowledged
+      └─> RedisBus.publish(items) ──> XADD ... MAXLEN ~ N  (one pipeline)
+                                      stream  tiercache:v1:{ns}:inv
+                                      │  id-ordered, capped, replayable
+                                      └──> listener thread, own connection
+                                           (see _listener) ──> on_messages([...])
+                                                           or on_gap()
+    the bus's connections:
+      _client()        publish, CLIENT UNBLOCK   the client passed in, or one of its
+                                                 own (2 s timeout, one retry)
+      _aclient()       apublish, given a URL     one redis.asyncio client per loop
+      _new_listener()  the listener thread       a connection of its own: no retries,
+                                                 RESP2, named tiercache-bus-listener
+
+One capped Redis Stream gives both live delivery and replay: a listener that
+lost its connection resumes from the last id it saw, so a short outage
+loses nothing. How the listener reads, replays and detects gaps is in
+:mod:`._listener`; the entry format in :mod:`._message`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.retry import Retry
+
+from .._clock import Clock
+from .._exceptions import ConfigError, TierCacheError, TierError
+from .._redisclient import (
+    BACKEND_ERRORS,
+    _close_at_loop_shutdown,
+    _LoopClient,
+    check_url,
+    close_loop_clients,
+    error_text,
+    redact_url,
+)
+from ._listener import LISTENER_NAME, _StreamListener
+from ._message import PublishItem, _fields
+
+__all__ = ["RedisBus"]
+
+
+class RedisBus(_StreamListener):
+    """The invalidation bus over a capped Redis Stream.
+
+    ``url_or_client`` is a URL (the bus opens its own clients) or a
+    ``redis.Redis`` the caller owns and closes (then the listener opens its
+    own connection with the same settings, and ``apublish`` runs the sync
+    publish in a worker thread). ``maxlen`` caps the stream (approximately,
+    ``MAXLEN ~``): it is how much a disconnected listener can miss and still
+    replay. ``block_ms`` is how long one ``XREAD`` waits (``close``
+    unblocks it); it bounds how soon an idle listener notices that its
+    stream was emptied or deleted with nothing published since. A URL is
+    checked as :class:`~tiercache.RedisTier` checks it (``rediss://`` works
+    the same).
+
+    ``on_messages`` and ``on_gap`` run on the listener thread: keep them
+    short and thread-safe.
+
+    >>> bus = RedisBus("redis://127.0.0.1:6379/0", namespace="mybot")  # doctest: +SKIP
+    >>> bus.start(on_messages=print, on_gap=lambda: None)              # doctest: +SKIP
+    >>> bus.publish([("chat:42", "set", 7), ("chat:7", "del", 3)])      # doctest: +SKIP
+    >>> bus.healthy, bus.stats()["published"]                           # doctest: +SKIP
+    (True, 2)
+    >>> bus.close()                                                     # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        url_or_client: str | redis.Redis,
+        *,
+        namespace: str,
+        maxlen: int = 100_000,
+        block_ms: int = 1000,
+        origin: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(namespace, origin, clock, maxlen=maxlen, block_ms=block_ms)
+        self._url: str | None = None
+        self._sync: redis.Redis | None = None
+        self._owns_sync = False
+        if isinstance(url_or_client, str):
+            if urlsplit(url_or_client).scheme not in ("redis", "rediss", "unix"):
+                raise ConfigError(
+                    f"bad Redis URL {redact_url(url_or_client)!r}: the scheme must be redis://, "
+                    "rediss:// or unix://"
+                )
+            check_url(url_or_client)
+            self._url = url_or_client
+            self._owns_sync = True
+        elif isinstance(url_or_client, redis.Redis):
+            self._sync = url_or_client
+        else:
+            raise ConfigError(
+                "RedisBus needs a URL or a redis.Redis, got " + type(url_or_client).__name__
+            )
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        where = redact_url(self._url) if self._url is not None else "client"
+        return f"RedisBus({where!r}, namespace={self._namespace!r})"
+
+    def _after_fork(self) -> None:
+        """In a forked child: as :meth:`_StreamListener._after_fork`; the
+        parent's clients are left to it."""
+        self._loops = {}
+        self._closing = set()
+        super()._after_fork()
+
+    # -- clients ---------------------------------------------------------------
+
+    def _client(self) -> redis.Redis:
+        client = self._sync
+        if client is None:
+            with self._lock:
+                client = self._sync
+                if client is None:
+                    assert self._url is not None  # no URL means a client was given
+                    # One retry heals a pooled connection that a server
+                    # restart cut. A retried pipeline may add an entry
+                    # twice: harmless, invalidations are idempotent.
+                    client = self._sync = redis.Redis.from_url(
+                        self._url,
+                        socket_timeout=2.0,
+                        socket_connect_timeout=1.0,
+                        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1),
+                    )
+        return client
+
+    def _new_listener(self) -> redis.Redis:
+        # Its own connection: XREAD BLOCK holds a connection for block_ms.
+        # The socket timeout exceeds the block so only a dead or hung server
+        # times out; no retries inside redis-py, the listener loop owns them;
+        # RESP2 so the reply shape is fixed; a name so operators (and tests)
+        # can find it in CLIENT LIST. A pool of one, not
+        # single_connection_client, which would connect (and fail) here.
+        settings: dict[str, Any] = {
+            "socket_timeout": self._block_ms / 1000 + 2.0,
+            "socket_connect_timeout": 1.0,
+            "retry": Retry(NoBackoff(), 0),
+            "client_name": LISTENER_NAME,
+            "decode_responses": False,
+            "protocol": 2,
+        }
+        if self._url is not None:
+            return redis.Redis.from_url(self._url, max_connections=1, **settings)
+        assert self._sync is not None
+        pool = self._sync.connection_pool
+        # Same server, credentials and TLS; not the caller's retry policy nor
+        # redis-py's per-pool bookkeeping (maintenance-notification handlers
+        # belong to that pool and need RESP3).
+        kwargs = {
+            name: value
+            for name, value in pool.connection_kwargs.items()
+            if not name.startswith(("maint_notifications", "orig_", "retry"))
+        }
+        kwargs.update(settings)
+        new_pool = redis.ConnectionPool(
+            connection_class=pool.connection_class, max_connections=1, **kwargs
+        )
+        return redis.Redis(connection_pool=new_pool)
+
+    async def _aclient(self) -> _LoopClient:
+        loop = asyncio.get_running_loop()
+        entry = self._loops.get(loop)
+        if entry is not None:
+            return entry
+        assert self._url is not None  # callers check
+        client = redis.asyncio.Redis.from_url(
+            self._url,
+            socket_timeout=2.0,
+            socket_connect_timeout=1.0,
+            retry=redis.asyncio.retry.Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1),
+        )
+        # As RedisTier does: one client per running loop, closed by that
+        # loop's shutdown_asyncgens() (asyncio.run does it) or by aclose().
+        closer = _close_at_loop_shutdown(client, self._loops)
+        entry = _LoopClient(client, None, closer)
+        with self._lock:
+            for old in [lp for lp in self._loops if lp.is_closed()]:
+                del self._loops[old]
+            self._loops[loop] = entry
+        await closer.__anext__()
+        return entry
+
+    # -- publish ---------------------------------------------------------------
+
+    def publish(self, items: Sequence[PublishItem]) -> None:
+        """Append ``(key, action, version)`` items to the stream in one round trip.
+
+        Call it after the write it announces was acknowledged. Raises
+        :class:`~tiercache.TierError` when Redis fails (the cause attached).
+        """
+        if not items:
+            return
+        if self._closed:
+            raise TierCacheError("bus is closed")
+        entries = [_fields(self._origin, item) for item in items]
+        try:
+            # Not MULTI: the batch needs one round trip, not isolation.
+            with self._client().pipeline(transaction=False) as pipe:
+                for fields in entries:
+                    pipe.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
+                pipe.execute()
+        except BACKEND_ERRORS as exc:
+            raise TierError(
+                f"bus: publishing {len(entries)} invalidations failed: {error_text(exc)}"
+            ) from exc
+        self._count_published(len(entries))
+
+    async def apublish(self, items: Sequence[PublishItem]) -> None:
+        """:meth:`publish` with ``redis.asyncio`` (one client per event loop)."""
+        if not items:
+            return
+        if self._closed:
+            raise TierCacheError("bus is closed")
+        if self._url is None:
+            await asyncio.to_thread(self.publish, items)
+            return
+        entries = [_fields(self._origin, item) for item in items]
+        entry = await self._aclient()
+        try:
+            async with entry.client.pipeline(transaction=False) as pipe:
+                for fields in entries:
+                    pipe.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
+                await pipe.execute()
+        except BACKEND_ERRORS as exc:
+            raise TierError(
+                f"bus: publishing {len(entries)} invalidations failed: {error_text(exc)}"
+            ) from exc
+        self._count_published(len(entries))
+
+    # -- close -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the listener and close the clients the bus opened; idempotent.
+
+        The listener is woken with ``CLIENT UNBLOCK`` rather than waited
+        for, so this returns in milliseconds while Redis is up, and within
+        about ``block_ms`` + 3 s when it hangs.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        self._stop_listener()
+        with self._lock:
+            sync = self._sync if self._owns_sync else None
+            self._sync = None if self._owns_sync else self._sync
+            loops, self._loops = self._loops, {}
+        if sync is not None:
+            sync.close()
+        close_loop_clients(loops, self._closing, 3.0)
+        self._healthy = False
+
+    async def aclose(self) -> None:
+        """:meth:`close`, awaiting this loop's async client."""
+        here = asyncio.get_running_loop()
+        with self._lock:
+            entry = self._loops.pop(here, None)
+        if entry is not None and entry.closer is not None:
+            await entry.closer.aclose()
+        # The rest blocks for a few milliseconds at most (thread join).
+        await asyncio.to_thread(self.close)
