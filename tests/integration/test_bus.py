@@ -94,7 +94,7 @@ def listener_ids(client: redis.Redis) -> list[int]:
 
 def slow_reconnects(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make an outage last 0.5-1 s so a test can act inside it."""
-    monkeypatch.setattr(_bus, "BACKOFF_BASE", 1.0)
+    monkeypatch.setattr(_bus._listener, "BACKOFF_BASE", 1.0)
 
 
 # -- delivery ----------------------------------------------------------------------

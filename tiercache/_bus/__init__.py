@@ -20,11 +20,6 @@ the rest), and setting one here sets it where it is read.
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Any
-
-from . import _base, _listener, _local, _message, _redis
 from ._base import Bus as Bus
 from ._base import OnGap as OnGap
 from ._base import OnMessages as OnMessages
@@ -60,26 +55,3 @@ __all__ = [
     "RedisBus",
     "stream_key",
 ]
-
-_MISSING = object()
-_MODULES = (_base, _listener, _local, _message, _redis)
-
-
-class _Package(types.ModuleType):
-    """This package, whose names live in its modules.
-
-    Setting a name here (``monkeypatch.setattr(tiercache._bus, "BACKOFF_BASE",
-    1.0)``) sets it in the modules that read it too, as it did when the bus
-    was one module; otherwise the listener would go on reading its own copy.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        old = self.__dict__.get(name, _MISSING)
-        if old is not _MISSING:
-            for module in _MODULES:
-                if module.__dict__.get(name, _MISSING) is old:
-                    setattr(module, name, value)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
