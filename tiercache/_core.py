@@ -157,6 +157,22 @@ class Core:
     def sliding(self) -> bool:
         return self.expiry is not None and self.expiry.sliding
 
+    def surely_fits(self, payload_bound: int) -> bool:
+        """Whether a payload of at most ``payload_bound`` bytes is under every
+        size limit :meth:`seal` checks. For a serializer whose sizes do not
+        add up field by field (``sizes_add_up``), the bound is doubled."""
+        size = payload_bound
+        if not getattr(self.serializer, "sizes_add_up", False):
+            size = 2 * size + 4096
+        if self.max_value_bytes is not None and size > self.max_value_bytes:
+            return False
+        size += _envelope.HEADER_SIZE + 4
+        for tier in self.tiers:
+            limit = tier.max_value_size
+            if limit is not None and size > limit:
+                return False
+        return True
+
     def memory_expiry(self, ttl: float | None) -> float | None:
         """When a memory copy written now expires, on the monotonic clock:
         a wall clock stepped back must not make a copy outlive its TTL."""

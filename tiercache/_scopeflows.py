@@ -204,7 +204,9 @@ class ScopeFlows:
             elif is_dirty(value):
                 if self.s.write_through or self.s.wal:
                     undo = _Undo(entry)
-                self.writer.seal_or_revert(entry, clean=undo is None)
+                    self.writer.seal_or_revert(entry, clean=False)
+                elif not self.writer.seal_later(entry):
+                    self.writer.seal_or_revert(entry)
                 entry.initial = None  # changed: a real entry from now on
                 entry.conflict = scope.conflict
             else:

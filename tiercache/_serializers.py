@@ -388,6 +388,12 @@ class MsgpackSerializer:
     id: int = 1
     name: str = "msgpack"
 
+    #: A value's encoding does not depend on where it sits: a dict's bytes
+    #: are its header plus each key's and value's own, so a write-behind
+    #: exit can bound the size of a changed value from its changed fields
+    #: alone (tiercache._write.Writer.seal_later).
+    sizes_add_up = True
+
     def __init__(self, types: Iterable[type] | Mapping[str, type] = ()) -> None:
         pairs = types.items() if isinstance(types, Mapping) else ((None, t) for t in types)
         self._by_name: dict[str, _Registered] = {}

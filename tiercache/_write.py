@@ -5,6 +5,9 @@
     scope exit / set / evict / timer / flush / close
        └─> seal(entry): serialize once into envelope bytes at the next
            version ──> entry.pending
+           (a write-behind exit: seal_later(entry) checks the changed fields
+            alone ──> entry.pending = UNSEALED; write_flow seals it, once
+            per flush however many scopes changed it)
            └─> write_flow(entries, reason)
                  journal not empty? replay it first (or join it: outage)
                  shared tier: compare_and_set each on the version it last saw
@@ -31,8 +34,8 @@ from ._locks import Hold, owner
 from ._merge import Merger
 from ._state import CacheState
 from ._tiers._base import CasItem, SetItem
-from ._tiers._memory import Entry
-from ._tracking import changes, mark_clean, revert
+from ._tiers._memory import UNSEALED, Entry
+from ._tracking import MISSING, changes, is_dirty, mark_clean, revert
 
 __all__ = ["Writer"]
 
@@ -98,6 +101,87 @@ class Writer:
         if not entry.created_ms:
             entry.created_ms = int(self.s.clock.time() * 1000)
 
+    def seal_later(self, entry: Entry) -> bool:
+        """A write-behind exit without a journal: move the clean point and
+        leave the serializing to the flush (``entry.pending = UNSEALED``),
+        so a big session changed by many scopes is serialized once per
+        flush, not at every exit. Returns False, having changed nothing,
+        when the value must be sealed now (:meth:`seal`) instead.
+
+        The changed fields are serialized here, once each, so a value that
+        cannot be stored is still refused at the exit that made it (the
+        unchanged ones were stored or loaded as bytes already), and their
+        sizes bound the whole value's: it is sealed now whenever the bound
+        comes near a size limit, so a too-large value is refused here too.
+        Only dict roots that have bytes behind them qualify: a new key's
+        ``initial()`` fields were never serialized.
+        """
+        s = self.s
+        core = s.core
+        root = entry.root
+        if (
+            s.write_through
+            or s.wal
+            or root is None
+            or root.kind != "d"
+            or entry.initial is not None
+            or entry.size <= 0
+            or not core.tiers
+        ):
+            return False
+        value = entry.value
+        was = changes(value)
+        dumps = core.serializer.dumps
+        grown = 8  # a map header grows by 4 bytes at most; a margin
+        try:
+            for field in was:
+                cur = dict.get(value, field, MISSING)
+                if cur is not MISSING:
+                    grown += len(dumps(field)) + len(dumps(cur))
+        except Exception:
+            return False  # the full seal names the field and the problem
+        bound = entry.size + grown
+        if not core.surely_fits(bound):
+            return False
+        base = entry.base
+        if base is not None:
+            for field, old in was.items():
+                base.setdefault(field, old)
+        mark_clean(value)
+        if entry.pending is None:
+            entry.pending_since = s.clock.monotonic()
+        entry.pending = UNSEALED
+        entry.size = bound
+        entry.expires_at = core.memory_expiry(entry.ttl)
+        return True
+
+    def seal_deferred(self, entry: Entry) -> None:
+        """Seal an entry :meth:`seal_later` left unsealed (its key lock
+        held). A flush inside the scope that holds the key seals what
+        earlier scopes committed, not the open scope's changes."""
+        root = entry.root
+        if root is not None and not root.detached and is_dirty(entry.value):
+            committed = dict(entry.value)
+            for field, old in changes(entry.value).items():
+                if old is MISSING:
+                    committed.pop(field, None)
+                else:
+                    committed[field] = old
+            version = self.s.core.next_version(entry.version)
+            data = self.s.core.seal(
+                entry.key,
+                committed,
+                version=version,
+                created_ms=entry.created_ms,
+                ttl=entry.ttl,
+                schema_version=entry.schema_version,
+            )
+            entry.version = version
+            entry.pending = data
+            entry.size = len(data)
+            return
+        self.seal(entry)
+
     def seal_or_revert(self, entry: Entry, *, clean: bool = True) -> None:
         try:
             self.seal(entry, clean=clean)
@@ -118,8 +202,21 @@ class Writer:
         Without compare-and-set the batch is written as is (last writer
         wins).
         """
+        entries = list(entries)
+        #: Entries whose deferred seal failed (see :meth:`seal_later`: only
+        #: a serializer that takes each field but not the whole can do it).
+        unsealable: list[tuple[Entry, TierCacheError]] = []
+        for e in entries:
+            if e.pending is UNSEALED:
+                try:
+                    self.seal_deferred(e)
+                except TierCacheError as exc:
+                    unsealable.append((e, exc))
         batch = [(e, e.pending) for e in entries if e.pending is not None]
+        batch = [(e, data) for e, data in batch if data is not UNSEALED]
         if not batch:
+            if unsealable:
+                raise unsealable[0][1]
             return
         core = self.s.core
         tiers = core.tiers
@@ -143,7 +240,7 @@ class Writer:
         written: list[tuple[Entry, bytes]] = []
         #: Entries that could not be written, each with its own error: one
         #: of them never holds the rest of a batch back.
-        failures: list[tuple[Entry, TierCacheError]] = []
+        failures: list[tuple[Entry, TierCacheError]] = unsealable
         if tiers and tiers[-1].supports_cas:
             # An outdated entry's idea of the stored version cannot be
             # trusted (the store moved on, or a replay merged what it

@@ -25,7 +25,17 @@ import cachetools
 from .._exceptions import ConfigError
 from .._tracking import root_of
 
-__all__ = ["Entry", "MemoryTier"]
+__all__ = ["UNSEALED", "Entry", "MemoryTier"]
+
+
+class _Unsealed(bytes):
+    """The type of :data:`UNSEALED`."""
+
+
+#: ``Entry.pending`` of a write-behind change not serialized yet: the timer
+#: seals it once per flush (tiercache._write), however many scopes changed
+#: it meanwhile. Never written anywhere: every writer seals first.
+UNSEALED: bytes = _Unsealed()
 
 
 class Entry:
