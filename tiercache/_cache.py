@@ -2,17 +2,17 @@
 
 ::
 
-    TieredCache ── validates settings, builds the layers, and gives each public
-       │           method a few lines that drive one flow:
+    TieredCache ── checks its settings (_settings), builds the layers, and
+       │           gives each public method a few lines that drive one flow:
        ├─ get / aget ──────────> memory hit here; else _read.Reader
        ├─ set / update / delete / touch ──> _direct.DirectWrites (key lock held)
-       ├─ session(key) ────────> _scope.Scope over _scope.ScopeFlows
+       ├─ session(key) ────────> _scope.Scope over _scopeflows.ScopeFlows
        ├─ flush / close ───────> _lifecycle.Lifecycle
        └─ stats() ─────────────> _snapshot.stats_of
 
     layers, bottom up:  _state (shared parts) ─ _invalidation ─ _journaling ─
                         _merge ─ _write ─ _replay ─ _read ─ _direct ─ _leases ─
-                        _scope ─ _lifecycle ─ _cache (this facade)
+                        _scopeflows ─ _scope ─ _lifecycle ─ _cache (this facade)
 
 Every algorithm is a generator flow written once; the public sync method
 drives it with :func:`~tiercache._flow.run`, its ``a``-prefixed twin with
@@ -31,7 +31,7 @@ from __future__ import annotations
 import atexit
 import logging
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, cast
 
@@ -46,9 +46,8 @@ from ._flow import run
 from ._invalidation import Invalidations
 from ._journal import Journal
 from ._journaling import Journaling
-from ._keys import check_namespace
 from ._leases import Leases
-from ._lifecycle import Lifecycle, aclose_all, close_all
+from ._lifecycle import Lifecycle
 from ._locks import LockRegistry
 from ._merge import Merger
 from ._policy import (
@@ -58,13 +57,13 @@ from ._policy import (
     Quarantine,
     Resolver,
     Schema,
-    WriteThrough,
     raise_conflict,
 )
 from ._read import Reader
 from ._replay import Replayer
 from ._scope import Scope, ScopeFlows, ScopeOptions, scope_options
-from ._serializers import MsgpackSerializer, Serializer
+from ._serializers import Serializer
+from ._settings import check_settings
 from ._snapshot import stats_of
 from ._state import CacheState
 from ._stats import CacheStats
@@ -133,63 +132,27 @@ class TieredCache:
         max_key_length: int = 1024,
         corrupt: Quarantine | None = None,
     ) -> None:
-        if not tiers or not isinstance(tiers[0], MemoryTier):
-            raise ConfigError("the first tier must be a MemoryTier (tiers run fastest first)")
-        persistent: list[PersistentTier] = []
-        for t in tiers[1:]:
-            if not isinstance(t, PersistentTier):
-                raise ConfigError(
-                    f"tiers after the first must be PersistentTier instances, got {t!r}"
-                )
-            persistent.append(t)
-        check_namespace(namespace)
-        if serializer is None:
-            serializer = MsgpackSerializer()
-        elif not isinstance(serializer, Serializer):
-            raise ConfigError(f"serializer must implement Serializer, got {serializer!r}")
-        flush = flush if flush is not None else WriteThrough()
-        if not isinstance(flush, FlushPolicy):
-            raise ConfigError(f"flush must be WriteThrough() or WriteBehind(...), got {flush!r}")
-        if ttl is None or isinstance(ttl, Expiry):
-            expiry = ttl
-        else:
-            expiry = Expiry(ttl)
-        if (
-            isinstance(max_key_length, bool)
-            or not isinstance(max_key_length, int)
-            or not (1 <= max_key_length <= 65536)
-        ):
-            raise ConfigError(f"max_key_length must be an int in 1..65536, got {max_key_length!r}")
-
-        if not callable(conflict):
-            raise ConfigError(f"conflict must be a resolver function, got {conflict!r}")
-        if corrupt is not None and not isinstance(corrupt, Quarantine):
-            raise ConfigError(
-                f"corrupt must be a Quarantine(keep=seconds) or None, got {corrupt!r}"
-            )
-        if max_value_bytes is not None and (
-            isinstance(max_value_bytes, bool)
-            or not isinstance(max_value_bytes, int)
-            or max_value_bytes < 1
-        ):
-            raise ConfigError(
-                f"max_value_bytes must be None or an int >= 1, got {max_value_bytes!r}"
-            )
-        if lease is not None and not isinstance(lease, Lease):
-            raise ConfigError(f"lease must be a Lease(...) or None, got {lease!r}")
-        if max_stale is not None:
-            Expiry(max_stale)  # validates: a number > 0
-        if bus is not None:
-            if not isinstance(bus, Bus):
-                raise ConfigError(f"bus must implement Bus (RedisBus, LocalBus), got {bus!r}")
-            if getattr(bus, "namespace", namespace) != namespace:
-                raise ConfigError(
-                    f"the bus is for namespace {bus.namespace!r}, the cache for {namespace!r}"  # type: ignore[attr-defined]
-                )
-        if journal is not None and not isinstance(journal, Journal):
-            raise ConfigError(f"journal must be a Journal(directory) or None, got {journal!r}")
-        if journal is not None and not persistent:
-            raise ConfigError("a journal needs a persistent tier to replay into")
+        cfg = check_settings(
+            tiers,
+            namespace=namespace,
+            serializer=serializer,
+            flush=flush,
+            ttl=ttl,
+            conflict=conflict,
+            lease=lease,
+            bus=bus,
+            max_stale=max_stale,
+            max_value_bytes=max_value_bytes,
+            journal=journal,
+            max_key_length=max_key_length,
+            corrupt=corrupt,
+        )
+        persistent, serializer, flush, expiry = (
+            cfg.persistent,
+            cfg.serializer,
+            cfg.flush,
+            cfg.expiry,
+        )
         clock = clock or SystemClock()
         core = Core(
             persistent,
@@ -203,7 +166,7 @@ class TieredCache:
         )
         s = self._s = CacheState(
             namespace=namespace,
-            memory=tiers[0],
+            memory=cfg.memory,
             core=core,
             clock=clock,
             flush=flush,
@@ -446,13 +409,7 @@ class TieredCache:
         if not self._life.close(wait):
             return
         atexit.unregister(self._atexit)
-        s = self._s
-        closers: list[Callable[[], None]] = [t.close for t in s.core.tiers]
-        if s.bus is not None:
-            closers.insert(0, s.bus.close)
-        if s.journal is not None:
-            closers.insert(0, s.journal.close)
-        close_all(closers)
+        self._life.close_parts()
 
     async def aclose(self, wait: float = 30.0) -> None:
         """Async :meth:`close`: waits for other tasks' scopes without
@@ -460,15 +417,7 @@ class TieredCache:
         if not await self._life.aclose(wait):
             return
         atexit.unregister(self._atexit)
-        s = self._s
-        closers: list[Callable[[], Awaitable[None]]] = [t.aclose for t in s.core.tiers]
-        if s.bus is not None:
-            closers.insert(0, s.bus.aclose)
-        try:
-            await aclose_all(closers)
-        finally:
-            if s.journal is not None:
-                s.journal.close()
+        await self._life.aclose_parts()
 
     def __enter__(self) -> TieredCache:
         return self

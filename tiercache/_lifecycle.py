@@ -200,6 +200,29 @@ class Lifecycle:
 
     # -- os.fork() ---------------------------------------------------------------------
 
+    def close_parts(self) -> None:
+        """After :meth:`close`: the journal, the bus, then every tier, each
+        closed even if another fails (the first failure is raised)."""
+        s = self.s
+        closers: list[Callable[[], None]] = [t.close for t in s.core.tiers]
+        if s.bus is not None:
+            closers.insert(0, s.bus.close)
+        if s.journal is not None:
+            closers.insert(0, s.journal.close)
+        close_all(closers)
+
+    async def aclose_parts(self) -> None:
+        """:meth:`close_parts` after :meth:`aclose`."""
+        s = self.s
+        closers: list[Callable[[], Awaitable[None]]] = [t.aclose for t in s.core.tiers]
+        if s.bus is not None:
+            closers.insert(0, s.bus.aclose)
+        try:
+            await aclose_all(closers)
+        finally:
+            if s.journal is not None:
+                s.journal.close()
+
     def after_fork(self) -> None:
         """In a forked child (see :mod:`tiercache._fork`): new locks and
         threads, an empty memory, a new writer tag and bus origin; the
