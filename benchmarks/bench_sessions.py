@@ -76,6 +76,37 @@ def test_raw_cachetools_hit_plus_call(benchmark: Any) -> None:
     assert benchmark(request) == 4
 
 
+@pytest.mark.benchmark(group="read-only scope, memory hit")
+def test_scope_sync_decorated_read_only(benchmark: Any) -> None:
+    cache = TieredCache(MemoryTier(), namespace="bsd")
+    cache.set("chat:1", initial())
+
+    @cached_session(cache, key=lambda chat_id: f"chat:{chat_id}")
+    def handler(chat_id: int, session: Any = None) -> int:
+        return handler_body(session, False)
+
+    assert benchmark(handler, 1) == 4
+    cache.close()
+
+
+@pytest.mark.benchmark(group="read-only scope, memory hit, async")
+def test_scope_async_read_only(benchmark: Any) -> None:
+    cache = TieredCache(MemoryTier(), namespace="bsw")
+    cache.set("chat:1", initial())
+    session = cache.session
+
+    async def batch() -> None:
+        for _ in range(100):
+            async with session("chat:1") as s:
+                handler_body(s, False)
+
+    loop = asyncio.new_event_loop()
+    benchmark(lambda: loop.run_until_complete(batch()))
+    benchmark.extra_info["per_call"] = "batch of 100: divide by 100"
+    loop.close()
+    cache.close()
+
+
 @pytest.mark.benchmark(group="read-only scope, memory hit, async")
 def test_scope_async_decorated_read_only(benchmark: Any) -> None:
     cache = TieredCache(MemoryTier(), namespace="bsa")

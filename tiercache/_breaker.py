@@ -174,6 +174,11 @@ class Breaker:
         if probe is not None:
             probe.join(timeout)
 
+    @property
+    def max_value_size(self) -> int | None:
+        """The wrapped tier's (read at every seal: no __getattr__ detour)."""
+        return self._tier.max_value_size
+
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._tier, name)
         if name.startswith("_") or name in self._PASS or not callable(attr):

@@ -213,7 +213,7 @@ class Scope:
                     root is None
                     or not (root.dirty or root.backup)
                     or quick_clean(root)
-                    or not is_dirty(self._value)
+                    or (not root.dirty and not is_dirty(self._value))
                 ):
                     if root is not None:
                         root.detached = True
@@ -358,7 +358,7 @@ class Scope:
                     root is None
                     or not (root.dirty or root.backup)
                     or quick_clean(root)
-                    or not is_dirty(self._value)
+                    or (not root.dirty and not is_dirty(self._value))
                 ):
                     if root is not None:
                         root.detached = True

@@ -31,7 +31,7 @@ from ._policy import Schema
 from ._read import Reader
 from ._state import CacheState, OpenScope
 from ._tiers._memory import Entry
-from ._tracking import attach, detach, is_dirty, mark_clean, revert, track
+from ._tracking import attach, changes, detach, is_dirty, mark_clean, revert, track
 from ._write import Writer
 
 __all__ = ["ScopeFlows"]
@@ -198,19 +198,19 @@ class ScopeFlows:
                 raise TierCacheError(f"the scope of {key!r} holds no entry")
             if failed:
                 revert(value)
-            elif self.s.shut and is_dirty(value):
+            elif not (was := changes(value)):  # one comparison, reused below
+                self.s.writes_avoided += 1
+            elif self.s.shut:
                 revert(value)
                 raise self.s.closed_under(key)
-            elif is_dirty(value):
+            else:
                 if self.s.write_through or self.s.wal:
                     undo = _Undo(entry)
-                    self.writer.seal_or_revert(entry, clean=False)
-                elif not self.writer.seal_later(entry):
-                    self.writer.seal_or_revert(entry)
+                    self.writer.seal_or_revert(entry, clean=False, was=was)
+                elif not self.writer.seal_later(entry, was):
+                    self.writer.seal_or_revert(entry, was=was)
                 entry.initial = None  # changed: a real entry from now on
                 entry.conflict = scope.conflict
-            else:
-                self.s.writes_avoided += 1
         finally:
             detach(value)
             if entry is not None:

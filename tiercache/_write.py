@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import cast
+from typing import Any, cast
 
 from ._envelope import peek_version
 from ._exceptions import ConflictError, TierCacheError, TierError
@@ -57,14 +57,15 @@ class Writer:
         self.journaling = journaling
         self.merger = merger
 
-    def seal(self, entry: Entry, *, clean: bool = True) -> None:
+    def seal(self, entry: Entry, *, clean: bool = True, was: dict[Any, Any] | None = None) -> None:
         """Serialize the entry's value once into ``entry.pending`` and mark it
         clean; raises SerializationError and then changes nothing.
 
         ``clean=False`` keeps the value's clean point where it was (the
         scope's start), so a write that then fails can still be rolled
         back in place (:meth:`ScopeFlows.roll_back`); the caller marks it clean once
-        the write succeeded."""
+        the write succeeded. ``was``: :func:`changes` of the value, if the
+        caller has it already."""
         if (
             not self.s.core.tiers
             and self.s.memory.max_bytes is None
@@ -79,8 +80,8 @@ class Writer:
         if base is not None and entry.root is not None:
             # First change of a field since the stored version: remember
             # what it was then, the base of a merge if our write loses.
-            for field, was in changes(entry.value).items():
-                base.setdefault(field, was)
+            for field, old in (changes(entry.value) if was is None else was).items():
+                base.setdefault(field, old)
         version = self.s.core.next_version(entry.version)
         data = self.s.core.seal(
             entry.key,
@@ -101,7 +102,7 @@ class Writer:
         if not entry.created_ms:
             entry.created_ms = int(self.s.clock.time() * 1000)
 
-    def seal_later(self, entry: Entry) -> bool:
+    def seal_later(self, entry: Entry, was: dict[Any, Any]) -> bool:
         """A write-behind exit without a journal: move the clean point and
         leave the serializing to the flush (``entry.pending = UNSEALED``),
         so a big session changed by many scopes is serialized once per
@@ -114,7 +115,8 @@ class Writer:
         sizes bound the whole value's: it is sealed now whenever the bound
         comes near a size limit, so a too-large value is refused here too.
         Only dict roots that have bytes behind them qualify: a new key's
-        ``initial()`` fields were never serialized.
+        ``initial()`` fields were never serialized. ``was``: :func:`changes`
+        of the value.
         """
         s = self.s
         core = s.core
@@ -130,7 +132,6 @@ class Writer:
         ):
             return False
         value = entry.value
-        was = changes(value)
         dumps = core.serializer.dumps
         grown = 8  # a map header grows by 4 bytes at most; a margin
         try:
@@ -182,9 +183,11 @@ class Writer:
             return
         self.seal(entry)
 
-    def seal_or_revert(self, entry: Entry, *, clean: bool = True) -> None:
+    def seal_or_revert(
+        self, entry: Entry, *, clean: bool = True, was: dict[Any, Any] | None = None
+    ) -> None:
         try:
-            self.seal(entry, clean=clean)
+            self.seal(entry, clean=clean, was=was)
         except BaseException:
             # Nothing was stored; memory goes back to the scope's start too.
             revert(entry.value)
