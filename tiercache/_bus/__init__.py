@@ -15,7 +15,8 @@
 
 Every name the bus's modules define is importable from here, as when the
 bus was one module (the cache imports ``Bus`` and ``Invalidation``, tests
-the rest), and setting one here sets it where it is read.
+the rest). Patch a setting in the module that reads it (``_listener`` for
+the backoff), not here.
 """
 
 from __future__ import annotations
