@@ -10,7 +10,8 @@
        ├─ flush / close ───────> _lifecycle.Lifecycle
        └─ stats() ─────────────> _snapshot.stats_of
 
-    layers, bottom up:  _state (shared parts) ─ _invalidation ─ _journaling ─
+    layers, bottom up:  _sealing ─ _core (bytes; flows between tiers) ─
+                        _state (shared parts) ─ _invalidation ─ _journaling ─
                         _merge ─ _write ─ _replay ─ _read ─ _direct ─ _leases ─
                         _scopeflows ─ _scope ─ _lifecycle ─ _cache (this facade)
 

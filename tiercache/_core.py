@@ -19,9 +19,7 @@ asyncio.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,17 +29,16 @@ from ._envelope import safe_version
 from ._exceptions import (
     CorruptEntryError,
     SchemaError,
-    SerializationError,
     TierError,
-    ValueTooLargeError,
 )
 from ._flow import Call, Flow
 from ._keys import KeyNames
 from ._policy import Expiry, Quarantine, Resolver, Schema
+from ._sealing import Sealing
 from ._serializers import Serializer
 from ._stats import TierCounters
 from ._tiers._base import PersistentTier, SetItem
-from ._tracking import MISSING, WHOLE, track
+from ._tracking import MISSING, WHOLE
 from ._tracking import _same as same
 
 __all__ = ["Core", "Loaded"]
@@ -55,12 +52,6 @@ FLUSH_REASONS = ("exit", "set", "evict", "timer", "close", "explicit", "migrate"
 #: keys come from the clock, see :meth:`Core.next_version`); the tombstone
 #: covers clocks that disagree by less than this.
 TOMBSTONE_SECONDS = 3600.0
-
-#: New keys start at ``ms since the epoch << 20``: above every version a key
-#: of that name had before (a delete, an expiry, a quarantine, a lost store),
-#: with room for 2**20 writes a millisecond, until the year 2248.
-_TIME_SHIFT = 20
-_U64 = 2**64 - 1
 
 
 @dataclass(slots=True)
@@ -82,8 +73,9 @@ class Loaded:
     updated_ms: int = 0
 
 
-class Core:
-    """Tier order, envelopes, expiry, schemas and the cache-wide counters."""
+class Core(Sealing):
+    """Tier order, the flows between tiers, and the cache-wide counters
+    (sealing and opening bytes: :class:`~tiercache._sealing.Sealing`)."""
 
     def __init__(
         self,
@@ -128,177 +120,10 @@ class Core:
         self.failing = [False] * len(tiers)
         self.new_writer()
 
-    def new_writer(self) -> None:
-        """A fresh writer tag series (also after a fork: a child must never
-        seal bytes its parent could have sealed)."""
-        self._writer_base = secrets.randbits(64)
-        self._writes = itertools.count(1)
-
-    def next_version(self, version: int) -> int:
-        """The version a write over ``version`` gets: the next one, or, for
-        a key nothing is known to be stored under (0), one from the clock,
-        so versions of a key never repeat across deletes and expiries."""
-        if version:
-            return version + 1
-        return max(1, int(self.clock.time() * 1000)) << _TIME_SHIFT
-
     # -- pure helpers ---------------------------------------------------------
 
     def skey(self, key: str) -> str:
         return self.prefix + key
-
-    def ttl_for(self, ttl: float | None) -> float | None:
-        """The TTL in seconds for a key: its own, else the cache default."""
-        if ttl is not None:
-            return ttl
-        return self.expiry.seconds if self.expiry is not None else None
-
-    @property
-    def sliding(self) -> bool:
-        return self.expiry is not None and self.expiry.sliding
-
-    def surely_fits(self, payload_bound: int) -> bool:
-        """Whether a payload of at most ``payload_bound`` bytes is under every
-        size limit :meth:`seal` checks. For a serializer whose sizes do not
-        add up field by field (``sizes_add_up``), the bound is doubled."""
-        size = payload_bound
-        if not getattr(self.serializer, "sizes_add_up", False):
-            size = 2 * size + 4096
-        if self.max_value_bytes is not None and size > self.max_value_bytes:
-            return False
-        size += _envelope.HEADER_SIZE + 4
-        for tier in self.tiers:
-            limit = tier.max_value_size
-            if limit is not None and size > limit:
-                return False
-        return True
-
-    def memory_expiry(self, ttl: float | None) -> float | None:
-        """When a memory copy written now expires, on the monotonic clock:
-        a wall clock stepped back must not make a copy outlive its TTL."""
-        seconds = self.ttl_for(ttl)
-        return None if seconds is None else self.clock.monotonic() + seconds
-
-    def seal(
-        self,
-        key: str,
-        value: Any,
-        *,
-        version: int,
-        created_ms: int,
-        ttl: float | None,
-        schema_version: int,
-    ) -> bytes:
-        """Serialize ``value`` once into envelope bytes at ``version``."""
-        if version > _envelope.MAX_VERSION:
-            raise SerializationError(
-                f"cannot store key {key!r}: its version would pass {_envelope.MAX_VERSION}"
-            )
-        try:
-            payload = self.serializer.dumps(value)
-        except SerializationError as exc:
-            raise SerializationError(f"cannot store key {key!r}: {exc}") from exc
-        except Exception as exc:  # a user serializer's own error type
-            raise SerializationError(
-                f"cannot store key {key!r}: {type(exc).__name__}: {exc}"
-            ) from exc
-        if self.max_value_bytes is not None and len(payload) > self.max_value_bytes:
-            raise ValueTooLargeError(
-                f"cannot store key {key!r}: {len(payload)} bytes, over max_value_bytes "
-                f"({self.max_value_bytes}); largest fields: {self._largest_fields(value)}"
-            )
-        size = len(payload) + _envelope.HEADER_SIZE + 4
-        for tier in self.tiers:
-            # What a tier is known to refuse (Redis: its proto-max-bulk-len)
-            # is refused here, under every flush policy: a write-behind
-            # change is acknowledged at scope exit, so it must be one the
-            # tier will take.
-            limit = tier.max_value_size
-            if limit is not None and size > limit:
-                raise ValueTooLargeError(
-                    f"cannot store key {key!r}: {size} bytes, over what the {tier.name} tier "
-                    f"takes ({limit}); largest fields: {self._largest_fields(value)}"
-                )
-        now_ms = int(self.clock.time() * 1000)
-        seconds = self.ttl_for(ttl)
-        # Sliding expiry lives in the backends' TTL (touch refreshes it
-        # without a rewrite); absolute expiry is sealed into the envelope.
-        expires_ms = 0 if seconds is None or self.sliding else now_ms + int(seconds * 1000)
-        return _envelope.encode(
-            _envelope.Envelope(
-                serializer_id=self.serializer.id,
-                schema_version=schema_version,
-                version=version,
-                created_ms=created_ms or now_ms,
-                updated_ms=now_ms,
-                expires_ms=expires_ms,
-                payload=payload,
-                writer=(self._writer_base + next(self._writes)) & _U64,
-            )
-        )
-
-    def tombstone(self, version: int) -> bytes:
-        """The bytes a delete leaves in the shared tier at ``version``."""
-        now_ms = int(self.clock.time() * 1000)
-        return _envelope.encode(
-            _envelope.Envelope(
-                serializer_id=self.serializer.id,
-                schema_version=0,
-                version=version,
-                created_ms=now_ms,
-                updated_ms=now_ms,
-                expires_ms=0,
-                payload=b"",
-                flags=_envelope.TOMBSTONE,
-                writer=(self._writer_base + next(self._writes)) & _U64,
-            )
-        )
-
-    def _largest_fields(self, value: Any) -> str:
-        """Error path only: the three top-level fields that serialize
-        largest, as ``value['name'] (bytes)``."""
-        if isinstance(value, dict):
-            items = list(value.items())
-        elif hasattr(value, "__dict__"):
-            items = [(k, v) for k, v in vars(value).items() if not k.startswith("_tc_")]
-        else:
-            return "(the value is not a mapping)"
-        sizes = []
-        for k, v in items:
-            try:
-                sizes.append((len(self.serializer.dumps(v)), k))
-            except Exception:
-                continue
-        sizes.sort(key=lambda item: item[0], reverse=True)
-        return ", ".join(f"value[{k!r}] ({n} bytes)" for n, k in sizes[:3]) or "(none)"
-
-    def _unreadable(self, reason: str) -> CorruptEntryError:
-        self.corrupt += 1
-        return CorruptEntryError(reason)
-
-    def _open(self, data: bytes) -> _envelope.Envelope:
-        try:
-            env = _envelope.decode(data)
-        except CorruptEntryError as exc:
-            raise self._unreadable(str(exc)) from None
-        if env.serializer_id != self.serializer.id and not env.tombstone:
-            raise self._unreadable(
-                f"written by serializer id {env.serializer_id}, this cache reads "
-                f"{self.serializer.id} ({self.serializer.name})"
-            )
-        return env
-
-    def adopt(self, plain: Any) -> Any:
-        """:func:`track` a value read from a tier; a value the tracker
-        refuses (a tuple holding a list, which tiercache never writes;
-        nesting deeper than it can walk) is unreadable like corrupt bytes:
-        CorruptEntryError, counted."""
-        try:
-            return track(plain)
-        except (TypeError, ValueError, RecursionError, SerializationError) as exc:
-            raise self._unreadable(
-                f"a value that cannot be tracked ({type(exc).__name__})"
-            ) from None
 
     def quarantine_key(self, key: str) -> str:
         """Where a tier keeps the unreadable bytes of ``key``: beside the

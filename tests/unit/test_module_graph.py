@@ -1,4 +1,4 @@
-"""The package's import graph has no cycle; oversized modules are reported.
+"""The package's import graph has no cycle; modules and classes stay small.
 
 Every module under ``tiercache/`` is parsed with ``ast``, never imported, so
 the graph holds every import the source spells out: absolute and relative
@@ -17,18 +17,18 @@ import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "tiercache"
 MAX_MODULE_LINES = 600
 MAX_CLASS_LINES = 400
 
-# KNOWN CYCLE, to be deleted: _cache and _session import each other (_session
-# under TYPE_CHECKING); the restructuring under way removes that. This excuses
-# a cycle made of exactly these two modules and nothing else: a third module
-# joining it fails the test, and so does this entry once the cycle is gone.
-KNOWN_CYCLES: set[tuple[str, str]] = {("tiercache._cache", "tiercache._session")}
+#: Modules and classes allowed over the limits, each with why (issue #16).
+OVERSIZE: dict[str, str] = {
+    "tiercache/_cache.py::TieredCache": (
+        "the public facade: every public method is a few lines driving a flow, "
+        "and half the class is the public API's docstrings"
+    ),
+}
 
 # module -> imported module -> the lines that import it
 Graph = dict[str, dict[str, list[int]]]
@@ -147,29 +147,18 @@ def describe(graph: Graph, modules: dict[str, Path], cycle: list[str], root: Pat
     return f"import cycle {hops} ({where})"
 
 
-def cycles_found(root: Path, package: str) -> tuple[list[str], set[tuple[str, str]]]:
-    """Messages for the cycles not allowed, and the known ones seen."""
+def cycles_found(root: Path, package: str) -> list[str]:
+    """A message for every import cycle."""
     graph, modules = build_graph(root, package)
-    errors = []
-    seen = set()
-    for component in strongly_connected(graph):
-        pair = tuple(sorted(component))
-        if len(pair) == 2 and pair in KNOWN_CYCLES:
-            seen.add((pair[0], pair[1]))
-            continue
-        errors.append(describe(graph, modules, a_cycle(graph, component), root))
-    return errors, seen
+    return [
+        describe(graph, modules, a_cycle(graph, component), root)
+        for component in strongly_connected(graph)
+    ]
 
 
 def test_the_package_has_no_import_cycle() -> None:
-    errors, _ = cycles_found(ROOT, PACKAGE)
+    errors = cycles_found(ROOT, PACKAGE)
     assert not errors, "\n".join(errors)
-
-
-def test_the_known_cycles_still_exist() -> None:
-    _, seen = cycles_found(ROOT, PACKAGE)
-    gone = KNOWN_CYCLES - seen
-    assert not gone, f"no longer a cycle, delete it from KNOWN_CYCLES: {sorted(gone)}"
 
 
 def test_the_graph_sees_the_package() -> None:
@@ -181,25 +170,23 @@ def test_the_graph_sees_the_package() -> None:
     assert "tiercache._exceptions" in graph["tiercache._tracking._depth"]  # from ..x import
 
 
-def test_large_modules_and_classes_are_reported(capsys: pytest.CaptureFixture[str]) -> None:
-    """A warning, not a failure: the project's limits are ~600 lines a module
-    and ~400 a class."""
-    report = []
+def test_modules_and_classes_stay_within_the_size_limits() -> None:
+    """~600 lines a module and ~400 a class, but for the reasoned
+    exceptions in OVERSIZE."""
+    over = []
     for path in find_modules(ROOT, PACKAGE).values():
         text = path.read_text(encoding="utf-8")
-        where = path.relative_to(ROOT)
-        if (n := len(text.splitlines())) > MAX_MODULE_LINES:
-            report.append(f"{where}: {n} lines (module limit ~{MAX_MODULE_LINES})")
+        where = path.relative_to(ROOT).as_posix()
+        if (n := len(text.splitlines())) > MAX_MODULE_LINES and where not in OVERSIZE:
+            over.append(f"{where}: {n} lines (module limit ~{MAX_MODULE_LINES})")
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.ClassDef):
                 size = (node.end_lineno or node.lineno) - node.lineno + 1
-                if size > MAX_CLASS_LINES:
-                    report.append(
+                if size > MAX_CLASS_LINES and f"{where}::{node.name}" not in OVERSIZE:
+                    over.append(
                         f"{where}: class {node.name} {size} lines (class limit ~{MAX_CLASS_LINES})"
                     )
-    if report:
-        with capsys.disabled():
-            print("\nwarning: over the size limits:\n  " + "\n  ".join(report))
+    assert not over, "split these along a concept, or say why in OVERSIZE:\n" + "\n".join(over)
 
 
 # -- the graph builder on a made-up package --------------------------------------
@@ -253,7 +240,7 @@ def test_a_cycle_is_found_and_named(tmp_path: Path) -> None:
             "pkg/d.py": "from .d import z\n",
         },
     )
-    errors, _ = cycles_found(tmp_path, "pkg")
+    errors = cycles_found(tmp_path, "pkg")
     assert sorted(errors) == [
         "import cycle pkg.a -> pkg.b -> pkg.c -> pkg.a (pkg/a.py:1 imports pkg.b; "
         "pkg/b.py:2 imports pkg.c; pkg/c.py:3 imports pkg.a)",
