@@ -41,6 +41,7 @@ from ._breaker import Breaker
 from ._bus import Bus
 from ._clock import Clock, SystemClock
 from ._core import Core
+from ._defaults import AUTO, _Auto, publish_in_tier
 from ._direct import DirectWrites
 from ._exceptions import ConfigError, TierError
 from ._flow import run
@@ -126,13 +127,14 @@ class TieredCache:
         schema: Schema | None = None,
         conflict: Resolver = raise_conflict,
         lease: Lease | None = None,
-        bus: Bus | None = None,
-        max_stale: float | None = None,
+        bus: Bus | _Auto | None = AUTO,
+        max_stale: float | _Auto | None = AUTO,
         max_value_bytes: int | None = None,
         journal: Journal | None = None,
         max_key_length: int = 1024,
         corrupt: Quarantine | None = None,
     ) -> None:
+        clock = clock or SystemClock()
         cfg = check_settings(
             tiers,
             namespace=namespace,
@@ -143,6 +145,7 @@ class TieredCache:
             lease=lease,
             bus=bus,
             max_stale=max_stale,
+            clock=clock,
             max_value_bytes=max_value_bytes,
             journal=journal,
             max_key_length=max_key_length,
@@ -154,7 +157,7 @@ class TieredCache:
             cfg.flush,
             cfg.expiry,
         )
-        clock = clock or SystemClock()
+        bus, stale_bound = cfg.bus, cfg.max_stale
         core = Core(
             persistent,
             namespace=namespace,
@@ -174,7 +177,7 @@ class TieredCache:
             expiry=expiry,
             conflict=conflict,
             lease=lease,
-            max_stale=max_stale,
+            max_stale=stale_bound,
             max_key_length=max_key_length,
             bus=bus,
             journal=journal,
@@ -208,6 +211,7 @@ class TieredCache:
         self._atexit = lambda: _flush_at_exit(ref)
         atexit.register(self._atexit)
         if bus is not None:
+            s.tier_publishes = publish_in_tier(s.shared, bus, core.prefix)
             bus.start(inval.on_messages, inval.on_gap)
         _fork.watch(self)
         if journal is not None and journal.depth:
@@ -270,7 +274,12 @@ class TieredCache:
                 entry = None
             if entry is not None and entry.initial is None:
                 exp = entry.expires_at
-                if (exp is None or s.now() < exp) if s.plain_hits else self._reader.hit_ok(entry):
+                if (
+                    (exp is None or s.now() < exp)
+                    and ((bound := s.max_stale) is None or s.now() - entry.checked_at <= bound)
+                    if s.plain_hits
+                    else self._reader.hit_ok(entry)
+                ):
                     s.recent(key)
                     s.hits += 1
                     return entry.value
@@ -293,7 +302,12 @@ class TieredCache:
                 entry = None
             if entry is not None and entry.initial is None:
                 exp = entry.expires_at
-                if (exp is None or s.now() < exp) if s.plain_hits else self._reader.hit_ok(entry):
+                if (
+                    (exp is None or s.now() < exp)
+                    and ((bound := s.max_stale) is None or s.now() - entry.checked_at <= bound)
+                    if s.plain_hits
+                    else self._reader.hit_ok(entry)
+                ):
                     s.recent(key)
                     s.hits += 1
                     return entry.value

@@ -79,8 +79,8 @@ class Invalidations:
         """Tell other processes, after the write was acknowledged. A failed
         publish does not undo the write: it is logged, and readers elsewhere
         stay within ``max_stale`` through revalidation."""
-        if self.s.bus is None or not items:
-            return
+        if self.s.bus is None or not items or self.s.tier_publishes:
+            return  # (published by the write's own script)
         try:
             yield Call(self.s.bus, self.s.bus_counters, "publish", (items,))
         except TierError as exc:

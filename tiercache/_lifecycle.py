@@ -25,11 +25,13 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ._defaults import publish_in_tier
 from ._exceptions import TierError
 from ._flow import arun, run
 from ._leases import Leases
 from ._locks import POLL, LockRegistry, owner
 from ._state import CacheState
+from ._tiers._redis import RedisTier
 from ._write import Writer
 
 __all__ = ["Lifecycle"]
@@ -200,10 +202,17 @@ class Lifecycle:
 
     # -- os.fork() ---------------------------------------------------------------------
 
+    def stop_publishing(self) -> None:
+        s = self.s
+        if s.tier_publishes and isinstance(s.shared, RedisTier):
+            s.shared.stop_publishing(s.core.prefix)
+        s.tier_publishes = False
+
     def close_parts(self) -> None:
         """After :meth:`close`: the journal, the bus, then every tier, each
         closed even if another fails (the first failure is raised)."""
         s = self.s
+        self.stop_publishing()
         closers: list[Callable[[], None]] = [t.close for t in s.core.tiers]
         if s.bus is not None:
             closers.insert(0, s.bus.close)
@@ -214,6 +223,7 @@ class Lifecycle:
     async def aclose_parts(self) -> None:
         """:meth:`close_parts` after :meth:`aclose`."""
         s = self.s
+        self.stop_publishing()
         closers: list[Callable[[], Awaitable[None]]] = [t.aclose for t in s.core.tiers]
         if s.bus is not None:
             closers.insert(0, s.bus.aclose)
@@ -257,6 +267,8 @@ class Lifecycle:
         hook = getattr(s.bus, "_after_fork", None)
         if hook is not None:
             hook()
+        if s.tier_publishes:  # the bus has a new origin
+            s.tier_publishes = publish_in_tier(s.shared, s.bus, s.core.prefix)
 
 
 def _write_one(writer: Writer, entry: Any, reason: str) -> Callable[[], Any]:

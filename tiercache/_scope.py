@@ -82,28 +82,11 @@ def scope_options(
     return ScopeOptions(initial, ttl, schema, commit_on_error, conflict, lease)
 
 
-class Scope:
-    """One session scope over a key: ``with`` or ``async with`` (not both).
+class _ScopeSettings:
+    """What a :class:`Scope` was made with, read-only (its options)."""
 
-    Made by :meth:`TieredCache.session`; entering yields the live tracked
-    value, leaving commits (or, if the body raised, rolls back). A scope
-    may be left in another thread or task than the one that entered it.
-    """
-
-    __slots__ = ("_entry", "_fence", "_host", "_key_lock", "_opts", "_value", "key")
-
-    def __init__(self, host: ScopeFlows, key: str, opts: ScopeOptions) -> None:
-        self._host = host
-        self.key = key
-        self._opts = opts
-        #: The key's lock while the scope holds it (set by the lock
-        #: registry in the same stores that take it: see tiercache._locks).
-        self._key_lock: KeyLock | None = None
-        #: The memory entry while the scope pins it (set with the pin).
-        self._entry: Entry | None = None
-        self._value: Any = None
-        #: The strict lease's fencing token while it holds one.
-        self._fence = 0
+    __slots__ = ()
+    _opts: ScopeOptions
 
     @property
     def initial(self) -> Callable[[], Any]:
@@ -129,6 +112,30 @@ class Scope:
     def lease(self) -> Lease | None:
         return self._opts.lease
 
+
+class Scope(_ScopeSettings):
+    """One session scope over a key: ``with`` or ``async with`` (not both).
+
+    Made by :meth:`TieredCache.session`; entering yields the live tracked
+    value, leaving commits (or, if the body raised, rolls back). A scope
+    may be left in another thread or task than the one that entered it.
+    """
+
+    __slots__ = ("_entry", "_fence", "_host", "_key_lock", "_opts", "_value", "key")
+
+    def __init__(self, host: ScopeFlows, key: str, opts: ScopeOptions) -> None:
+        self._host = host
+        self.key = key
+        self._opts = opts
+        #: The key's lock while the scope holds it (set by the lock
+        #: registry in the same stores that take it: see tiercache._locks).
+        self._key_lock: KeyLock | None = None
+        #: The memory entry while the scope pins it (set with the pin).
+        self._entry: Entry | None = None
+        self._value: Any = None
+        #: The strict lease's fencing token while it holds one.
+        self._fence = 0
+
     # -- with -------------------------------------------------------------------
 
     def __enter__(self) -> Any:
@@ -142,7 +149,7 @@ class Scope:
         opts = self._opts
         try:
             if opts.lease is None and s.plain_hits:
-                # The hot path: the key's lock free and a plain memory hit,
+                # The hot path: the key's lock free and a memory hit, fresh,
                 # in one memory-lock section, with no call but C ones.
                 # Written out flat (twice: __aenter__ is its twin, keep them
                 # alike), since each Python call is ~5% of a read-only scope.
@@ -164,8 +171,12 @@ class Scope:
                         if entry is not None and (
                             (entry.initial is not None and entry.initial is not opts.initial)
                             or ((exp := entry.expires_at) is not None and s.now() >= exp)
+                            or (
+                                (bound := s.max_stale) is not None
+                                and s.now() - entry.checked_at > bound
+                            )
                         ):
-                            entry = None  # the flow decides
+                            entry = None  # the flow decides (expired, stale, ...)
                         if entry is not None:
                             s.recent(key)
                             s.hits += 1
@@ -287,7 +298,7 @@ class Scope:
         opts = self._opts
         try:
             if opts.lease is None and s.plain_hits:
-                # The hot path: the key's lock free and a plain memory hit,
+                # The hot path: the key's lock free and a memory hit, fresh,
                 # in one memory-lock section, with no call but C ones.
                 # Written out flat (twice: __aenter__ is its twin, keep them
                 # alike), since each Python call is ~5% of a read-only scope.
@@ -309,8 +320,12 @@ class Scope:
                         if entry is not None and (
                             (entry.initial is not None and entry.initial is not opts.initial)
                             or ((exp := entry.expires_at) is not None and s.now() >= exp)
+                            or (
+                                (bound := s.max_stale) is not None
+                                and s.now() - entry.checked_at > bound
+                            )
                         ):
-                            entry = None  # the flow decides
+                            entry = None  # the flow decides (expired, stale, ...)
                         if entry is not None:
                             s.recent(key)
                             s.hits += 1

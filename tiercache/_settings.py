@@ -5,7 +5,8 @@
     TieredCache(*tiers, namespace=..., ...) ──> check_settings() ──> Settings
         each setting checked against its type and range: a ConfigError
         names the setting and what it got; defaults filled in (msgpack,
-        WriteThrough, Expiry(ttl))
+        WriteThrough, Expiry(ttl), and the safe defaults of
+        tiercache._defaults: a bus on the shared Redis, max_stale)
 
 Kept apart from the facade so the constructor reads as what it builds.
 """
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._bus import Bus
+from ._clock import Clock
+from ._defaults import _Auto, default_bus, default_max_stale
 from ._exceptions import ConfigError
 from ._journal import Journal
 from ._keys import check_namespace
@@ -30,14 +33,17 @@ __all__ = ["Settings", "check_settings"]
 @dataclass(frozen=True)
 class Settings:
     """What :func:`check_settings` fills in: the memory tier, the
-    persistent tiers (in order), the serializer, the flush policy and the
-    expiry."""
+    persistent tiers (in order), the serializer, the flush policy, the
+    expiry, the bus and the staleness bound."""
 
     memory: MemoryTier
     persistent: list[PersistentTier]
     serializer: Serializer
     flush: FlushPolicy
     expiry: Expiry | None
+    #: The bus and the staleness bound, defaults chosen (tiercache._defaults).
+    bus: Bus | None
+    max_stale: float | None
 
 
 def check_settings(
@@ -49,8 +55,9 @@ def check_settings(
     ttl: float | Expiry | None,
     conflict: Any,
     lease: Lease | None,
-    bus: Bus | None,
-    max_stale: float | None,
+    bus: Bus | _Auto | None,
+    max_stale: float | _Auto | None,
+    clock: Clock,
     max_value_bytes: int | None,
     journal: Journal | None,
     max_key_length: int,
@@ -66,6 +73,8 @@ def check_settings(
             raise ConfigError(f"tiers after the first must be PersistentTier instances, got {t!r}")
         persistent.append(t)
     check_namespace(namespace)
+    if isinstance(max_stale, _Auto):
+        max_stale = default_max_stale(persistent)
     if serializer is None:
         serializer = MsgpackSerializer()
     elif not isinstance(serializer, Serializer):
@@ -98,7 +107,7 @@ def check_settings(
         raise ConfigError(f"lease must be a Lease(...) or None, got {lease!r}")
     if max_stale is not None:
         Expiry(max_stale)  # validates: a number > 0
-    if bus is not None:
+    if bus is not None and not isinstance(bus, _Auto):
         if not isinstance(bus, Bus):
             raise ConfigError(f"bus must implement Bus (RedisBus, LocalBus), got {bus!r}")
         if getattr(bus, "namespace", namespace) != namespace:
@@ -109,4 +118,6 @@ def check_settings(
         raise ConfigError(f"journal must be a Journal(directory) or None, got {journal!r}")
     if journal is not None and not persistent:
         raise ConfigError("a journal needs a persistent tier to replay into")
-    return Settings(tiers[0], persistent, serializer, flush, expiry)
+    if isinstance(bus, _Auto):  # last: every check above has passed
+        bus = default_bus(persistent, namespace, clock)
+    return Settings(tiers[0], persistent, serializer, flush, expiry, bus, max_stale)

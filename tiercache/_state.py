@@ -33,6 +33,7 @@ from ._keys import check_key
 from ._locks import LockRegistry
 from ._policy import Expiry, FlushPolicy, Lease, Resolver
 from ._stats import TierCounters
+from ._tiers._base import PersistentTier
 from ._tiers._memory import Entry, MemoryTier
 from ._tracking import detach
 
@@ -133,13 +134,20 @@ class CacheState:
         self.max_stale = max_stale
         self.max_key_length = max_key_length
         self.sliding = core.sliding
-        # Neither sliding expiry nor a staleness bound: a hit is one
-        # comparison at most.
-        self.plain_hits = not self.sliding and max_stale is None
+        # No sliding expiry: a hit is checked inline, two comparisons at most
+        # (expiry, and age against max_stale), by the hot paths.
+        self.plain_hits = not self.sliding
         self.ttl_seconds = expiry.seconds if expiry is not None else 0.0
         self.touch_interval = expiry.touch_interval if expiry is not None else 0.0
         self.bus = bus
         self.bus_counters = TierCounters("bus")
+        #: The shared (last persistent) tier as given, before the breaker
+        #: wraps it; None without persistent tiers.
+        self.shared: PersistentTier | None = core.tiers[-1] if core.tiers else None
+        #: The shared tier adds each write's invalidation to the bus's stream
+        #: in the write's own script (tiercache._defaults.publish_in_tier):
+        #: nothing is published separately.
+        self.tier_publishes = False
         #: Set when the shared tier sits behind a circuit breaker.
         self.breaker: Breaker | None = None
         self.journal = journal

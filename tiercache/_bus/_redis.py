@@ -116,6 +116,16 @@ class RedisBus(_StreamListener):
         where = redact_url(self._url) if self._url is not None else "client"
         return f"RedisBus({where!r}, namespace={self._namespace!r})"
 
+    @property
+    def connection(self) -> str | redis.Redis:
+        """Its URL, or the client it was given."""
+        return self._url if self._url is not None else self._client()
+
+    @property
+    def maxlen(self) -> int:
+        """The stream's cap (approximate)."""
+        return self._maxlen
+
     def _after_fork(self) -> None:
         """In a forked child: as :meth:`_StreamListener._after_fork`; the
         parent's clients are left to it."""

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio
 
+from .._envelope import is_tombstone, peek_version
 from .._exceptions import ConfigError
 
 # Importable from here before the client plumbing moved out; kept so.
@@ -172,6 +173,9 @@ class RedisTier(RedisCalls, PersistentTier):
             retries=retries,
         )
         self._prefix = prefix
+        #: Stored-key prefix (a cache's namespace) -> where its writes'
+        #: invalidations go: see :meth:`publish_into`.
+        self._notes: dict[str, tuple[str, str, str]] = {}
 
     def __repr__(self) -> str:
         where = redact_url(self._url) if self._url is not None else "client"
@@ -183,6 +187,33 @@ class RedisTier(RedisCalls, PersistentTier):
 
     def _key(self, key: str) -> str:
         return self._prefix + key
+
+    # -- invalidations in the write's own script ------------------------------
+
+    def publish_into(self, prefix: str, stream: str, origin: str, maxlen: int) -> None:
+        """From now on, every compare-and-set of a key under ``prefix`` (a
+        cache's namespace) also adds that write's invalidation to the Redis
+        stream ``stream`` -- in the same script, so the write and the news
+        of it are one atomic step and one round trip. ``origin`` and
+        ``maxlen`` are the bus's (its listener skips its own origin). Set
+        again for the same prefix (a forked child's new origin) it
+        replaces the old; :meth:`stop_publishing` ends it."""
+        self._notes[prefix] = (stream, origin, str(maxlen))
+
+    def stop_publishing(self, prefix: str) -> None:
+        self._notes.pop(prefix, None)
+
+    def _note(self, key: str, value: bytes, keys: list[str], args: list[Any]) -> None:
+        """Add the stream and the note's fields to a write script's keys
+        and args, when ``key`` is under a prefix that publishes."""
+        if not self._notes:
+            return
+        for prefix, (stream, origin, maxlen) in self._notes.items():
+            if key.startswith(prefix):
+                action = "del" if is_tombstone(value) else "set"
+                keys.append(stream)
+                args += [origin, maxlen, key[len(prefix) :], action, str(peek_version(value))]
+                return
 
     # -- sync ------------------------------------------------------------------
 
@@ -224,11 +255,12 @@ class RedisTier(RedisCalls, PersistentTier):
             return []
         script = self._script()
 
+        calls = [self._cas_args(*item) for item in items]
+
         def call(c: SyncClient) -> list[bool]:
             with c.pipeline(transaction=False) as pipe:
-                for key, value, ttl, expected in items:
-                    args = [value, _U64.pack(expected), _px(ttl)]
-                    script(keys=[self._key(key)], args=args, client=pipe)
+                for keys, args in calls:
+                    script(keys=keys, args=args, client=pipe)
                 return [bool(r) for r in pipe.execute()]
 
         return self._run("compare_and_set_many", None, call, sum(len(i[1]) for i in items))
@@ -254,9 +286,15 @@ class RedisTier(RedisCalls, PersistentTier):
 
         return self._run("touch", key, call)
 
+    def _cas_args(
+        self, key: str, value: bytes, ttl: float | None, expected: int
+    ) -> tuple[list[str], list[Any]]:
+        keys, args = [self._key(key)], [value, _U64.pack(expected), _px(ttl)]
+        self._note(key, value, keys, args)
+        return keys, args
+
     def compare_and_set(self, key: str, value: bytes, ttl: float | None, expected: int) -> bool:
-        args = [value, _U64.pack(expected), _px(ttl)]
-        keys = [self._key(key)]
+        keys, args = self._cas_args(key, value, ttl, expected)
         script = self._script()
         return self._run(
             "compare_and_set", key, lambda c: bool(script(keys=keys, args=args)), len(value)
@@ -302,11 +340,18 @@ class RedisTier(RedisCalls, PersistentTier):
     def release_lease(self, lease: str, token: int) -> bool:
         return bool(self._eval("release_lease", RELEASE_LUA, [self._key(lease)], [token]))
 
+    def _fenced_args(
+        self, key: str, value: bytes, ttl: float | None, expected: int, lease: str, token: int
+    ) -> tuple[list[str], list[Any]]:
+        keys = [self._key(key), self._key(lease)]
+        args: list[Any] = [value, _U64.pack(expected), max(0, _px(ttl)), token]
+        self._note(key, value, keys, args)
+        return keys, args
+
     def compare_and_set_fenced(
         self, key: str, value: bytes, ttl: float | None, expected: int, lease: str, token: int
     ) -> int:
-        keys = [self._key(key), self._key(lease)]
-        args = [value, _U64.pack(expected), max(0, _px(ttl)), token]
+        keys, args = self._fenced_args(key, value, ttl, expected, lease, token)
         return int(self._eval("compare_and_set_fenced", FENCED_CAS_LUA, keys, args))
 
     async def aacquire_lease(self, lease: str, fence: str, ttl: float) -> int:
@@ -324,8 +369,7 @@ class RedisTier(RedisCalls, PersistentTier):
     async def acompare_and_set_fenced(
         self, key: str, value: bytes, ttl: float | None, expected: int, lease: str, token: int
     ) -> int:
-        keys = [self._key(key), self._key(lease)]
-        args = [value, _U64.pack(expected), max(0, _px(ttl)), token]
+        keys, args = self._fenced_args(key, value, ttl, expected, lease, token)
         return int(await self._aeval("compare_and_set_fenced", FENCED_CAS_LUA, keys, args))
 
     # -- async: native redis.asyncio ------------------------------------------
@@ -374,11 +418,12 @@ class RedisTier(RedisCalls, PersistentTier):
         if not items:
             return []
 
+        calls = [self._cas_args(*item) for item in items]
+
         async def call(e: _LoopClient) -> list[bool]:
             async with e.client.pipeline(transaction=False) as pipe:
-                for key, value, ttl, expected in items:
-                    args = [value, _U64.pack(expected), _px(ttl)]
-                    await e.script(keys=[self._key(key)], args=args, client=pipe)
+                for keys, args in calls:
+                    await e.script(keys=keys, args=args, client=pipe)
                 return [bool(r) for r in await pipe.execute()]
 
         return await self._arun("compare_and_set_many", None, call, sum(len(i[1]) for i in items))
@@ -408,8 +453,7 @@ class RedisTier(RedisCalls, PersistentTier):
     async def acompare_and_set(
         self, key: str, value: bytes, ttl: float | None, expected: int
     ) -> bool:
-        args = [value, _U64.pack(expected), _px(ttl)]
-        keys = [self._key(key)]
+        keys, args = self._cas_args(key, value, ttl, expected)
 
         async def call(e: _LoopClient) -> bool:
             return bool(await e.script(keys=keys, args=args))

@@ -126,6 +126,12 @@ class RedisCalls:
         #: it acknowledged can never be one Redis turns down.
         self.max_value_size: int | None = None
 
+    @property
+    def connection(self) -> str | SyncClient:
+        """What the tier connects with: its URL, or the client it was given
+        (a bus made for it uses the same)."""
+        return self._url if self._url is not None else self._client()
+
     def _after_fork(self) -> None:
         """In a forked child: the parent's event loops and their clients are
         not ours (redis-py renews the sync client's connections itself)."""

@@ -1,0 +1,82 @@
+"""The defaults that make the short configuration the safe one for several
+processes (issue #11).
+
+::
+
+    TieredCache(MemoryTier(), RedisTier(url), namespace="bot")
+        bus=AUTO ──> a RedisTier is the shared tier? a RedisBus on the same
+                     server (its URL or client), this namespace, owned and
+                     closed by the cache. bus=None: no bus (one process only)
+        max_stale=AUTO ──> any persistent tier? DEFAULT_MAX_STALE seconds:
+                     no copy is served older than that, even if the bus
+                     silently stops. max_stale=None: no bound
+        the bus is on the tier's server ──> tier.publish_into(...): every
+                     compare-and-set adds its invalidation to the bus's
+                     stream in the same script (one round trip, atomic)
+
+Each is opted out of explicitly, so a default is told from a choice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from ._bus import Bus, RedisBus
+from ._clock import Clock
+from ._tiers._base import PersistentTier
+from ._tiers._redis import RedisTier
+
+__all__ = ["AUTO", "DEFAULT_MAX_STALE", "default_bus", "default_max_stale", "publish_in_tier"]
+
+#: How old (seconds) a memory copy may be served, by default, when the cache
+#: has a persistent tier: the bound that holds even if invalidations stop
+#: arriving (a bus that silently stops, a writer that does not publish). A
+#: copy is confirmed at most once per this interval, with one version read.
+DEFAULT_MAX_STALE: Final = 10.0
+
+
+class _Auto:
+    """The type of :data:`AUTO`."""
+
+    _instance: _Auto | None = None
+
+    def __new__(cls) -> _Auto:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "AUTO"
+
+    def __reduce__(self) -> str:
+        return "AUTO"
+
+
+#: "Choose the safe default" for ``bus=`` and ``max_stale=``.
+AUTO: Final = _Auto()
+
+
+def default_bus(persistent: list[PersistentTier], namespace: str, clock: Clock) -> Bus | None:
+    """A :class:`RedisBus` on the shared tier's server, when that is a
+    :class:`RedisTier`; else None (nothing to share invalidations through)."""
+    shared = persistent[-1] if persistent else None
+    if not isinstance(shared, RedisTier):
+        return None
+    return RedisBus(shared.connection, namespace=namespace, clock=clock)
+
+
+def default_max_stale(persistent: list[PersistentTier]) -> float | None:
+    return DEFAULT_MAX_STALE if persistent else None
+
+
+def publish_in_tier(tier: Any, bus: Bus | None, prefix: str) -> bool:
+    """Have ``tier`` publish ``bus``'s invalidations inside its writes when
+    both are on one Redis server (the same URL, or the same client);
+    whether it does. Called again after a fork: the bus has a new origin."""
+    if not (isinstance(tier, RedisTier) and isinstance(bus, RedisBus)):
+        return False
+    mine, theirs = tier.connection, bus.connection
+    if mine is not theirs and not (isinstance(mine, str) and mine == theirs):
+        return False
+    tier.publish_into(prefix, bus.stream, bus.origin, bus.maxlen)
+    return True
