@@ -10,6 +10,7 @@ from __future__ import annotations
 from ._bus import Bus, Invalidation, LocalBus, LocalHub, RedisBus
 from ._cache import MISSING, TieredCache
 from ._clock import Clock, SystemClock
+from ._defaults import AUTO, DEFAULT_MAX_STALE
 from ._exceptions import (
     ConfigError,
     ConflictError,
@@ -23,6 +24,7 @@ from ._exceptions import (
     TierCacheError,
     TierError,
     ValueTooLargeError,
+    VersionNotReachedError,
 )
 from ._journal import Journal
 from ._policy import (
@@ -45,6 +47,8 @@ from ._tiers import DiskTier, MemoryTier, PersistentTier, RedisTier
 from ._tracking import detach, dirty_fields, is_detached, is_dirty, mark_clean, to_plain, track
 
 __all__ = [
+    "AUTO",
+    "DEFAULT_MAX_STALE",
     "MISSING",
     "Bus",
     "CacheStats",
@@ -84,6 +88,7 @@ __all__ = [
     "TierStats",
     "TieredCache",
     "ValueTooLargeError",
+    "VersionNotReachedError",
     "WriteBehind",
     "WriteThrough",
     "cached_session",

@@ -30,6 +30,7 @@ and every change happens under the key's lock.
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import weakref
 from collections.abc import Callable
@@ -37,19 +38,20 @@ from types import TracebackType
 from typing import Any, cast
 
 from . import _fork
+from ._atleast import check_at_least
 from ._breaker import Breaker
 from ._bus import Bus
 from ._clock import Clock, SystemClock
 from ._core import Core
-from ._defaults import AUTO, _Auto, publish_in_tier
+from ._defaults import AUTO, _Auto, publish_in_tier, tiers_from_url
 from ._direct import DirectWrites
 from ._exceptions import ConfigError, TierError
-from ._flow import run
+from ._flow import arun, run
 from ._invalidation import Invalidations
 from ._journal import Journal
 from ._journaling import Journaling
 from ._leases import Leases
-from ._lifecycle import Lifecycle
+from ._lifecycle import Lifecycle, flush_at_exit
 from ._locks import LockRegistry
 from ._merge import Merger
 from ._policy import (
@@ -151,13 +153,8 @@ class TieredCache:
             max_key_length=max_key_length,
             corrupt=corrupt,
         )
-        persistent, serializer, flush, expiry = (
-            cfg.persistent,
-            cfg.serializer,
-            cfg.flush,
-            cfg.expiry,
-        )
-        bus, stale_bound = cfg.bus, cfg.max_stale
+        persistent, serializer, flush = cfg.persistent, cfg.serializer, cfg.flush
+        expiry, bus, stale_bound = cfg.expiry, cfg.bus, cfg.max_stale
         core = Core(
             persistent,
             namespace=namespace,
@@ -208,7 +205,7 @@ class TieredCache:
             for rec in journal.snapshot(serializer):
                 s.journal_keys[rec.key] = s.journal_keys.get(rec.key, 0) + 1
         ref = weakref.ref(self)
-        self._atexit = lambda: _flush_at_exit(ref)
+        self._atexit = lambda: flush_at_exit(ref)
         atexit.register(self._atexit)
         if bus is not None:
             s.tier_publishes = publish_in_tier(s.shared, bus, core.prefix)
@@ -221,6 +218,19 @@ class TieredCache:
                 run(replayer.replay_flow())
             except TierError as exc:
                 log.warning("tiercache: journal replay deferred: %s", exc)
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, namespace: str, memory: MemoryTier | None = None, **options: Any
+    ) -> TieredCache:
+        """The safe configuration in one line: ``redis://``, ``rediss://`` or
+        ``unix://`` builds memory + :class:`RedisTier` + the default bus and
+        ``max_stale``; ``file:///dir`` the embedded default, memory +
+        :class:`DiskTier`. ``options``: this constructor's settings, and the
+        tier's (``socket_timeout=``, ``size_limit=``...); ``memory``: a
+        :class:`MemoryTier` other than the default one."""
+        tiers, settings = tiers_from_url(url, memory, options, _SETTINGS)
+        return cls(*tiers, namespace=namespace, **settings)
 
     # -- settings (read-only) --------------------------------------------------------
 
@@ -254,13 +264,18 @@ class TieredCache:
 
     # -- reading ---------------------------------------------------------------------
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: str, default: Any = None, *, at_least: int | None = None) -> Any:
         """The value of ``key``, or ``default`` when no tier has it.
 
         A memory hit returns the live value, read-only: mutate it in
         ``cache.session(key)``. Pass ``default=MISSING`` to tell a stored
-        ``None`` from a miss.
+        ``None`` from a miss. ``at_least``: a version a scope reported
+        (:attr:`Scope.version`, maybe in another process): an older copy is
+        reloaded first, waiting up to ``AT_LEAST_WAIT`` seconds for the
+        shared tier to reach it, else :class:`VersionNotReachedError`.
         """
+        if at_least is not None:
+            return run(self._scopes.catchup.get_flow(key, default, at_least))
         s = self._s
         mlock = s.mlock
         # Not ``with``: a third of the cost. The memory lock is an RLock: a
@@ -290,8 +305,10 @@ class TieredCache:
                 pass  # never acquired
         return self._reader.get_slow(key, default)
 
-    async def aget(self, key: str, default: Any = None) -> Any:
+    async def aget(self, key: str, default: Any = None, *, at_least: int | None = None) -> Any:
         """Async :meth:`get`; never blocks the event loop on network I/O."""
+        if at_least is not None:
+            return await arun(self._scopes.catchup.get_flow(key, default, at_least))
         s = self._s
         mlock = s.mlock
         try:  # as in get()
@@ -468,6 +485,7 @@ class TieredCache:
         commit_on_error: bool = False,
         conflict: Resolver | None = None,
         lease: Lease | None = None,
+        at_least: int | None = None,
     ) -> Scope:
         """A scope over ``key``'s live value, for ``with`` and ``async with``.
 
@@ -478,6 +496,9 @@ class TieredCache:
         :class:`WriteBehind`); an unchanged one is not written at all. If
         the body raises, the value is rolled back to how it was before the
         scope and nothing is written, unless ``commit_on_error=True``.
+        ``at_least``: as in :meth:`get`, the value the scope opens on is at
+        that version or newer. After the block, :attr:`Scope.version` is
+        the version it committed (or read, if it changed nothing).
         """
         if (
             initial is dict
@@ -486,12 +507,21 @@ class TieredCache:
             and lease is None
             and conflict is None
             and not commit_on_error
+            and at_least is None
         ):
             return Scope(self._scopes, key, self._plain)  # the common case
         return Scope(
             self._scopes,
             key,
-            scope_options(initial, ttl, schema, commit_on_error, conflict, lease or self._s.lease),
+            scope_options(
+                initial,
+                ttl,
+                schema,
+                commit_on_error,
+                conflict,
+                lease or self._s.lease,
+                None if at_least is None else check_at_least(at_least),
+            ),
         )
 
     def _scope_host(self) -> ScopeFlows:
@@ -556,11 +586,5 @@ class TieredCache:
         self._life.tick()
 
 
-def _flush_at_exit(ref: weakref.ref[TieredCache]) -> None:
-    cache = ref()
-    if cache is None or cache._s.closed:
-        return
-    try:
-        cache.close()
-    except Exception:
-        log.exception("tiercache: flush at interpreter exit failed for %r", cache.namespace)
+#: The names of the constructor's settings (for :meth:`TieredCache.from_url`).
+_SETTINGS = frozenset(inspect.signature(TieredCache.__init__).parameters) - {"self", "tiers"}

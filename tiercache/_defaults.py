@@ -15,18 +15,34 @@ processes (issue #11).
                      stream in the same script (one round trip, atomic)
 
 Each is opted out of explicitly, so a default is told from a choice.
+
+    TieredCache.from_url("redis://...", namespace=...) ──> tiers_from_url():
+        memory + RedisTier (+ the defaults above); "file:///dir": memory +
+        DiskTier, the embedded default (no server, one host)
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Final
+from urllib.parse import unquote, urlsplit
 
 from ._bus import Bus, RedisBus
 from ._clock import Clock
+from ._exceptions import ConfigError
 from ._tiers._base import PersistentTier
+from ._tiers._disk import DiskTier
+from ._tiers._memory import MemoryTier
 from ._tiers._redis import RedisTier
 
-__all__ = ["AUTO", "DEFAULT_MAX_STALE", "default_bus", "default_max_stale", "publish_in_tier"]
+__all__ = [
+    "AUTO",
+    "DEFAULT_MAX_STALE",
+    "default_bus",
+    "default_max_stale",
+    "publish_in_tier",
+    "tiers_from_url",
+]
 
 #: How old (seconds) a memory copy may be served, by default, when the cache
 #: has a persistent tier: the bound that holds even if invalidations stop
@@ -80,3 +96,33 @@ def publish_in_tier(tier: Any, bus: Bus | None, prefix: str) -> bool:
         return False
     tier.publish_into(prefix, bus.stream, bus.origin, bus.maxlen)
     return True
+
+
+def tiers_from_url(
+    url: str, memory: MemoryTier | None, options: dict[str, Any], settings: Collection[str]
+) -> tuple[list[MemoryTier | PersistentTier], dict[str, Any]]:
+    """:meth:`TieredCache.from_url`: the tiers a URL names, and the options
+    left for the cache (those in ``settings``; the rest go to the tier)."""
+    if not isinstance(url, str):
+        raise ConfigError(f"from_url needs a URL string, got {type(url).__name__}")
+    if memory is not None and not isinstance(memory, MemoryTier):
+        raise ConfigError(f"memory must be a MemoryTier, got {memory!r}")
+    cache_options = {k: v for k, v in options.items() if k in settings}
+    tier_options = {k: v for k, v in options.items() if k not in settings}
+    scheme = urlsplit(url).scheme.lower()
+    shared: PersistentTier
+    try:
+        if scheme in ("redis", "rediss", "unix"):
+            shared = RedisTier(url, **tier_options)
+        elif scheme == "file":
+            parts = urlsplit(url)
+            if parts.netloc not in ("", "localhost") or not parts.path:
+                raise ConfigError(f"a file URL names a local directory (file:///dir), got {url!r}")
+            shared = DiskTier(unquote(parts.path), **tier_options)
+        else:
+            raise ConfigError(
+                f"from_url takes redis://, rediss://, unix:// or file:///dir, got {url!r}"
+            )
+    except TypeError as exc:  # an option neither the cache nor the tier takes
+        raise ConfigError(f"from_url({url!r}): {exc}") from None
+    return [memory or MemoryTier(), shared], cache_options

@@ -111,3 +111,22 @@ class JournalFullError(TierError):
 
 class ConflictError(TierCacheError):
     """Two writers changed the same field and the policy says to raise."""
+
+
+class VersionNotReachedError(TierCacheError):
+    """``at_least=`` asked for a version of a key the shared tier did not
+    reach in time (:data:`tiercache._atleast.AT_LEAST_WAIT` seconds): the
+    write that made it has not landed (write-behind not flushed yet, or it
+    failed). Nothing older was served."""
+
+    def __init__(self, key: str, wanted: int, found: int) -> None:
+        super().__init__(
+            f"key {key!r} is at version {found or 'none'} in the shared tier, "
+            f"not yet at the {wanted} asked for (at_least=)"
+        )
+        self.key = key
+        self.wanted = wanted
+        self.found = found
+
+    def __reduce__(self) -> tuple[type[VersionNotReachedError], tuple[str, int, int]]:
+        return type(self), (self.key, self.wanted, self.found)

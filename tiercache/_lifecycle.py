@@ -34,7 +34,7 @@ from ._state import CacheState
 from ._tiers._redis import RedisTier
 from ._write import Writer
 
-__all__ = ["Lifecycle"]
+__all__ = ["Lifecycle", "flush_at_exit"]
 
 log = logging.getLogger("tiercache")
 
@@ -314,3 +314,14 @@ def _timer_loop(ref: weakref.ref[Lifecycle], stop: threading.Event, interval: fl
         except Exception:
             log.exception("tiercache: background flush of %r failed", life.s.namespace)
         del life
+
+
+def flush_at_exit(ref: weakref.ref[Any]) -> None:
+    """At interpreter exit: close (so flush) a cache still open."""
+    cache = ref()
+    if cache is None or cache._s.closed:
+        return
+    try:
+        cache.close()
+    except Exception:
+        log.exception("tiercache: flush at interpreter exit failed for %r", cache.namespace)

@@ -47,7 +47,16 @@ class ScopeOptions:
     """How a scope loads and commits (everything but the key), shared by
     every scope made with the same settings."""
 
-    __slots__ = ("commit_on_error", "conflict", "initial", "lease", "schema", "ttl")
+    __slots__ = (
+        "at_least",
+        "commit_on_error",
+        "conflict",
+        "fast",
+        "initial",
+        "lease",
+        "schema",
+        "ttl",
+    )
 
     def __init__(
         self,
@@ -57,6 +66,7 @@ class ScopeOptions:
         commit_on_error: bool,
         conflict: Resolver | None,
         lease: Lease | None,
+        at_least: int | None = None,
     ) -> None:
         self.initial = initial
         self.ttl = ttl
@@ -64,6 +74,10 @@ class ScopeOptions:
         self.commit_on_error = commit_on_error
         self.conflict = conflict
         self.lease = lease
+        self.at_least = at_least
+        #: Whether a memory hit may be served by the hot path: no strict
+        #: lease to take, no version to catch up to first.
+        self.fast = lease is None and at_least is None
 
 
 def scope_options(
@@ -73,13 +87,14 @@ def scope_options(
     commit_on_error: bool,
     conflict: Resolver | None,
     lease: Lease | None,
+    at_least: int | None = None,
 ) -> ScopeOptions:
     """Checked :class:`ScopeOptions` (ConfigError names a bad setting)."""
     if not callable(initial):
         raise ConfigError(f"initial must be a callable (like dict), got {initial!r}")
     if ttl is not None:
         Expiry(ttl)  # validates: ConfigError names the setting
-    return ScopeOptions(initial, ttl, schema, commit_on_error, conflict, lease)
+    return ScopeOptions(initial, ttl, schema, commit_on_error, conflict, lease, at_least)
 
 
 class _ScopeSettings:
@@ -112,6 +127,10 @@ class _ScopeSettings:
     def lease(self) -> Lease | None:
         return self._opts.lease
 
+    @property
+    def at_least(self) -> int | None:
+        return self._opts.at_least
+
 
 class Scope(_ScopeSettings):
     """One session scope over a key: ``with`` or ``async with`` (not both).
@@ -121,7 +140,7 @@ class Scope(_ScopeSettings):
     may be left in another thread or task than the one that entered it.
     """
 
-    __slots__ = ("_entry", "_fence", "_host", "_key_lock", "_opts", "_value", "key")
+    __slots__ = ("_entry", "_fence", "_host", "_key_lock", "_opts", "_value", "_version", "key")
 
     def __init__(self, host: ScopeFlows, key: str, opts: ScopeOptions) -> None:
         self._host = host
@@ -135,6 +154,18 @@ class Scope(_ScopeSettings):
         self._value: Any = None
         #: The strict lease's fencing token while it holds one.
         self._fence = 0
+        #: The entry version the scope left (committed or read): 0 before
+        #: it ends, and when it committed nothing that is stored.
+        self._version = 0
+
+    @property
+    def version(self) -> int | None:
+        """The version of the entry as this scope left it, once it has
+        ended: the one it committed, or, if it changed nothing, the one it
+        read. Pass it as ``at_least=`` to a reader (in any process) that
+        must see this change. None until the scope first ends, when its
+        body raised (nothing was committed), or when nothing is stored."""
+        return self._version or None
 
     # -- with -------------------------------------------------------------------
 
@@ -148,7 +179,7 @@ class Scope(_ScopeSettings):
         me = _get_ident() if _get_running_loop() is None else owner()
         opts = self._opts
         try:
-            if opts.lease is None and s.plain_hits:
+            if opts.fast and s.plain_hits:
                 # The hot path: the key's lock free and a memory hit, fresh,
                 # in one memory-lock section, with no call but C ones.
                 # Written out flat (twice: __aenter__ is its twin, keep them
@@ -233,6 +264,7 @@ class Scope(_ScopeSettings):
                     try:  # as in the entry
                         mlock.acquire()
                         s.writes_avoided += 1
+                        self._version = entry.version
                         entry.pins -= 1
                         self._entry = None
                         if lock.holder is self:
@@ -275,7 +307,7 @@ class Scope(_ScopeSettings):
         lock to wait for, a load, a strict lease."""
         if self._key_lock is None:
             host, key = self._host, self.key
-            if self._opts.lease is None and (entry := host.open(self, key, self._opts.initial, me)):
+            if self._opts.fast and (entry := host.open(self, key, self._opts.initial, me)):
                 value = self._value = entry.value
                 return value
             if self._key_lock is None:
@@ -297,7 +329,7 @@ class Scope(_ScopeSettings):
         me = (task_of(loop) or me) if loop is not None and loop._thread_id == me else owner()
         opts = self._opts
         try:
-            if opts.lease is None and s.plain_hits:
+            if opts.fast and s.plain_hits:
                 # The hot path: the key's lock free and a memory hit, fresh,
                 # in one memory-lock section, with no call but C ones.
                 # Written out flat (twice: __aenter__ is its twin, keep them
@@ -382,6 +414,7 @@ class Scope(_ScopeSettings):
                     try:  # as in the entry
                         mlock.acquire()
                         s.writes_avoided += 1
+                        self._version = entry.version
                         entry.pins -= 1
                         self._entry = None
                         if lock.holder is self:
@@ -423,7 +456,7 @@ class Scope(_ScopeSettings):
         """:meth:`_enter` for ``async with``."""
         if self._key_lock is None:
             host, key = self._host, self.key
-            if self._opts.lease is None and (entry := host.open(self, key, self._opts.initial, me)):
+            if self._opts.fast and (entry := host.open(self, key, self._opts.initial, me)):
                 value = self._value = entry.value
                 return value
             if self._key_lock is None:
@@ -436,6 +469,8 @@ class Scope(_ScopeSettings):
         """Entry with the key's lock held: find or load the value, or take
         the strict lease."""
         host, key, opts = self._host, self.key, self._opts
+        if opts.at_least is not None:
+            yield from host.catchup.reach_flow(key, opts.at_least, locked=True)
         if opts.lease is not None:
             self._value, self._fence = yield from host.leases.strict_enter_flow(
                 self, key, opts.initial, opts.ttl, opts.lease
@@ -451,11 +486,14 @@ class Scope(_ScopeSettings):
         has a write to retry (the caller frees the lock after)."""
         host = self._host
         failed = exc is not None and not self._opts.commit_on_error
+        entry = self._entry
         if self._fence:
             fence, self._fence = self._fence, 0
             yield from host.leases.strict_exit_flow(self, failed, fence)
         else:
             yield from host.exit_flow(self, failed)
+        if not failed and entry is not None and entry.initial is None:
+            self._version = entry.version
 
     # -- checks and letting go --------------------------------------------------
 

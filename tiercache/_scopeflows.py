@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from ._atleast import CatchUp
 from ._exceptions import TierCacheError, TierError
 from ._flow import Flow
 from ._invalidation import Invalidations
@@ -89,6 +90,7 @@ class ScopeFlows:
         self.s = state
         self.reader = reader
         self.writer = writer
+        self.catchup = CatchUp(state, writer, reader)
         self.journaling = journaling
         self.inval = inval
         self.leases = leases

@@ -57,9 +57,17 @@ class Writer:
         self.journaling = journaling
         self.merger = merger
 
-    def seal(self, entry: Entry, *, clean: bool = True, was: dict[Any, Any] | None = None) -> None:
+    def seal(
+        self,
+        entry: Entry,
+        *,
+        clean: bool = True,
+        was: dict[Any, Any] | None = None,
+        bump: bool = True,
+    ) -> None:
         """Serialize the entry's value once into ``entry.pending`` and mark it
         clean; raises SerializationError and then changes nothing.
+        ``bump=False``: at the version a deferred exit gave it already.
 
         ``clean=False`` keeps the value's clean point where it was (the
         scope's start), so a write that then fails can still be rolled
@@ -82,7 +90,7 @@ class Writer:
             # what it was then, the base of a merge if our write loses.
             for field, old in (changes(entry.value) if was is None else was).items():
                 base.setdefault(field, old)
-        version = self.s.core.next_version(entry.version)
+        version = self.s.core.next_version(entry.version) if bump else entry.version
         data = self.s.core.seal(
             entry.key,
             entry.value,
@@ -149,6 +157,8 @@ class Writer:
             for field, old in was.items():
                 base.setdefault(field, old)
         mark_clean(value)
+        # The version committed now (Scope.version); seal_deferred seals at it.
+        entry.version = core.next_version(entry.version)
         if entry.pending is None:
             entry.pending_since = s.clock.monotonic()
         entry.pending = UNSEALED
@@ -168,20 +178,18 @@ class Writer:
                     committed.pop(field, None)
                 else:
                     committed[field] = old
-            version = self.s.core.next_version(entry.version)
             data = self.s.core.seal(
                 entry.key,
                 committed,
-                version=version,
+                version=entry.version,  # given by the exit that deferred
                 created_ms=entry.created_ms,
                 ttl=entry.ttl,
                 schema_version=entry.schema_version,
             )
-            entry.version = version
             entry.pending = data
             entry.size = len(data)
             return
-        self.seal(entry)
+        self.seal(entry, bump=False)
 
     def seal_or_revert(
         self, entry: Entry, *, clean: bool = True, was: dict[Any, Any] | None = None

@@ -23,7 +23,7 @@ def _block(fn: Any, start: str, end: str) -> str:
 
 
 def test_the_hot_entry_is_the_same_code_for_with_and_async_with() -> None:
-    start, end = "if opts.lease is None and s.plain_hits:", "return value\n"
+    start, end = "if opts.fast and s.plain_hits:", "return value\n"
     sync = _block(Scope.__enter__, start, end)
     assert "mlock.acquire()" in sync and "lock.owner = me" in sync
     assert sync == _block(Scope.__aenter__, start, end)
