@@ -53,7 +53,7 @@ def test_readme_several_processes_example_runs(tmp_path: Path, redis_url: str) -
     readme = (ROOT / "README.md").read_text()
     section = readme.split("### Several processes", 1)[1].split("\n### ", 1)[0]
     (block,) = python_blocks(section)
-    assert 'url = "redis://localhost:6379/0"' in block
+    assert '"redis://localhost:6379/0"' in block
     script = tmp_path / "several.py"
     script.write_text(block.replace("redis://localhost:6379/0", redis_url))
     out = run_py([str(script)], cwd=tmp_path)
