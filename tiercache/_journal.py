@@ -108,14 +108,22 @@ class Journal:
         *,
         max_entries: int = 10_000,
         fsync: bool = False,
+        new_keys: bool = False,
     ) -> None:
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
             raise ConfigError(f"Journal max_entries must be an int >= 1, got {max_entries!r}")
         if not isinstance(fsync, bool):
             raise ConfigError(f"Journal fsync must be True or False, got {fsync!r}")
+        if not isinstance(new_keys, bool):
+            raise ConfigError(f"Journal new_keys must be True or False, got {new_keys!r}")
         self.directory = os.fspath(directory)
         self.max_entries = max_entries
         self.fsync = fsync
+        #: Opt-in: while the shared tier is down, a scope on a key this
+        #: process cannot load starts from ``initial()``; its change is
+        #: journaled and, at replay, merged into whatever the shared tier
+        #: holds then, three-way with ``initial()`` as the base.
+        self.new_keys = new_keys
         #: Bytes of segments that could not be read (see the module docstring).
         self.damaged_bytes = 0
         self._undecodable: set[tuple[str, int]] = set()

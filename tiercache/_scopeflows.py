@@ -154,8 +154,18 @@ class ScopeFlows:
                 self.s.memory.remove(key)
             detach(entry.value)
             entry = None
+        offline = False
         if entry is None:
-            entry = yield from self.reader.load_flow(key, schema)
+            try:
+                entry = yield from self.reader.load_flow(key, schema)
+            except TierError as exc:
+                journal = self.s.journal
+                if not (exc.transient and journal is not None and journal.new_keys):
+                    raise
+                # Opt-in (Journal(new_keys=True)): start from initial(); a
+                # change is journaled, and merged at replay with initial()
+                # as the base. Dropped from memory once the tier answers.
+                offline = True
             if entry is not None:
                 with self.s.mlock:
                     entry.pins += 1
@@ -174,6 +184,9 @@ class ScopeFlows:
                 self.s.memory.insert(entry)
                 entry.pins = 1
                 scope._entry = entry
+                if offline:  # dropped (or merged, if changed) on recovery
+                    self.s.unconfirmed.add(key)
+                    self.s.served_unconfirmed += 1
             return entry.value
         if ttl is not None:
             entry.ttl = ttl

@@ -6,6 +6,7 @@ writer process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from tiercache import (
     VersionNotReachedError,
     WriteBehind,
 )
+from tiercache.testing import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -408,3 +410,63 @@ def test_from_url_concurrency_sanity(redis_url: str, namespace: str) -> None:
             await cache.aclose()
 
     asyncio.run(main())
+
+
+# -- outage for keys never seen (opt-in) -----------------------------------------------------
+
+
+def test_a_key_never_seen_is_journaled_from_initial_while_redis_is_down_and_merged_after(
+    namespace: str, tmp_path: Path
+) -> None:
+
+    # AOF: the restart keeps what Redis acknowledged (the other writer's key).
+    with RedisServer(args=["--appendonly", "yes", "--appendfsync", "always"]) as server:
+        _journal_new_key_through_an_outage(server, namespace, tmp_path)
+
+
+def _journal_new_key_through_an_outage(
+    redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    from tiercache import Journal, TierError
+
+    url = redis_server.url
+    journaled = short(url, namespace, journal=Journal(tmp_path / "j", new_keys=True))
+    strict = short(url, namespace, journal=Journal(tmp_path / "k"))
+    other = short(url, namespace)
+    try:
+        # Another process creates the key; this one never read it.
+        with other.session("new") as s:
+            s["theirs"] = 2
+        redis_server.stop()
+        with journaled.session("new") as s:
+            assert s == {}, "started from initial(): the stored value is out of reach"
+            s["ours"] = 1
+        assert journaled.stats().journal_depth == 1
+        with pytest.raises(TierError), strict.session("new"):
+            pass  # without the opt-in: refused before the handler runs
+        redis_server.start()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                journaled.flush()
+                if journaled.stats().journal_depth == 0:
+                    break
+            except TierError:
+                pass
+            assert time.monotonic() < deadline, "the journal drained after the restart"
+            time.sleep(0.05)
+        reader = short(url, namespace)
+        assert reader.get("new") == {"theirs": 2, "ours": 1}, "three-way merge, initial() as base"
+        reader.close()
+        assert journaled.get("new") == {"theirs": 2, "ours": 1}
+    finally:
+        for c in (journaled, strict, other):
+            with contextlib.suppress(Exception):
+                c.close()
+
+
+def test_journal_new_keys_must_be_a_bool(tmp_path: Path) -> None:
+    from tiercache import Journal
+
+    with pytest.raises(ConfigError):
+        Journal(tmp_path, new_keys="yes")  # type: ignore[arg-type]
