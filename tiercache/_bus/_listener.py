@@ -8,7 +8,9 @@ a lost connection missed, and says when invalidations may have been lost.
              XREAD COUNT 1 BLOCK ms STREAMS key L  (wait)
              XRANGE key L + COUNT 1001             (check + data)
            ├─ reply starts with L ──> on_messages([...])
-           │    L = last id read (this bus's own entries and markers are skipped)
+           │    L = last id read (this bus's own entries and markers are skipped;
+           │    a reply of only our own entries: pause OWN_PAUSE, so a burst
+           │    of our writes is read back in a few reads, not one per write)
            └─ L is gone ──> L = stream's end, on_gap()
     connection lost ──> healthy=False, back off, reconnect:
                         same server ──> XRANGE from L replays what
@@ -57,7 +59,7 @@ from .._redisclient import BACKEND_ERRORS, error_text
 from ._base import OnGap, OnMessages, _BusBase, log
 from ._message import _MARK_B, MARK, Invalidation, _decode, stream_key
 
-__all__ = ["BACKOFF_BASE", "BACKOFF_CAP", "LISTENER_NAME", "READ_COUNT"]
+__all__ = ["BACKOFF_BASE", "BACKOFF_CAP", "LISTENER_NAME", "OWN_PAUSE", "READ_COUNT"]
 
 
 LISTENER_NAME = "tiercache-bus-listener"
@@ -68,6 +70,10 @@ READ_COUNT = 1000
 #: workers does not reconnect to a restarted server in lockstep.
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.0
+#: Seconds the listener waits after a read that held only this bus's own
+#: entries (see _read): another process's entry arriving then is delivered
+#: at most this much later.
+OWN_PAUSE = 0.005
 
 
 def _text(value: Any) -> str:
@@ -156,6 +162,8 @@ class _StreamListener(_BusBase):
         self._maxlen = maxlen
         self._block_ms = block_ms
         self._origin_b = self._origin.encode()
+        #: Whether the last read held only this bus's own entries.
+        self._own_only = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listener: redis.Redis | None = None
@@ -328,8 +336,11 @@ class _StreamListener(_BusBase):
             # same moment, after the wait: see _read_gap.
             pipe.xrange(self._stream, self._last_id, "+", count=READ_COUNT + 1)
             _, entries = pipe.execute()
-        if not self._stop.is_set():
-            self._take(entries, on_messages, on_gap)
+        if not self._stop.is_set() and self._take(entries, on_messages, on_gap) and self._own_only:
+            # Only our own writes came back: under a burst of them, a short
+            # pause lets the next read take many at once instead of waking
+            # (and taking the GIL from the writers) once per write.
+            self._stop.wait(OWN_PAUSE)
 
     def _take(
         self,
@@ -363,6 +374,7 @@ class _StreamListener(_BusBase):
                 continue
             batch.append(message)
         self._last_id = _text(entries[-1][0])
+        self._own_only = not batch
         if batch:
             self._call_messages(on_messages, batch)
         return len(entries) - 1
