@@ -30,9 +30,12 @@ USERS = 1000
 REQUESTS = 5000
 
 
-def workload(seed: int = 1) -> list[tuple[int, bool]]:
+def workload(seed: int = 1, exponent: float = 1.0) -> list[tuple[int, bool]]:
+    """``REQUESTS`` requests as (user, mutates?): users Zipf-distributed with
+    this exponent, 10% of the requests mutating. (The default exponent draws
+    exactly the users of the runs recorded before it was a parameter.)"""
     rng = random.Random(seed)
-    weights = [1 / (rank + 1) for rank in range(USERS)]
+    weights = [1 / (rank + 1) ** exponent for rank in range(USERS)]
     users = rng.choices(range(USERS), weights=weights, k=REQUESTS)
     return [(u, rng.random() < 0.10) for u in users]
 
