@@ -543,9 +543,7 @@ def _pool_exhausted() -> TierError:
     return err
 
 
-def test_a_full_connection_pool_never_opens_the_circuit(
-    cache: TieredCache, faults: Faults
-) -> None:
+def test_a_full_connection_pool_never_opens_the_circuit(cache: TieredCache, faults: Faults) -> None:
     """#11.5: a call that waited in vain for one of this process's own
     connections says nothing about the server, so a burst that overflows
     the pool fails only the calls that waited too long: the next call is
