@@ -3,7 +3,8 @@
 ::
 
     call ──closed──> tier ──ok──> result
-      │               └─TierError──> open: fail fast for 0.1 s, doubling to 5 s
+      │               ├─TierError──> open: fail fast for 0.1 s, doubling to 5 s
+      │               └─TierError.saturated (no free pooled connection) ──> no change
       │
       └─open──> TierError at once ("circuit open, <method> not sent")
                  backoff over ──> the next call is the probe:
@@ -16,6 +17,12 @@ A dead server that refuses connections costs a probe nothing, so the call
 after the backoff simply goes through. A hung one costs every probe its
 full socket timeout, which no handler should wait for: after a slow
 failure the probing moves to a thread of its own.
+
+A call that found this process's connection pool full and waited in vain
+(``saturated``) says nothing about the server: it opens no circuit (a burst
+that merely queues must not take the tier down for everyone), and closes
+none either (Redis did not answer). A pool full because the server hangs
+still opens it, through the timeouts of the calls that hold the connections.
 """
 
 from __future__ import annotations
@@ -143,6 +150,8 @@ class Breaker:
         self._on_recovered()
 
     def _settle(self, exc: TierError, start: float) -> None:
+        if exc.saturated:
+            return  # a local queue overflowed: neither a failure nor an answer
         if exc.transient:
             self._failed(exc, time.monotonic() - start)
         else:

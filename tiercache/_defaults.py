@@ -5,8 +5,9 @@ processes (issue #11).
 
     TieredCache(MemoryTier(), RedisTier(url), namespace="bot")
         bus=AUTO ──> a RedisTier is the shared tier? a RedisBus on the same
-                     server (its URL or client), this namespace, owned and
-                     closed by the cache. bus=None: no bus (one process only)
+                     server (its URL or clients, its pool size), this
+                     namespace, owned and closed by the cache. bus=None: no
+                     bus (one process only)
         max_stale=AUTO ──> any persistent tier? DEFAULT_MAX_STALE seconds:
                      no copy is served older than that, even if the bus
                      silently stops. max_stale=None: no bound
@@ -30,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 from ._bus import Bus, RedisBus
 from ._clock import Clock
 from ._exceptions import ConfigError
+from ._redisclient import same_connection
 from ._tiers._base import PersistentTier
 from ._tiers._disk import DiskTier
 from ._tiers._memory import MemoryTier
@@ -74,11 +76,23 @@ AUTO: Final = _Auto()
 
 def default_bus(persistent: list[PersistentTier], namespace: str, clock: Clock) -> Bus | None:
     """A :class:`RedisBus` on the shared tier's server, when that is a
-    :class:`RedisTier`; else None (nothing to share invalidations through)."""
+    :class:`RedisTier`; else None (nothing to share invalidations through).
+
+    It connects as the tier does: the same URL (so TLS and credentials), or
+    the same clients, and pools of the same size. The bus opens pools of
+    its own for a URL: the tier's retry policy is not the bus's.
+    """
     shared = persistent[-1] if persistent else None
     if not isinstance(shared, RedisTier):
         return None
-    return RedisBus(shared.connection, namespace=namespace, clock=clock)
+    return RedisBus(
+        shared.connection,
+        namespace=namespace,
+        clock=clock,
+        async_client=shared.async_connection,
+        max_connections=shared.max_connections,
+        pool_timeout=shared.pool_timeout,
+    )
 
 
 def default_max_stale(persistent: list[PersistentTier]) -> float | None:
@@ -87,12 +101,11 @@ def default_max_stale(persistent: list[PersistentTier]) -> float | None:
 
 def publish_in_tier(tier: Any, bus: Bus | None, prefix: str) -> bool:
     """Have ``tier`` publish ``bus``'s invalidations inside its writes when
-    both are on one Redis server (the same URL, or the same client);
+    both are on one Redis server (the same URL, or clients on one pool);
     whether it does. Called again after a fork: the bus has a new origin."""
     if not (isinstance(tier, RedisTier) and isinstance(bus, RedisBus)):
         return False
-    mine, theirs = tier.connection, bus.connection
-    if mine is not theirs and not (isinstance(mine, str) and mine == theirs):
+    if not same_connection(tier.connection, bus.connection):
         return False
     tier.publish_into(prefix, bus.stream, bus.origin, bus.maxlen)
     return True

@@ -102,6 +102,12 @@ class TierError(TierCacheError):
     #: False when the command was never sent (the circuit was open), so it
     #: cannot have landed either.
     sent: bool = True
+    #: True when the command waited for a connection of this process's own
+    #: pool and got none in time (a burst over ``max_connections``): Redis
+    #: was not asked, so the circuit breaker neither opens nor closes on it.
+    #: Still :attr:`transient` (it may heal); :attr:`sent` only if an
+    #: earlier attempt of the same call may have landed.
+    saturated: bool = False
 
 
 class JournalFullError(TierError):

@@ -1,12 +1,19 @@
-"""What the Redis tier and the Redis bus share in talking to redis-py: URL
-checks, what an error means, and the per-event-loop async clients.
+"""What the Redis tier and the Redis bus share in talking to redis-py: what
+they accept to connect with, URL checks, their connection pools, what an
+error means, and the per-event-loop async clients.
 
 ::
 
+    url_or_client, async_client= ──> take_connection(): a URL (checked), or a
+              redis.Redis / redis.ConnectionPool, and optionally a redis.asyncio
+              Redis / ConnectionPool the caller owns; else ConfigError now
     a URL ──> check_url(): both redis-py clients take it, or ConfigError now
               redact_url(): the same URL without its passwords, for logs and reprs
+              open_sync() / open_async(): a client on a BlockingConnectionPool of
+              PoolSize.max_connections, waiting PoolSize.timeout for a free one
     a redis-py error ──> error_text(): "Type: message", for TierError and logs
                          transient(): an outage (may heal) or a refusal (will not)
+                         saturated(): this process's pool had no free connection
 
     first await on loop L ──> owner._aclient(): redis.asyncio.Redis for L
                                 loops[L] = _LoopClient(client, ..., closer)
@@ -28,31 +35,43 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import re
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any, TypeAlias
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 import redis.asyncio
 from redis.exceptions import (
     AuthenticationError,
+    MaxConnectionsError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
     ResponseError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ._exceptions import ConfigError
 
 __all__ = [
     "BACKEND_ERRORS",
     "AsyncClient",
+    "PoolSize",
     "SyncClient",
     "check_url",
     "close_loop_client",
     "close_loop_clients",
     "error_text",
+    "exhausted_text",
+    "open_async",
+    "open_sync",
     "redact_url",
+    "same_connection",
+    "saturated",
+    "take_connection",
     "transient",
 ]
 
@@ -109,6 +128,180 @@ def check_url(url: str) -> None:
             raise ConfigError(
                 f"bad Redis URL {redact_url(url)!r}: {type(exc).__name__}: {text}"
             ) from None
+
+
+def take_connection(
+    owner: str, url_or_client: Any, async_client: Any
+) -> tuple[str | None, SyncClient | None, AsyncClient | None]:
+    """What a Redis tier or bus (``owner``, for messages) was given to
+    connect with, checked: ``(url, sync, async)``, exactly one of the first
+    two set.
+
+    ``url_or_client`` is a URL (checked now, see :func:`check_url`), a
+    ``redis.Redis``, or a ``redis.ConnectionPool`` (a
+    ``BlockingConnectionPool`` too) to make one on; ``async_client`` None,
+    a ``redis.asyncio.Redis`` or a ``redis.asyncio.ConnectionPool``. What
+    the caller passes in, the caller owns and closes.
+
+    >>> take_connection("RedisBus", "redis://h:6379/0", None)
+    ('redis://h:6379/0', None, None)
+    >>> take_connection("RedisBus", redis.asyncio.Redis(), None)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tiercache._exceptions.ConfigError: RedisBus's first argument is ...; pass ... as async_client=
+    """
+    if isinstance(async_client, redis.asyncio.ConnectionPool):
+        async_client = redis.asyncio.Redis(connection_pool=async_client)
+    elif async_client is not None and not isinstance(async_client, redis.asyncio.Redis):
+        raise ConfigError(
+            "async_client must be a redis.asyncio.Redis or a redis.asyncio.ConnectionPool, "
+            f"got {type(async_client).__name__}"
+        )
+    if isinstance(url_or_client, str):
+        redacted = redact_url(url_or_client)
+        parts = urlsplit(url_or_client)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                f"bad Redis URL {redacted!r}: the scheme must be redis://, rediss:// or unix://"
+            )
+        if "max_connections" in parse_qs(parts.query):
+            # redis-py lets the URL's win over the keyword: one setting, one place.
+            raise ConfigError(
+                f"bad Redis URL {redacted!r}: pass max_connections= to {owner}, not in the URL"
+            )
+        check_url(url_or_client)
+        return url_or_client, None, async_client
+    if isinstance(url_or_client, redis.asyncio.Redis | redis.asyncio.ConnectionPool):
+        raise ConfigError(
+            f"{owner}'s first argument is a URL, a redis.Redis or a redis.ConnectionPool; "
+            "pass a redis.asyncio client or pool as async_client="
+        )
+    if isinstance(url_or_client, redis.ConnectionPool):
+        return None, redis.Redis(connection_pool=url_or_client), async_client
+    if isinstance(url_or_client, redis.Redis):
+        return None, url_or_client, async_client
+    raise ConfigError(
+        f"{owner} needs a URL, a redis.Redis or a redis.ConnectionPool, "
+        f"got {type(url_or_client).__name__}"
+    )
+
+
+def same_connection(a: str | SyncClient, b: str | SyncClient) -> bool:
+    """Whether two owners' connections are certainly to one server: the
+    same URL, or clients on one pool."""
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return a is b or a.connection_pool is b.connection_pool
+
+
+# -- the pools opened for a URL ---------------------------------------------------
+
+#: Connections per pool the tier and the bus open for a URL: one sync pool,
+#: and one per event loop. redis-py's own BlockingConnectionPool default.
+DEFAULT_MAX_CONNECTIONS = 50
+#: Seconds a call waits for a free connection of a full pool. A burst
+#: queues, each call waiting for one in front to finish (0.1-1 ms each on a
+#: LAN), so even thousands at once get through well within it.
+DEFAULT_POOL_TIMEOUT = 5.0
+_MAX_POOL = 10_000  # Redis's default maxclients
+_MAX_POOL_TIMEOUT = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSize:
+    """How many connections a pool opened for a URL may hold
+    (``max_connections=``), and how long a call waits for one when all are
+    busy (``pool_timeout=``) before it fails with a TierError.
+
+    >>> PoolSize(4, 0.5)
+    PoolSize(max_connections=4, timeout=0.5)
+    >>> PoolSize(0, 1.0)
+    Traceback (most recent call last):
+    ...
+    tiercache._exceptions.ConfigError: max_connections must be an int in 1..10000, got 0
+    """
+
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    timeout: float = DEFAULT_POOL_TIMEOUT
+
+    def __post_init__(self) -> None:
+        size, wait = self.max_connections, self.timeout
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= _MAX_POOL:
+            raise ConfigError(f"max_connections must be an int in 1..{_MAX_POOL}, got {size!r}")
+        if (
+            isinstance(wait, bool)
+            or not isinstance(wait, int | float)
+            or not math.isfinite(wait)
+            or not 0 < wait <= _MAX_POOL_TIMEOUT
+        ):
+            raise ConfigError(
+                f"pool_timeout must be a number of seconds > 0 and <= {_MAX_POOL_TIMEOUT:g}, "
+                f"got {wait!r}"
+            )
+
+
+def open_sync(url: str, size: PoolSize, **settings: Any) -> SyncClient:
+    """A client for ``url`` on a ``redis.BlockingConnectionPool`` of ``size``
+    (a full pool makes a call wait, not fail), closing its pool with it as
+    ``Redis.from_url``'s does. ``settings`` go to the connections."""
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=size.max_connections, timeout=size.timeout, **settings
+    )
+    client = redis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    return client
+
+
+def open_async(url: str, size: PoolSize, **settings: Any) -> AsyncClient:
+    """:func:`open_sync` for ``redis.asyncio`` (one per event loop)."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, max_connections=size.max_connections, timeout=size.timeout, **settings
+    )
+    client = redis.asyncio.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    return client
+
+
+#: What redis-py raises when a pool has no free connection: a blocking pool
+#: once its timeout is over (sync and asyncio alike, redis-py 5 to 8), a
+#: plain pool at once (MaxConnectionsError; redis-py 5 raised it as a plain
+#: ConnectionError).
+_EXHAUSTED = ("No connection available.", "Too many connections")
+
+
+def saturated(exc: BaseException) -> bool:
+    """Whether a redis-py error is this process's own pool having no free
+    connection: a local queue, not a sign of the server's health (the
+    command was never sent).
+
+    >>> from redis.exceptions import ConnectionError
+    >>> saturated(ConnectionError("No connection available.")), saturated(ConnectionError())
+    (True, False)
+    """
+    if isinstance(exc, MaxConnectionsError):
+        return True
+    return isinstance(exc, RedisConnectionError) and str(exc) in _EXHAUSTED
+
+
+def exhausted_text(pool: Any, owner: str, own: bool) -> str:
+    """What a :func:`saturated` error says, and which setting to raise:
+    ``owner``'s own (``own``: it opened ``pool``) or the given pool's."""
+    size = getattr(pool, "max_connections", "?")
+    if isinstance(pool, redis.BlockingConnectionPool | redis.asyncio.BlockingConnectionPool):
+        wait = pool.timeout
+        busy = f"all {size} connections busy" + ("" if wait is None else f" for {wait:g} s")
+        fix = (
+            f"raise {owner}'s max_connections= (or pool_timeout=)"
+            if own
+            else f"raise max_connections (or timeout) of the pool given to {owner}"
+        )
+    else:
+        busy = f"all {size} connections busy; the given client's pool does not wait"
+        fix = f"give {owner} a redis.BlockingConnectionPool (or a URL)"
+    return (
+        f"this process's connection pool is exhausted ({busy}; Redis was not asked): "
+        f"{fix}, or make fewer calls at once"
+    )
 
 
 def transient(exc: BaseException) -> bool:

@@ -535,6 +535,45 @@ def test_a_write_whose_reply_was_lost_is_acknowledged_and_retried(
     fresh.close()
 
 
+def _pool_exhausted() -> TierError:
+    """What a RedisTier raises when its connection pool stayed full."""
+    err = TierError("redis tier: get 'k' not sent: this process's connection pool is exhausted")
+    err.saturated = True
+    err.sent = False
+    return err
+
+
+def test_a_full_connection_pool_never_opens_the_circuit(cache: TieredCache, faults: Faults) -> None:
+    """#11.5: a call that waited in vain for one of this process's own
+    connections says nothing about the server, so a burst that overflows
+    the pool fails only the calls that waited too long: the next call is
+    sent at once, with no backoff to wait out."""
+    faults.fail_next(3, _pool_exhausted())
+    for key in ("a", "b", "c"):
+        with pytest.raises(TierError, match="exhausted"):
+            cache.get(key)
+    assert cache.stats().degraded is False
+    assert cache.get("d") is None
+
+
+def test_a_full_connection_pool_does_not_close_an_open_circuit(
+    cache: TieredCache, faults: Faults, clock: FakeClock
+) -> None:
+    """Nor is it an answer: the probe that waited in vain leaves the circuit
+    open, and the next call probes again."""
+    faults.down()
+    with pytest.raises(TierError):
+        cache.get("a")
+    faults.up()
+    faults.fail_next(1, _pool_exhausted())
+    clock.advance(RECOVER)
+    with pytest.raises(TierError, match="exhausted"):
+        cache.get("b")
+    assert cache.stats().degraded is True
+    assert cache.get("c") is None
+    assert cache.stats().degraded is False
+
+
 def test_reads_of_a_missing_key_fail_while_down(
     cache: TieredCache, faults: Faults, clock: FakeClock
 ) -> None:

@@ -13,11 +13,14 @@ connections.
                                            (see _listener) ──> on_messages([...])
                                                            or on_gap()
     the bus's connections:
-      _client()        publish, CLIENT UNBLOCK   the client passed in, or one of its
-                                                 own (2 s timeout, one retry)
-      _aclient()       apublish, given a URL     one redis.asyncio client per loop
-      _new_listener()  the listener thread       a connection of its own: no retries,
-                                                 RESP2, named tiercache-bus-listener
+      _client()        publish, CLIENT UNBLOCK   the client (or pool) passed in, or
+                                                 one of its own (2 s timeout, one
+                                                 retry, a blocking pool)
+      _aclient()       apublish                  the async client passed in, or, given
+                                                 a URL, one of its own per loop
+      _new_listener()  the listener thread       a connection of its own, outside every
+                                                 pool: no retries, RESP2, named
+                                                 tiercache-bus-listener
 
 One capped Redis Stream gives both live delivery and replay: a listener that
 lost its connection resumes from the last id it saw, so a short outage
@@ -30,7 +33,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
@@ -39,15 +41,23 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from .._clock import Clock
-from .._exceptions import ConfigError, TierCacheError, TierError
+from .._exceptions import TierCacheError, TierError
 from .._redisclient import (
     BACKEND_ERRORS,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_POOL_TIMEOUT,
+    AsyncClient,
+    PoolSize,
     _close_at_loop_shutdown,
     _LoopClient,
-    check_url,
     close_loop_clients,
     error_text,
+    exhausted_text,
+    open_async,
+    open_sync,
     redact_url,
+    saturated,
+    take_connection,
 )
 from ._listener import LISTENER_NAME, _StreamListener
 from ._message import PublishItem, _fields
@@ -59,9 +69,16 @@ class RedisBus(_StreamListener):
     """The invalidation bus over a capped Redis Stream.
 
     ``url_or_client`` is a URL (the bus opens its own clients) or a
-    ``redis.Redis`` the caller owns and closes (then the listener opens its
-    own connection with the same settings, and ``apublish`` runs the sync
-    publish in a worker thread). ``maxlen`` caps the stream (approximately,
+    ``redis.Redis`` or ``redis.ConnectionPool`` the caller owns and closes
+    (then the listener opens its own connection with the same settings, and
+    ``apublish`` runs the sync publish in a worker thread, unless
+    ``async_client=`` gives a ``redis.asyncio.Redis`` or ``ConnectionPool``,
+    also the caller's, to use on one loop), as :class:`~tiercache.RedisTier`
+    takes them. The clients opened for a URL are on blocking pools of
+    ``max_connections`` (default 50) where a publish waits up to
+    ``pool_timeout`` (default 5 s) for a free connection, as the tier's.
+    The listener's connection is its own, in no pool: a burst cannot starve
+    it, nor it a burst. ``maxlen`` caps the stream (approximately,
     ``MAXLEN ~``): it is how much a disconnected listener can miss and still
     replay. ``block_ms`` is how long one ``XREAD`` waits (``close``
     unblocks it); it bounds how soon an idle listener notices that its
@@ -82,33 +99,22 @@ class RedisBus(_StreamListener):
 
     def __init__(
         self,
-        url_or_client: str | redis.Redis,
+        url_or_client: str | redis.Redis | redis.ConnectionPool,
         *,
         namespace: str,
         maxlen: int = 100_000,
         block_ms: int = 1000,
         origin: str | None = None,
         clock: Clock | None = None,
+        async_client: AsyncClient | redis.asyncio.ConnectionPool | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
     ) -> None:
         super().__init__(namespace, origin, clock, maxlen=maxlen, block_ms=block_ms)
-        self._url: str | None = None
-        self._sync: redis.Redis | None = None
-        self._owns_sync = False
-        if isinstance(url_or_client, str):
-            if urlsplit(url_or_client).scheme not in ("redis", "rediss", "unix"):
-                raise ConfigError(
-                    f"bad Redis URL {redact_url(url_or_client)!r}: the scheme must be redis://, "
-                    "rediss:// or unix://"
-                )
-            check_url(url_or_client)
-            self._url = url_or_client
-            self._owns_sync = True
-        elif isinstance(url_or_client, redis.Redis):
-            self._sync = url_or_client
-        else:
-            raise ConfigError(
-                "RedisBus needs a URL or a redis.Redis, got " + type(url_or_client).__name__
-            )
+        self._pool = PoolSize(max_connections, pool_timeout)
+        self._url, self._sync, given = take_connection("RedisBus", url_or_client, async_client)
+        self._owns_sync = self._url is not None
+        self._given_async = None if given is None else _LoopClient(given, None, None)
         self._loops: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -120,6 +126,16 @@ class RedisBus(_StreamListener):
     def connection(self) -> str | redis.Redis:
         """Its URL, or the client it was given."""
         return self._url if self._url is not None else self._client()
+
+    @property
+    def max_connections(self) -> int:
+        """Connections per pool the bus opens for a URL."""
+        return self._pool.max_connections
+
+    @property
+    def pool_timeout(self) -> float:
+        """Seconds a publish waits for a free connection of a full pool."""
+        return self._pool.timeout
 
     @property
     def maxlen(self) -> int:
@@ -145,8 +161,9 @@ class RedisBus(_StreamListener):
                     # One retry heals a pooled connection that a server
                     # restart cut. A retried pipeline may add an entry
                     # twice: harmless, invalidations are idempotent.
-                    client = self._sync = redis.Redis.from_url(
+                    client = self._sync = open_sync(
                         self._url,
+                        self._pool,
                         socket_timeout=2.0,
                         socket_connect_timeout=1.0,
                         retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1),
@@ -187,13 +204,16 @@ class RedisBus(_StreamListener):
         return redis.Redis(connection_pool=new_pool)
 
     async def _aclient(self) -> _LoopClient:
+        if self._given_async is not None:
+            return self._given_async
         loop = asyncio.get_running_loop()
         entry = self._loops.get(loop)
         if entry is not None:
             return entry
         assert self._url is not None  # callers check
-        client = redis.asyncio.Redis.from_url(
+        client = open_async(
             self._url,
+            self._pool,
             socket_timeout=2.0,
             socket_connect_timeout=1.0,
             retry=redis.asyncio.retry.Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1),
@@ -222,16 +242,15 @@ class RedisBus(_StreamListener):
         if self._closed:
             raise TierCacheError("bus is closed")
         entries = [_fields(self._origin, item) for item in items]
+        client = self._client()
         try:
             # Not MULTI: the batch needs one round trip, not isolation.
-            with self._client().pipeline(transaction=False) as pipe:
+            with client.pipeline(transaction=False) as pipe:
                 for fields in entries:
                     pipe.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
                 pipe.execute()
         except BACKEND_ERRORS as exc:
-            raise TierError(
-                f"bus: publishing {len(entries)} invalidations failed: {error_text(exc)}"
-            ) from exc
+            raise self._error(len(entries), exc, client, self._owns_sync) from exc
         self._count_published(len(entries))
 
     async def apublish(self, items: Sequence[PublishItem]) -> None:
@@ -240,7 +259,7 @@ class RedisBus(_StreamListener):
             return
         if self._closed:
             raise TierCacheError("bus is closed")
-        if self._url is None:
+        if self._url is None and self._given_async is None:
             await asyncio.to_thread(self.publish, items)
             return
         entries = [_fields(self._origin, item) for item in items]
@@ -251,10 +270,17 @@ class RedisBus(_StreamListener):
                     pipe.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
                 await pipe.execute()
         except BACKEND_ERRORS as exc:
-            raise TierError(
-                f"bus: publishing {len(entries)} invalidations failed: {error_text(exc)}"
-            ) from exc
+            raise self._error(len(entries), exc, entry.client, entry.closer is not None) from exc
         self._count_published(len(entries))
+
+    def _error(self, count: int, exc: BaseException, client: Any, own: bool) -> TierError:
+        if not saturated(exc):
+            return TierError(f"bus: publishing {count} invalidations failed: {error_text(exc)}")
+        text = exhausted_text(client.connection_pool, "RedisBus", own)
+        err = TierError(f"bus: publishing {count} invalidations not sent: {text}")
+        err.saturated = True
+        err.sent = False
+        return err
 
     # -- close -----------------------------------------------------------------
 

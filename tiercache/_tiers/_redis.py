@@ -20,7 +20,6 @@ import math
 import struct
 from collections.abc import Sequence
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
@@ -29,6 +28,7 @@ from .._envelope import is_tombstone, peek_version
 from .._exceptions import ConfigError
 
 # Importable from here before the client plumbing moved out; kept so.
+from .._redisclient import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT, PoolSize, take_connection
 from .._redisclient import AsyncClient as AsyncClient
 from .._redisclient import SyncClient as SyncClient
 from .._redisclient import _close_at_loop_shutdown as _close_at_loop_shutdown
@@ -79,11 +79,11 @@ class RedisTier(RedisCalls, PersistentTier):
 
     ``url_or_client`` is a URL (``redis://host:6379/0``, ``rediss://``,
     ``unix://``), from which the tier opens its own sync client and one
-    async client per event loop, lazily; or a ``redis.Redis`` the caller
-    owns, in which case async use needs ``async_client=`` (a
-    ``redis.asyncio.Redis`` the caller also owns, and must use on one loop).
-    Clients must keep ``decode_responses=False``. Keys are stored as
-    ``prefix + key``.
+    async client per event loop, lazily; or a ``redis.Redis`` or a
+    ``redis.ConnectionPool`` the caller owns, in which case async use needs
+    ``async_client=`` (a ``redis.asyncio.Redis`` or ``ConnectionPool`` the
+    caller also owns, and must use on one loop). Clients must keep
+    ``decode_responses=False``. Keys are stored as ``prefix + key``.
 
     TLS: ``rediss://host:6380/0?ssl_ca_certs=/path/ca.pem`` (add
     ``ssl_certfile=`` and ``ssl_keyfile=`` for a client certificate;
@@ -102,6 +102,15 @@ class RedisTier(RedisCalls, PersistentTier):
     ``(1 + retries) * socket_timeout`` = 4 s; a down one in milliseconds.
     Every failure surfaces as :class:`~tiercache.TierError`.
 
+    Pools (for clients the tier opens): each is a ``BlockingConnectionPool``
+    of ``max_connections`` (default 50; one sync pool, one per event loop),
+    so a burst of concurrent calls (one coroutine per chat, gathered)
+    queues for a free connection instead of failing. A call that waits
+    ``pool_timeout`` (default 5 s) in vain raises a TierError marked
+    ``saturated`` that names both settings; the circuit breaker ignores it,
+    since Redis was never asked. A client passed in keeps its own pool
+    (give it a ``BlockingConnectionPool`` for the same behaviour).
+
     >>> tier = RedisTier("redis://127.0.0.1:6379/0", prefix="tc:doc:")  # doctest: +SKIP
     >>> tier.set("mybot:chat:42", b"envelope", ttl=60)                   # doctest: +SKIP
     >>> tier.get_many(["mybot:chat:42", "nope"])                          # doctest: +SKIP
@@ -113,13 +122,15 @@ class RedisTier(RedisCalls, PersistentTier):
 
     def __init__(
         self,
-        url_or_client: str | SyncClient,
+        url_or_client: str | SyncClient | redis.ConnectionPool,
         *,
         prefix: str = "tc:",
-        async_client: AsyncClient | None = None,
+        async_client: AsyncClient | redis.asyncio.ConnectionPool | None = None,
         socket_timeout: float = 2.0,
         socket_connect_timeout: float = 1.0,
         retries: int = 1,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
     ) -> None:
         if not isinstance(prefix, str):
             raise ConfigError(f"prefix must be a str, got {type(prefix).__name__}")
@@ -133,32 +144,8 @@ class RedisTier(RedisCalls, PersistentTier):
                 )
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
             raise ConfigError(f"retries must be an int in 0..10, got {retries!r}")
-        if async_client is not None and not isinstance(async_client, redis.asyncio.Redis):
-            raise ConfigError(
-                f"async_client must be a redis.asyncio.Redis, got {type(async_client).__name__}"
-            )
-        url: str | None = None
-        sync: SyncClient | None = None
-        if isinstance(url_or_client, str):
-            # Check now so a bad URL fails at construction, not first use.
-            if urlsplit(url_or_client).scheme not in ("redis", "rediss", "unix"):
-                raise ConfigError(
-                    f"bad Redis URL {redact_url(url_or_client)!r}: the scheme must be redis://, "
-                    "rediss:// or unix://"
-                )
-            check_url(url_or_client)
-            url = url_or_client
-        elif isinstance(url_or_client, redis.asyncio.Redis):
-            raise ConfigError(
-                "RedisTier's first argument is a URL or a sync redis.Redis; "
-                "pass a redis.asyncio.Redis as async_client="
-            )
-        elif isinstance(url_or_client, redis.Redis):
-            sync = url_or_client
-        else:
-            raise ConfigError(
-                "RedisTier needs a URL or a redis.Redis, got " + type(url_or_client).__name__
-            )
+        pool = PoolSize(max_connections, pool_timeout)
+        url, sync, async_client = take_connection("RedisTier", url_or_client, async_client)
         for client in (sync, async_client):
             if client is not None and _decodes(client):
                 raise ConfigError(
@@ -171,6 +158,7 @@ class RedisTier(RedisCalls, PersistentTier):
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_connect_timeout,
             retries=retries,
+            pool=pool,
         )
         self._prefix = prefix
         #: Stored-key prefix (a cache's namespace) -> where its writes'

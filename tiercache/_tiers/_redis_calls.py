@@ -7,6 +7,9 @@ every command runs in, and what a failure means.
                                  │ call(client): the sync pool, or this loop's client
                                  ├─ it answers ──> the result (the first answer also
                                  │                  learns the server's proto-max-bulk-len)
+                                 ├─ no free connection in the pool for pool_timeout s
+                                 │    ──> TierError.saturated at once (not retried: it
+                                 │        waited already; the breaker ignores it)
                                  ├─ connection lost / timed out, retries left
                                  │    ──> sleep 10-100 ms, call again; remember whether
                                  │        the attempt may have reached the server
@@ -46,11 +49,16 @@ from .._exceptions import ConfigError, TierError
 from .._redisclient import (
     BACKEND_ERRORS,
     AsyncClient,
+    PoolSize,
     SyncClient,
     _close_at_loop_shutdown,
     _LoopClient,
     close_loop_clients,
     error_text,
+    exhausted_text,
+    open_async,
+    open_sync,
+    saturated,
     transient,
 )
 from ._redis_scripts import CAS_LUA
@@ -91,8 +99,9 @@ class RedisCalls:
     commands.
 
     ``url`` and ``sync`` are what the tier was given (exactly one is set);
-    ``async_client`` a ``redis.asyncio.Redis`` the caller owns, or None.
-    The tier has checked them all.
+    ``async_client`` a ``redis.asyncio.Redis`` the caller owns, or None;
+    ``pool`` the size of the pools opened for ``url``. The tier has checked
+    them all.
     """
 
     def __init__(
@@ -104,8 +113,10 @@ class RedisCalls:
         socket_timeout: float,
         socket_connect_timeout: float,
         retries: int,
+        pool: PoolSize,
     ) -> None:
         self._timeouts = (float(socket_timeout), float(socket_connect_timeout), retries)
+        self._pool = pool
         self._url = url
         self._sync = sync
         self._owns_sync = url is not None
@@ -132,6 +143,22 @@ class RedisCalls:
         (a bus made for it uses the same)."""
         return self._url if self._url is not None else self._client()
 
+    @property
+    def async_connection(self) -> AsyncClient | None:
+        """The ``redis.asyncio`` client the tier was given, if any."""
+        return None if self._given_async is None else self._given_async.client
+
+    @property
+    def max_connections(self) -> int:
+        """Connections per pool the tier opens for a URL (one sync pool,
+        one per event loop)."""
+        return self._pool.max_connections
+
+    @property
+    def pool_timeout(self) -> float:
+        """Seconds a call waits for a free connection of a full pool."""
+        return self._pool.timeout
+
     def _after_fork(self) -> None:
         """In a forked child: the parent's event loops and their clients are
         not ours (redis-py renews the sync client's connections itself)."""
@@ -149,8 +176,9 @@ class RedisCalls:
                 if client is None:
                     timeout, connect_timeout, _ = self._timeouts
                     assert self._url is not None  # no URL means a client was given
-                    client = self._sync = redis.Redis.from_url(
+                    client = self._sync = open_sync(
                         self._url,
+                        self._pool,
                         decode_responses=False,
                         socket_timeout=timeout,
                         socket_connect_timeout=connect_timeout,
@@ -177,8 +205,9 @@ class RedisCalls:
                 "(a redis.asyncio.Redis) or a URL to use the async methods"
             )
         timeout, connect_timeout, _ = self._timeouts
-        client = redis.asyncio.Redis.from_url(
+        client = open_async(
             self._url,
+            self._pool,
             decode_responses=False,
             socket_timeout=timeout,
             socket_connect_timeout=connect_timeout,
@@ -208,6 +237,8 @@ class RedisCalls:
             try:
                 result = call(client)
             except _RETRYABLE as exc:
+                if saturated(exc):
+                    raise self._exhausted(op, key, client, self._owns_sync, maybe_sent) from exc
                 maybe_sent = maybe_sent or not self._before_send(exc)
                 if attempt >= self._retries:
                     self._fail(op, key, exc, maybe_sent, size)
@@ -234,6 +265,9 @@ class RedisCalls:
             try:
                 result = await call(entry)
             except _RETRYABLE as exc:
+                if saturated(exc):
+                    own = entry.closer is not None
+                    raise self._exhausted(op, key, entry.client, own, maybe_sent) from exc
                 maybe_sent = maybe_sent or not self._before_send(exc)
                 if attempt >= self._retries:
                     await self._afail(op, key, exc, maybe_sent, size)
@@ -264,6 +298,17 @@ class RedisCalls:
         # Whether any attempt may have been applied: a reply that refuses
         # the command (a ResponseError) means the server did not apply that
         # attempt, a connection lost after sending may have come after.
+        err.sent = sent
+        return err
+
+    def _exhausted(self, op: str, key: str | None, client: Any, own: bool, sent: bool) -> TierError:
+        """No free connection in the pool: a local queue that overflowed, not
+        an outage, so not retried (it waited ``pool_timeout`` already)."""
+        where = f" {key!r}" if key is not None else ""
+        text = exhausted_text(client.connection_pool, "RedisTier", own)
+        err = TierError(f"redis tier: {op}{where} not sent: {text}")
+        err.transient = True
+        err.saturated = True
         err.sent = sent
         return err
 
