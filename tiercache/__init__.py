@@ -40,6 +40,7 @@ from ._policy import (
 )
 from ._serializers import MsgpackSerializer, PickleSerializer, Serializer
 from ._session import LazySession, Scope, cached_session
+from ._shutdown import ShutdownSignals, close_on_signals
 from ._stats import CacheStats, TierStats
 from ._tiers import DiskTier, MemoryTier, PersistentTier, RedisTier
 from ._tracking import detach, dirty_fields, is_detached, is_dirty, mark_clean, to_plain, track
@@ -77,6 +78,7 @@ __all__ = [
     "Scope",
     "SerializationError",
     "Serializer",
+    "ShutdownSignals",
     "SignatureError",
     "SystemClock",
     "TierCacheError",
@@ -87,6 +89,7 @@ __all__ = [
     "WriteBehind",
     "WriteThrough",
     "cached_session",
+    "close_on_signals",
     "detach",
     "dirty_fields",
     "is_detached",
