@@ -176,7 +176,8 @@ def test_uninstall_puts_back_what_was_there_and_leaves_the_caches_open(
     assert signal.getsignal(signal.SIGTERM) is not recorder
     shutdown.uninstall()
     shutdown.uninstall()  # idempotent
-    assert signal.getsignal(signal.SIGTERM) == recorder
+    now: Any = signal.getsignal(signal.SIGTERM)
+    assert now is recorder
     signal.raise_signal(signal.SIGTERM)
     assert recorder.calls == [signal.SIGTERM]
     with cache.session("k") as s:  # still open
