@@ -42,6 +42,7 @@ from ._policy import (
 )
 from ._serializers import MsgpackSerializer, PickleSerializer, Serializer
 from ._session import LazySession, Scope, cached_session
+from ._shutdown import ShutdownSignals, close_on_signals
 from ._stats import CacheStats, TierStats
 from ._tiers import DiskTier, MemoryTier, PersistentTier, RedisTier
 from ._tracking import detach, dirty_fields, is_detached, is_dirty, mark_clean, to_plain, track
@@ -81,6 +82,7 @@ __all__ = [
     "Scope",
     "SerializationError",
     "Serializer",
+    "ShutdownSignals",
     "SignatureError",
     "SystemClock",
     "TierCacheError",
@@ -92,6 +94,7 @@ __all__ = [
     "WriteBehind",
     "WriteThrough",
     "cached_session",
+    "close_on_signals",
     "detach",
     "dirty_fields",
     "is_detached",

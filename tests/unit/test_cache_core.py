@@ -25,6 +25,7 @@ from tiercache import (
     PersistentTier,
     Quarantine,
     SerializationError,
+    TierCacheError,
     TieredCache,
     WriteBehind,
 )
@@ -309,6 +310,40 @@ def test_close_flushes_pending(
     cache.close()
     assert tier.writes() == 1
     assert cache.stats().flushes["close"] == 1
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [("close", "close"), ("aclose", "close"), ("close", "aclose"), ("aclose", "aclose")],
+)
+def test_close_is_idempotent_in_any_mix_of_sync_and_async(
+    make: Callable[..., TieredCache],
+    tiers: tuple[CountingTier, CountingTier],
+    first: str,
+    second: str,
+) -> None:
+    """What a signal helper, an ``atexit`` hook and a framework's shutdown
+    hook may all do to one cache: the first close flushes, the rest do
+    nothing and raise nothing."""
+    tier = tiers[0]
+    cache = make(MemoryTier(), tier, flush=WriteBehind(3600))
+    with cache.session("k") as s:
+        s["v"] = 1
+
+    def close(how: str) -> None:
+        if how == "close":
+            cache.close()
+        else:
+            asyncio.run(cache.aclose())
+
+    close(first)
+    assert tier.writes() == 1
+    close(second)
+    assert tier.writes() == 1, "nothing more to write"
+    assert cache.stats().flushes["close"] == 1
+    assert make(MemoryTier(), tier).get("k") == {"v": 1}
+    with pytest.raises(TierCacheError, match="closed"), cache.session("k"):
+        pass
 
 
 #: Bad values must fail in the handler, at scope exit, under every policy:
