@@ -88,8 +88,7 @@ class CatchUp:
         ``(True, value)`` when a copy in use cannot be dropped: the newer
         value read from the shared tier (plain; MISSING: deleted).
         VersionNotReachedError if the shared tier does not reach ``wanted``
-        in time. ``locked``: the caller holds the key's
-        lock (a scope)."""
+        in time. ``locked``: the caller holds the key's lock (a scope)."""
         s = self.s
         core = s.core
         deadline = s.clock.monotonic() + AT_LEAST_WAIT

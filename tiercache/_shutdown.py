@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import logging
 import math
 import signal
@@ -42,6 +43,7 @@ from typing import Any
 
 from ._cache import TieredCache
 from ._exceptions import ConfigError, TierCacheError
+from ._lifecycle import aclose_all, close_all
 
 __all__ = ["ShutdownSignals", "close_on_signals"]
 
@@ -219,33 +221,19 @@ class ShutdownSignals:
         self._closing = True
         if self.signal is not None:
             log.info("tiercache: %s: closing %d cache(s)", _name(self.signal), len(self.caches))
-        first: Exception | None = None
-        try:
-            for cache in self.caches:
-                try:
-                    cache.close(self.wait)
-                except Exception as exc:  # close the others all the same
-                    first = first or exc
+        try:  # every cache, even if one fails; then the first failure
+            close_all([functools.partial(cache.close, self.wait) for cache in self.caches])
         finally:
             self.uninstall()
-        if first is not None:
-            raise first
 
     async def _aclose_all(self) -> None:
         self._closing = True
         if self.signal is not None:
             log.info("tiercache: %s: closing %d cache(s)", _name(self.signal), len(self.caches))
-        first: Exception | None = None
         try:
-            for cache in self.caches:
-                try:
-                    await cache.aclose(self.wait)
-                except Exception as exc:
-                    first = first or exc
+            await aclose_all([functools.partial(cache.aclose, self.wait) for cache in self.caches])
         finally:
             self.uninstall()
-        if first is not None:
-            raise first
 
     def _redeliver(self) -> None:
         """A signal that came while the block's end closed the caches goes
