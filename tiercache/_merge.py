@@ -56,9 +56,15 @@ class Merger:
             data = cast(bytes, e.pending)
             e.value = track(core.serializer.loads(_envelope_decode(data).payload), label=e.key)
             e.root = root_of(e.value, label=e.key)
+        #: Our lost-reply writes, decoded once: decoding them between the
+        #: read and the write (a replayed journal holds hundreds) widened
+        #: the window another writer lands in until this one always lost.
+        own: list[dict[Any, Any]] | None = None
         for attempt in range(MAX_MERGES):
             if attempt:
                 yield backoff(attempt)
+            if own is None and e.uncertain and e.base:
+                own = self.own_writes(e.uncertain)
             theirs, version, raw = yield from self.s.core.read_raw_flow(e.key, skey, check=True)
             if raw is not None and raw == e.pending:
                 # Our write did land: its reply said otherwise (the client
@@ -71,11 +77,11 @@ class Merger:
                     # is our own, so what we changed since is relative to it.
                     e.base = {f: theirs.get(f, MISSING) for f in e.base}
                 e.uncertain = None
-            elif e.uncertain and e.base and type(theirs) is dict:
+            elif own and e.uncertain and e.base and type(theirs) is dict:
                 # It may have landed and been written over by others since:
                 # a field whose stored value is exactly what one of our
                 # lost-reply writes set is our own change, not a conflict.
-                self.rebase_on_own_writes(e, theirs)
+                self.rebase_on_own_writes(e, theirs, own)
             try:
                 merged = core.merge(e.key, e.base, to_plain(e.value), theirs, resolver)
             except ConflictError:
@@ -117,16 +123,24 @@ class Merger:
                 return data
         raise TierError(f"gave up writing {e.key!r}: {MAX_MERGES} other writers won in a row")
 
-    def rebase_on_own_writes(self, e: Entry, theirs: dict[Any, Any]) -> None:
-        base = cast(dict[Any, Any], e.base)
-        core = self.s.core
-        for blob in cast(set[bytes], e.uncertain):
+    def own_writes(self, blobs: set[bytes]) -> list[dict[Any, Any]]:
+        """The values of our own lost-reply writes that decode to a dict."""
+        loads = self.s.core.serializer.loads
+        out: list[dict[Any, Any]] = []
+        for blob in blobs:
             try:
-                ours = core.serializer.loads(_envelope_decode(blob).payload)
+                ours = loads(_envelope_decode(blob).payload)
             except Exception:
                 continue
-            if type(ours) is not dict:
-                continue
+            if type(ours) is dict:
+                out.append(ours)
+        return out
+
+    def rebase_on_own_writes(
+        self, e: Entry, theirs: dict[Any, Any], own: list[dict[Any, Any]]
+    ) -> None:
+        base = cast(dict[Any, Any], e.base)
+        for ours in own:
             for field in base:
                 mine = ours.get(field, MISSING)
                 if mine is not MISSING and same(theirs.get(field, MISSING), mine):

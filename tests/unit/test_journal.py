@@ -515,3 +515,58 @@ def test_an_outage_journal_grows_by_one_record_per_change_not_more(
     assert per_record_late < 1.5 * per_record_early, sizes
     records = cache._journal.snapshot(MsgpackSerializer())  # type: ignore[union-attr]
     assert max(len(r.maybe) for r in records) <= 1
+
+
+def test_a_replay_that_keeps_losing_decodes_its_journal_once(
+    make: Callable[..., tuple[TieredCache, Switchable]],
+    store: DictTier,
+    namespace: str,
+    clock: FakeClock,
+) -> None:
+    """A replayed key carries every journaled write as possibly its own;
+    decoding them all again in each merge round (between its read and its
+    write) made the round so slow that busy writers on the same key won
+    every round, and the replay gave up over and over (a CI stall)."""
+
+    class Counting(MsgpackSerializer):
+        loads_calls = 0
+
+        def loads(self, data: bytes) -> Any:
+            Counting.loads_calls += 1
+            return super().loads(data)
+
+    bot, tier = make("bot", serializer=Counting())
+    app, _ = make("app")
+    bot.set("k", {"bot": 0, "app": 0})
+    records = 50
+    tier.down = True
+    for i in range(records):
+        with bot.session("k") as s:
+            s["bot"] = i + 1
+    tier.down = False
+    clock.advance(10)
+    losses = 5
+    real_cas = store.compare_and_set
+    inside = False
+
+    def contended_cas(key: str, value: bytes, ttl: float | None, expected: int) -> bool:
+        nonlocal losses, inside
+        if losses and not inside:
+            losses -= 1
+            inside = True
+            try:
+                with app.session("k") as s:  # another writer lands first
+                    s["app"] = s["app"] + 1
+            finally:
+                inside = False
+        return real_cas(key, value, ttl, expected)
+
+    store.compare_and_set = contended_cas  # type: ignore[method-assign]
+    Counting.loads_calls = 0
+    bot.flush()
+    assert bot.stats().journal_depth == 0
+    assert read(store, namespace, "k") == {"bot": records, "app": 5}
+    # Each record is decoded once as the journal is read and once as a
+    # possible own write, plus a few decodes per round: not once per record
+    # per round (306 here before the fix).
+    assert Counting.loads_calls <= 2 * records + 4 * 6
