@@ -45,12 +45,24 @@ from ._session import LazySession, Scope, cached_session
 from ._shutdown import ShutdownSignals, close_on_signals
 from ._stats import CacheStats, TierStats
 from ._tiers import DiskTier, MemoryTier, PersistentTier, RedisTier
-from ._tracking import detach, dirty_fields, is_detached, is_dirty, mark_clean, to_plain, track
+from ._tracking import (
+    PATH_DEPTH,
+    FieldPath,
+    detach,
+    dirty_fields,
+    dirty_paths,
+    is_detached,
+    is_dirty,
+    mark_clean,
+    to_plain,
+    track,
+)
 
 __all__ = [
     "AUTO",
     "DEFAULT_MAX_STALE",
     "MISSING",
+    "PATH_DEPTH",
     "Bus",
     "CacheStats",
     "Clock",
@@ -60,6 +72,7 @@ __all__ = [
     "DetachedError",
     "DiskTier",
     "Expiry",
+    "FieldPath",
     "FlushPolicy",
     "InvalidKeyError",
     "Invalidation",
@@ -97,6 +110,7 @@ __all__ = [
     "close_on_signals",
     "detach",
     "dirty_fields",
+    "dirty_paths",
     "is_detached",
     "is_dirty",
     "keep_ours",

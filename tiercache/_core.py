@@ -37,9 +37,9 @@ from ._policy import Expiry, Quarantine, Resolver, Schema
 from ._sealing import Sealing
 from ._serializers import Serializer
 from ._stats import TierCounters
+from ._threeway import Merge3
 from ._tiers._base import PersistentTier, SetItem
-from ._tracking import MISSING, WHOLE
-from ._tracking import _same as same
+from ._tracking import MISSING
 
 __all__ = ["Core", "Loaded"]
 
@@ -325,43 +325,23 @@ class Core(Sealing):
         with the newer stored one (``theirs``, plain; ``MISSING`` if gone).
 
         ``base`` maps each top-level field this process changed to its value
-        at the version both sides share. Fields only we changed take ours;
-        fields only they changed keep theirs; a field both changed goes to
-        ``resolver``, *whatever the values*: two writers that each took a
-        counter from 5 to 6 made two increments, and agreeing on 6 would
-        lose one. A field we changed and changed back is not ours to
-        write. Dict values merge per key; any other value is one field.
-        ``base is None`` (``cache.set``) replaces theirs whole.
+        at the version both sides share. Paths only we changed take ours;
+        paths only they changed keep theirs; nested dicts both changed merge
+        key by key; a leaf both changed merges by its type (``Counter``) or
+        goes to ``resolver``, *whatever the values* (see
+        :mod:`tiercache._threeway`). A field we changed and changed back is
+        not ours to write. ``base is None`` (``cache.set``) replaces theirs
+        whole.
         """
         if base is None or theirs is MISSING:
             # A replace (cache.set), or nothing stored any more (deleted, or
             # a store that lost its data): there is nothing of theirs to keep.
             return ours
-        if type(ours) is dict and (theirs is MISSING or type(theirs) is dict):
-            merged = {} if theirs is MISSING else dict(theirs)
-            for field, was in base.items():
-                mine = ours.get(field, MISSING)
-                if same(mine, was):
-                    continue  # no net change of ours: theirs stands
-                other = merged.get(field, MISSING)
-                if same(other, was):
-                    value = mine
-                else:
-                    self.conflicts += 1
-                    value = resolver(key, field, was, mine, other)
-                if value is MISSING:
-                    merged.pop(field, None)
-                else:
-                    merged[field] = value
-            return merged
-        # One field: the whole value.
-        was = base.get(WHOLE, MISSING) if len(base) == 1 else MISSING
-        if not base or same(ours, was):
-            return theirs
-        if same(theirs, was):
-            return ours
-        self.conflicts += 1
-        return resolver(key, WHOLE, was, ours, theirs)
+        merge = Merge3(key, resolver)
+        try:
+            return merge.fields(base, ours, theirs)
+        finally:
+            self.conflicts += merge.conflicts
 
     def write_flow(self, items: list[SetItem], tiers: range | None = None) -> Flow[None]:
         """Write sealed envelopes to every persistent tier (or those of

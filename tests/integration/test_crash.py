@@ -58,6 +58,9 @@ def test_sigkilled_workers_lose_no_acknowledged_update(
             [sys.executable, "-c", WORKER, redis_url, str(tmp_path / "d"), namespace],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            # Unbuffered: communicate() reads the pipe itself, so lines a
+            # buffered readline() had read ahead would go uncounted.
+            bufsize=0,
         )
         assert proc.stdout is not None
         first = proc.stdout.readline()  # it is up and writing
@@ -117,6 +120,9 @@ def test_write_behind_crash_loses_at_most_one_interval(
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            # Unbuffered: communicate() reads the pipe itself, so lines a
+            # buffered readline() had read ahead would go uncounted.
+            bufsize=0,
         )
         assert proc.stdout is not None
         assert proc.stdout.readline()
@@ -166,6 +172,9 @@ def test_write_behind_with_a_journal_loses_nothing_to_sigkill(
             [sys.executable, "-c", WAL_WORKER, redis_url, journal_dir, namespace],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            # Unbuffered: communicate() reads the pipe itself, so lines a
+            # buffered readline() had read ahead would go uncounted.
+            bufsize=0,
         )
         assert proc.stdout is not None
         first = proc.stdout.readline()

@@ -148,14 +148,18 @@ class Worker:
         """Send ``signum`` by PID; its exit status and stderr once it ended."""
         self.proc.send_signal(signum)
         try:
-            out, err = self.proc.communicate(timeout=10)  # no hang
+            self.proc.wait(timeout=10)  # no hang
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.communicate()
             raise AssertionError("the worker did not stop within 10 s") from None
-        for line in out.splitlines():
+        # Read the rest through the same file object readline used: lines it
+        # already buffered are there and nowhere else (communicate() reads
+        # the pipe itself and missed them: acknowledgements went uncounted).
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        for line in self.proc.stdout:
             self._note(line)
-        return self.proc.returncode, err
+        return self.proc.returncode, self.proc.stderr.read()
 
 
 def counting(n: int) -> Callable[[list[str]], bool]:

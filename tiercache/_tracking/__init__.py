@@ -1,4 +1,4 @@
-"""Change tracking: live values that know which top-level fields changed.
+"""Change tracking: live values that know which fields (and nested paths) changed.
 
 ::
 
@@ -14,6 +14,7 @@
     is_dirty / dirty_fields / changes ── flag clear and nothing watched: False
                                  └─ else compare saved (and watched backups)
                                     with the current fields, type-strictly
+    dirty_paths ── the same, then down the nested dicts of each dirty field
     mark_clean ── re-walk touched fields, new clean point
     revert     ── put saved copies back in place, then mark_clean
     detach     ── every node refuses mutation until attach()
@@ -81,6 +82,7 @@ Modules, each importing only those above it::
     _dict, _list, _set   TrackedDict, TrackedList, TrackedSet
     _objects       tracked objects and dataclasses: the generated subclass
     _compare       type-strict deep equality (_same) and canonical forms
+    _paths         dirty paths: nested keys that changed, from the saved copies
     _api           the public functions
 
 The tracked containers and objects call adoption when a value enters them,
@@ -96,6 +98,7 @@ from ._api import (
     changes,
     detach,
     dirty_fields,
+    dirty_paths,
     is_detached,
     is_dirty,
     is_tracked,
@@ -110,6 +113,7 @@ from ._compare import _same as _same
 from ._depth import MAX_DEPTH
 from ._dict import TrackedDict
 from ._list import TrackedList
+from ._paths import PATH_DEPTH, FieldPath, diff_paths
 from ._sentinels import _SELF as _SELF
 from ._sentinels import MISSING, WHOLE
 from ._set import TrackedSet
@@ -117,14 +121,18 @@ from ._set import TrackedSet
 __all__ = [
     "MAX_DEPTH",
     "MISSING",
+    "PATH_DEPTH",
     "WHOLE",
+    "FieldPath",
     "TrackedDict",
     "TrackedList",
     "TrackedSet",
     "attach",
     "changes",
     "detach",
+    "diff_paths",
     "dirty_fields",
+    "dirty_paths",
     "is_detached",
     "is_dirty",
     "is_tracked",

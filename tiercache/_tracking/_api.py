@@ -36,6 +36,7 @@ from ._dict import TrackedDict
 from ._list import TrackedList
 from ._object_state import _obj_state
 from ._objects import _tracked_class
+from ._paths import root_paths
 from ._refusals import _refusal
 from ._roots import _DEAD, _get_field, _Root
 from ._sentinels import _SELF, MISSING, WHOLE
@@ -300,6 +301,25 @@ def dirty_fields(value: Any) -> frozenset[Any]:
     """
     root = _root(value, "dirty_fields")
     return frozenset() if root is None else frozenset(_diff(root))
+
+
+def dirty_paths(value: Any) -> frozenset[tuple[Any, ...]]:
+    """The paths whose value differs from the last clean point, each a
+    tuple of keys from the root down: nested dicts are followed key by key
+    (up to :data:`PATH_DEPTH` keys), anything else (a list, a set, an
+    object, a subtree deeper than that) is one unit. A list or set root is
+    the one path ``()``. Exact, like :func:`is_dirty`: a key changed and
+    changed back is not dirty.
+
+    >>> s = track({"state": "menu", "data": {"cart": [], "name": "A"}})
+    >>> s["data"]["cart"].append("tea")
+    >>> dirty_paths(s)
+    frozenset({('data', 'cart')})
+    >>> sorted(dirty_fields(s))
+    ['data']
+    """
+    root = _root(value, "dirty_paths")
+    return frozenset() if root is None else root_paths(root, _diff(root))
 
 
 def changes(value: Any) -> dict[Any, Any]:
