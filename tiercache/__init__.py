@@ -27,6 +27,7 @@ from ._exceptions import (
     VersionNotReachedError,
 )
 from ._journal import Journal
+from ._mergeable import Counter, Log
 from ._policy import (
     Expiry,
     FlushPolicy,
@@ -57,6 +58,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "CorruptEntryError",
+    "Counter",
     "DetachedError",
     "DiskTier",
     "Expiry",
@@ -69,6 +71,7 @@ __all__ = [
     "Lease",
     "LocalBus",
     "LocalHub",
+    "Log",
     "MemoryTier",
     "MsgpackSerializer",
     "PersistentTier",
