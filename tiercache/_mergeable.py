@@ -50,10 +50,10 @@ class _Unmergeable(enum.Enum):
 NOT_MERGEABLE: Final = _Unmergeable.NOT_MERGEABLE
 
 
-def _no_subclass(cls: type) -> NoReturn:
+def _no_subclass(base: type, cls: type) -> NoReturn:
     # Atoms are matched by exact type, and a subclass could change what
     # arithmetic or appending returns: it would merge as something else.
-    raise TypeError(f"{cls.__name__} cannot be subclassed")
+    raise TypeError(f"{base.__name__} cannot be subclassed (by {cls.__qualname__})")
 
 
 @final
@@ -91,7 +91,7 @@ class Counter(int):
         return int.__new__(cls, value)
 
     def __init_subclass__(cls, **kwargs: Any) -> NoReturn:
-        _no_subclass(cls)
+        _no_subclass(Counter, cls)
 
     def __repr__(self) -> str:
         return f"Counter({int.__repr__(self)})"
@@ -169,7 +169,7 @@ class Log(tuple[_T_co, ...]):
     >>> log += ["a", ("b", 2)]
     >>> log, log.appended("c")[-1], log[1:]
     (Log(['start', 'a', ('b', 2)]), 'c', ('a', ('b', 2)))
-    >>> Log([["mutable"]])
+    >>> Log([["mutable"]])  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     TypeError: Log item 0 is a list, which can change in place; Log items must be ...
@@ -186,7 +186,7 @@ class Log(tuple[_T_co, ...]):
         return tuple.__new__(cls, _checked(items, 0))
 
     def __init_subclass__(cls, **kwargs: Any) -> NoReturn:
-        _no_subclass(cls)
+        _no_subclass(Log, cls)
 
     def __repr__(self) -> str:
         return f"Log({list(self)!r})"
