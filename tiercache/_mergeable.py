@@ -101,20 +101,20 @@ class Counter(int):
         return int.__repr__(self)
 
     # An int delta (bool included: it is 0 or 1) keeps the Counter; others
-    # (float, Fraction...) fall through to what int does.
+    # (float, Fraction...) fall through to what int does. (``True + c``
+    # gives an int: Python asks __radd__ first only of a subclass of the
+    # left operand's type, and Counter is no bool.) int's own methods
+    # do the sum: an int subclass's __int__ could say something else.
     def __add__(self, other: int) -> Counter:
         if isinstance(other, int):
-            return Counter(int(self) + int(other))
+            return int.__new__(Counter, int.__add__(self, other))
         return NotImplemented
 
-    def __radd__(self, other: int) -> Counter:
-        if isinstance(other, int):
-            return Counter(int(other) + int(self))
-        return NotImplemented
+    __radd__ = __add__
 
     def __sub__(self, other: int) -> Counter:
         if isinstance(other, int):
-            return Counter(int(self) - int(other))
+            return int.__new__(Counter, int.__sub__(self, other))
         return NotImplemented
 
     def __reduce__(self) -> tuple[type[Counter], tuple[int]]:

@@ -61,6 +61,13 @@ class Color(enum.IntEnum):
     RED = 1
 
 
+class Liar(int):
+    """An int whose __int__ says another number."""
+
+    def __int__(self) -> int:
+        return 100
+
+
 # -- Counter: construction ----------------------------------------------------
 
 
@@ -97,6 +104,9 @@ def test_counter_cannot_be_subclassed() -> None:
         (lambda c: c - Counter(2), 3),
         (lambda c: Counter(2) + c, 7),
         (lambda c: c + True, 6),  # a bool delta is 0 or 1
+        (lambda c: c + Color.RED, 6),
+        (lambda c: c + Liar(1), 6),  # by its value, not its __int__
+        (lambda c: c - Liar(1), 4),
         (lambda c: c + 2**70, 5 + 2**70),
         (lambda c: sum([c, Counter(1)]), 6),
     ],
@@ -133,6 +143,10 @@ def test_augmented_assignment_keeps_a_counter() -> None:
         (lambda c: c - 0.5, float, 4.5),
         (lambda c: c & 1, int, 1),
         (lambda c: int(c), int, 5),
+        # Another int subclass on the left adds first, as int, and Python
+        # asks Counter's __radd__ only for a plain int there.
+        (lambda c: True + c, int, 6),
+        (lambda c: Liar(1) + c, int, 6),
     ],
 )
 def test_other_arithmetic_gives_what_an_int_gives(
