@@ -27,6 +27,7 @@ from ._exceptions import (
     VersionNotReachedError,
 )
 from ._journal import Journal
+from ._mergeable import Counter, Log
 from ._policy import (
     Expiry,
     FlushPolicy,
@@ -69,6 +70,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "CorruptEntryError",
+    "Counter",
     "DetachedError",
     "DiskTier",
     "Expiry",
@@ -82,6 +84,7 @@ __all__ = [
     "Lease",
     "LocalBus",
     "LocalHub",
+    "Log",
     "MemoryTier",
     "MsgpackSerializer",
     "PersistentTier",

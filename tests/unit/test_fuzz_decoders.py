@@ -56,7 +56,9 @@ from hypothesis import strategies as st
 from tiercache import (
     MISSING,
     CorruptEntryError,
+    Counter,
     DiskTier,
+    Log,
     MemoryTier,
     MsgpackSerializer,
     PickleSerializer,
@@ -225,6 +227,7 @@ _hashable = st.one_of(
     st.timedeltas(),
     st.uuids(),
     st.decimals(allow_nan=False),
+    st.integers(-(2**70), 2**70).map(Counter),
 )
 _values = st.recursive(
     _hashable,
@@ -234,6 +237,7 @@ _values = st.recursive(
         st.dictionaries(st.text(max_size=6) | st.integers(-9, 9), inner, max_size=4),
         st.sets(_hashable, max_size=4),
         st.frozensets(_hashable, max_size=3),
+        st.lists(_hashable, max_size=4).map(Log),
     ),
     max_leaves=16,
 )
@@ -280,7 +284,7 @@ def walk(value: Any) -> Iterator[Any]:
 
 _LOADABLE = (
     type(None), bool, int, float, str, bytes, list, tuple, dict, set, frozenset,
-    datetime, date, time, timedelta, UUID, Decimal, Point, Color, Trap,
+    datetime, date, time, timedelta, UUID, Decimal, Point, Color, Trap, Counter, Log,
 )  # fmt: skip
 
 

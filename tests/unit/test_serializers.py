@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tiercache import Counter, Log
 from tiercache._exceptions import (
     ConfigError,
     CorruptEntryError,
@@ -490,6 +491,7 @@ def _assert_plain(value: Any) -> None:
     allowed = (
         type(None), bool, int, float, str, bytes, list, tuple, dict, set, frozenset,
         datetime, date, time, timedelta, UUID, Decimal, Point, Frozen, Plain, Slotted, Color,
+        Counter, Log,
         msgpack.Timestamp,  # ext -1, decoded by msgpack itself; harmless
     )  # fmt: skip
     stack = [value]
@@ -530,7 +532,7 @@ def test_mutated_payloads_only_raise_corrupt(value: Any, data: st.DataObject) ->
 # the hooks far more often than random bytes do.
 _exts = st.builds(
     msgpack.ExtType,
-    st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 99]),
+    st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 99]),
     st.binary(max_size=20)
     | st.sampled_from([b"", b"\x00", b"\x01" + b"2024-01-01T00:00:00\x00x", b"2024-01-01"]),
 )

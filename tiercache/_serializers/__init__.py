@@ -34,6 +34,8 @@ also keeps deep, hostile nesting from exhausting the C stack)::
     9     timedelta    ext(9, <iii days, seconds, microseconds)
     10    UUID         ext(10, 16 bytes)
     11    Decimal      ext(11, str(value))
+    12    Counter      ext(12, two's complement, little-endian)   any size
+    13    Log          array [ext(13, b""), *items]
 
 msgpack's own timestamp ext (-1) is never written; one from another writer
 loads as an aware UTC datetime.
@@ -63,6 +65,7 @@ from ._base import RESERVED_ATTR_PREFIX as RESERVED_ATTR_PREFIX
 from ._base import Serializer as Serializer
 from ._ext import _BIGINT as _BIGINT
 from ._ext import _BUILTIN_ENCODERS as _BUILTIN_ENCODERS
+from ._ext import _COUNTER as _COUNTER
 from ._ext import _DATE as _DATE
 from ._ext import _DATETIME as _DATETIME
 from ._ext import _DECIMAL as _DECIMAL
@@ -71,6 +74,9 @@ from ._ext import _FROZENSET as _FROZENSET
 from ._ext import _FROZENSET_EXT as _FROZENSET_EXT
 from ._ext import _FROZENSET_M as _FROZENSET_M
 from ._ext import _LEAF_DECODERS as _LEAF_DECODERS
+from ._ext import _LOG as _LOG
+from ._ext import _LOG_EXT as _LOG_EXT
+from ._ext import _LOG_M as _LOG_M
 from ._ext import _MARKERS as _MARKERS
 from ._ext import _NEST_LIMIT as _NEST_LIMIT
 from ._ext import _OBJECT as _OBJECT
@@ -92,6 +98,7 @@ from ._ext import _TZ_ZONE as _TZ_ZONE
 from ._ext import _UUID as _UUID
 from ._ext import _decode_bigint as _decode_bigint
 from ._ext import _decode_clock as _decode_clock
+from ._ext import _decode_counter as _decode_counter
 from ._ext import _decode_date as _decode_date
 from ._ext import _decode_decimal as _decode_decimal
 from ._ext import _decode_timedelta as _decode_timedelta
@@ -100,6 +107,7 @@ from ._ext import _encode_bigint as _encode_bigint
 from ._ext import _encode_clock as _encode_clock
 from ._ext import _encode_tz as _encode_tz
 from ._ext import _Encoder as _Encoder
+from ._ext import _int_bytes as _int_bytes
 from ._ext import _Marker as _Marker
 from ._locate import _WALK_DEPTH as _WALK_DEPTH
 from ._locate import _container_children as _container_children

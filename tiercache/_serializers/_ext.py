@@ -3,8 +3,9 @@
 ::
 
     dumps: a type msgpack has no exact form for ──> _BUILTIN_ENCODERS[type]
-        tuple, set, frozenset ──> [marker ext(code, b""), *items], packed inline
-        big int, datetime, date, time, timedelta, UUID, Decimal ──> ext(code, data)
+        tuple, set, frozenset, Log ──> [marker ext(code, b""), *items], packed inline
+        big int, datetime, date, time, timedelta, UUID, Decimal, Counter
+                              ──> ext(code, data)
     loads: ext(code, data) ──> _MARKERS[code]: the head of a container, for
                                the list hook to consume
                            └─> _LEAF_DECODERS[code](data): the value itself
@@ -26,6 +27,8 @@ from zoneinfo import ZoneInfo
 
 import msgpack
 
+from .._mergeable import Counter, Log
+
 # -- msgpack ext codes (part of the stored format: never renumber) ----------
 
 _TUPLE: Final = 1
@@ -39,11 +42,14 @@ _TIME: Final = 8
 _TIMEDELTA: Final = 9
 _UUID: Final = 10
 _DECIMAL: Final = 11
+_COUNTER: Final = 12
+_LOG: Final = 13
 
 _TUPLE_EXT: Final = msgpack.ExtType(_TUPLE, b"")
 _SET_EXT: Final = msgpack.ExtType(_SET, b"")
 _FROZENSET_EXT: Final = msgpack.ExtType(_FROZENSET, b"")
 _OBJECT_EXT: Final = msgpack.ExtType(_OBJECT, b"")
+_LOG_EXT: Final = msgpack.ExtType(_LOG, b"")
 
 # msgpack's packer refuses deeper nesting; the path finder reports it.
 _NEST_LIMIT: Final = 511
@@ -58,11 +64,12 @@ class _Marker:
         self.code = code
 
 
-_MARKERS: Final = {code: _Marker(code) for code in (_TUPLE, _SET, _FROZENSET, _OBJECT)}
+_MARKERS: Final = {code: _Marker(code) for code in (_TUPLE, _SET, _FROZENSET, _OBJECT, _LOG)}
 _TUPLE_M: Final = _MARKERS[_TUPLE]
 _SET_M: Final = _MARKERS[_SET]
 _FROZENSET_M: Final = _MARKERS[_FROZENSET]
 _OBJECT_M: Final = _MARKERS[_OBJECT]
+_LOG_M: Final = _MARKERS[_LOG]
 
 # -- dates and times ---------------------------------------------------------
 # flags byte: low 2 bits = tz kind, 0x80 = fold. The wall time is naive ISO
@@ -124,11 +131,24 @@ def _decode_clock(cls: type[datetime] | type[time], data: bytes) -> datetime | t
     return naive.replace(tzinfo=_decode_tz(flags & 3, parts), fold=1 if flags & _FOLD else 0)
 
 
+def _int_bytes(value: int) -> bytes:
+    """Two's complement, little-endian, in the fewest whole bytes that
+    ``bit_length`` gives (-128 takes two): the one encoding a decoder accepts."""
+    return value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+
+
 def _decode_bigint(data: bytes) -> int:
     value = int.from_bytes(data, "little", signed=True)
     if -(2**63) <= value < 2**64:
         raise ValueError("a big int ext holding a 64-bit int")
     return value
+
+
+def _decode_counter(data: bytes) -> Counter:
+    value = int.from_bytes(data, "little", signed=True)
+    if _int_bytes(value) != data:  # b"" or padded: never written
+        raise ValueError("non-canonical counter")
+    return Counter(value)
 
 
 def _decode_date(data: bytes) -> date:
@@ -159,14 +179,13 @@ _LEAF_DECODERS: Final[dict[int, Callable[[bytes], Any]]] = {
     _TIMEDELTA: _decode_timedelta,
     _UUID: lambda data: UUID(bytes=data),
     _DECIMAL: _decode_decimal,
+    _COUNTER: _decode_counter,
 }
 
 
 def _encode_bigint(value: int) -> msgpack.ExtType:
     # The packer calls ``default`` for ints only when they overflow 64 bits.
-    return msgpack.ExtType(
-        _BIGINT, value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
-    )
+    return msgpack.ExtType(_BIGINT, _int_bytes(value))
 
 
 _Encoder = Callable[[Any], Any]
@@ -184,4 +203,8 @@ _BUILTIN_ENCODERS: Final[dict[type, _Encoder]] = {
     ),
     UUID: lambda o: msgpack.ExtType(_UUID, o.bytes),
     Decimal: lambda o: msgpack.ExtType(_DECIMAL, str(o).encode()),
+    # Any size in one ext: a Counter never needs the big int ext, and its
+    # code alone says Counter (a plain int would load as a plain int).
+    Counter: lambda o: msgpack.ExtType(_COUNTER, _int_bytes(o)),
+    Log: lambda o: [_LOG_EXT, *o],
 }

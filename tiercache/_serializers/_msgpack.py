@@ -23,8 +23,9 @@ from typing import Any, Final
 import msgpack
 
 from .._exceptions import ConfigError, CorruptEntryError, SerializationError
+from .._mergeable import Log
 from . import _ext
-from ._ext import _BUILTIN_ENCODERS, _FROZENSET_M, _SET_M, _TUPLE_M, _Encoder, _Marker
+from ._ext import _BUILTIN_ENCODERS, _FROZENSET_M, _LOG_M, _SET_M, _TUPLE_M, _Encoder, _Marker
 from ._locate import _container_children, _locate_failure
 from ._registered import _class_name, _object_encoder, _Registered
 
@@ -44,8 +45,9 @@ class MsgpackSerializer:
     Round-trips by type and value: None, bool, int (any size), float
     (nan, inf, -0.0), str, bytes, list, dict (keys of any supported hashable
     type), tuple, set, frozenset, datetime (naive, ``timezone`` offsets or
-    ``ZoneInfo``; fold kept), date, time, timedelta, UUID, Decimal, and
-    instances of the classes passed as ``types``. Subclasses of dict, list
+    ``ZoneInfo``; fold kept), date, time, timedelta, UUID, Decimal,
+    :class:`~tiercache.Counter`, :class:`~tiercache.Log`, and instances of
+    the classes passed as ``types``. Subclasses of dict, list
     and set (tiercache's tracked containers) are stored exactly like their
     plain twins, and everything loads as plain builtins.
 
@@ -230,6 +232,9 @@ class MsgpackSerializer:
                 return set(items[1:])
             if head is _FROZENSET_M:
                 return frozenset(items[1:])
+            if head is _LOG_M:
+                # Checks each item is immutable, as a Log built here would.
+                return Log(items[1:])
             if len(items) != 3 or type(items[1]) is not str:
                 raise ValueError("bad registered object")
             reg = by_name.get(items[1])

@@ -5,6 +5,13 @@ copied or watched; enum types join the set the first time adoption meets
 one. Tuples, frozensets, namedtuples and frozen dataclasses made of atoms
 are immutable too (``_is_immutable``). Two atoms are the same when they
 serialize the same (``_same_atom``): ``1``, ``True`` and ``1.0`` differ.
+
+Atom types defined above this package -- ``Counter`` and ``Log`` in
+tiercache._mergeable, which imports the tracker -- join as they are defined
+(``@_atom_type``): the tracker cannot import them without a cycle, and no
+value of theirs can exist before their class statement has run. A tuple
+atom (``Log``) holds only immutable values, checked when it is built, so it
+is stored as it is like any atom, but compared item by item like a tuple.
 """
 
 from __future__ import annotations
@@ -13,11 +20,12 @@ import dataclasses
 import datetime as _dt
 import enum
 import math
+import operator
 import uuid
 from collections.abc import Iterable
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from ._depth import MAX_DEPTH, _Refused
 from ._sentinels import _Sentinel
@@ -49,6 +57,20 @@ _SIMPLE: Final = frozenset({type(None), bool, int, str, bytes})
 
 _ATOMS.add(_Sentinel)
 
+# Atoms that are tuples of immutable values (a subset of _ATOMS).
+_ATOM_TUPLES: set[type] = set()
+
+_T = TypeVar("_T", bound=type)
+
+
+def _atom_type(cls: _T) -> _T:
+    """Class decorator: ``cls`` (an immutable type defined above this
+    package) becomes an atom; a tuple subclass also a tuple atom."""
+    if issubclass(cls, tuple):
+        _ATOM_TUPLES.add(cls)
+    _ATOMS.add(cls)
+    return cls
+
 
 def _same_atom(a: Any, b: Any) -> bool:
     t = type(a)
@@ -60,6 +82,12 @@ def _same_atom(a: Any, b: Any) -> bool:
         if a == b:
             return a != 0.0 or math.copysign(1.0, a) == math.copysign(1.0, b)
         return bool(a != a and b != b)  # both nan
+    if t in _ATOM_TUPLES:
+        # Equal items may serialize differently (1 and True, or a frozen
+        # dataclass whose __eq__ skips a field): only the very same items
+        # are surely the same here. A false "differ" costs a write that
+        # _compare._same, which compares the items type-strictly, may spare.
+        return len(a) == len(b) and all(map(operator.is_, a, b))
     # Decimal("1.0") == Decimal("1.00") and equal datetimes in two zones
     # serialize differently: equal *and* same repr.
     return bool(a == b) and repr(a) == repr(b)

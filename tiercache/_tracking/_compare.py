@@ -16,7 +16,7 @@ import pickle
 from typing import Any
 
 from ._adoption import _scan
-from ._atoms import _ATOMS, _SIMPLE, _is_frozen_dataclass, _same_atom
+from ._atoms import _ATOM_TUPLES, _ATOMS, _SIMPLE, _is_frozen_dataclass, _same_atom
 from ._depth import MAX_DEPTH
 from ._dict import TrackedDict
 from ._list import TrackedList
@@ -44,6 +44,10 @@ def _same(a: Any, b: Any) -> bool:
         return True  # atoms are shared by the plain copies: the common case
     ta, tb = type(a), type(b)
     if ta in _ATOMS or tb in _ATOMS:
+        if ta is tb and ta in _ATOM_TUPLES:
+            if len(a) != len(b):
+                return False
+            return all(map(operator.is_, a, b)) or all(map(_same, a, b))
         return _same_atom(a, b)
     k = _kind(ta)
     if k is not _kind(tb):
@@ -103,6 +107,8 @@ def _canon(v: Any, depth: int = 1) -> Any:
         return (t, v)
     if t is float:
         return (t, v.hex())
+    if t in _ATOM_TUPLES:
+        return (t, tuple(_canon(x, depth + 1) for x in v))
     if t in _ATOMS:
         return (t, repr(v))
     if depth > MAX_DEPTH:
