@@ -58,7 +58,8 @@ class Journaling:
                 data,
                 e.stored,
                 None if e.base is None else dict(e.base),
-                tuple(e.uncertain or ()),
+                # The record's own bytes are known as ours at replay anyway.
+                tuple(u for u in (e.uncertain or ()) if u is not data),
             )
             for e, data in batch
         ]

@@ -56,15 +56,14 @@ class Merger:
             data = cast(bytes, e.pending)
             e.value = track(core.serializer.loads(_envelope_decode(data).payload), label=e.key)
             e.root = root_of(e.value, label=e.key)
-        #: Our lost-reply writes, decoded once: decoding them between the
-        #: read and the write (a replayed journal holds hundreds) widened
-        #: the window another writer lands in until this one always lost.
+        #: Our lost-reply writes, decoded once, when first needed: decoding
+        #: them between each read and write (a replayed journal holds
+        #: hundreds) widened the window another writer lands in until this
+        #: one always lost.
         own: list[dict[Any, Any]] | None = None
         for attempt in range(MAX_MERGES):
             if attempt:
                 yield backoff(attempt)
-            if own is None and e.uncertain and e.base:
-                own = self.own_writes(e.uncertain)
             theirs, version, raw = yield from self.s.core.read_raw_flow(e.key, skey, check=True)
             if raw is not None and raw == e.pending:
                 # Our write did land: its reply said otherwise (the client
@@ -77,10 +76,19 @@ class Merger:
                     # is our own, so what we changed since is relative to it.
                     e.base = {f: theirs.get(f, MISSING) for f in e.base}
                 e.uncertain = None
-            elif own and e.uncertain and e.base and type(theirs) is dict:
+            elif (
+                e.uncertain
+                and e.base
+                and type(theirs) is dict
+                and any(not same(theirs.get(f, MISSING), was) for f, was in e.base.items())
+            ):
                 # It may have landed and been written over by others since:
                 # a field whose stored value is exactly what one of our
                 # lost-reply writes set is our own change, not a conflict.
+                # (Only asked when a field we changed moved: the common
+                # disjoint race decodes nothing.)
+                if own is None:
+                    own = self.own_writes(e.uncertain)
                 self.rebase_on_own_writes(e, theirs, own)
             try:
                 merged = core.merge(e.key, e.base, to_plain(e.value), theirs, resolver)
@@ -110,17 +118,19 @@ class Merger:
                 schema_version=e.schema_version,
             )
             e.pending = data
+            # A reply lost, or an interrupt mid-write or before the caller's
+            # bookkeeping: if these bytes turn up stored, they are our own.
+            e.sending(data)
             try:
                 ok = yield Call(tier, counters, "compare_and_set", (skey, data, ttl, version))
-            except BaseException as exc:
-                # A reply lost, or an interrupt mid-write: if these bytes turn
-                # up stored, they are our own.
-                if not isinstance(exc, TierError) or exc.sent:
-                    e.uncertain = (e.uncertain or set()) | {data}
+            except TierError as exc:
+                if not exc.sent:
+                    e.not_sent(data)
                 raise
             if ok:
                 core.merges += 1
                 return data
+            e.not_sent(data)
         raise TierError(f"gave up writing {e.key!r}: {MAX_MERGES} other writers won in a row")
 
     def own_writes(self, blobs: set[bytes]) -> list[dict[Any, Any]]:

@@ -261,14 +261,18 @@ class Writer:
             items: list[CasItem] = [
                 (core.skey(e.key), data, core.ttl_for(e.ttl), e.stored) for e, data in trusted
             ]
+            # From here until its outcome is handled below, a write may land
+            # unseen (the connection died after the server applied it, an
+            # interrupt between the reply and the bookkeeping): if these
+            # bytes turn up stored, they are our own.
+            for e, data in trusted:
+                e.sending(data)
             try:
                 results = yield from self.cas_flow(items)
             except TierError as exc:
-                if exc.sent:
-                    # The connection may have died after the server applied
-                    # it: if these bytes turn up stored, they are our own.
-                    for e, data in batch:
-                        e.uncertain = (e.uncertain or set()) | {data}
+                if not exc.sent:
+                    for e, data in trusted:
+                        e.not_sent(data)
                 if not journaling or not exc.transient:
                     # Refused by a server that answered (a permission, a
                     # wrong type): the handler hears it; a journal entry
@@ -276,12 +280,6 @@ class Writer:
                     raise
                 self.journaling.or_raise(batch, sent=exc.sent)
                 return
-            except BaseException:
-                # Interrupted mid-write (KeyboardInterrupt, the flow closed):
-                # it may have landed, and if it did it is our own.
-                for e, data in batch:
-                    e.uncertain = (e.uncertain or set()) | {data}
-                raise
             by_entry = {id(e): ok for (e, _), ok in zip(trusted, results, strict=True)}
             unreached: list[Entry] = []
             for e, data in batch:
@@ -289,6 +287,8 @@ class Writer:
                 if ok is True:
                     written.append((e, data))
                     continue
+                if id(e) in by_entry:
+                    e.not_sent(data)  # refused, or lost the race: not stored
                 if isinstance(ok, TierError):
                     failures.append((e, ok))  # refused: this entry's own error
                     continue

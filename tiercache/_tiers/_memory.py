@@ -136,6 +136,22 @@ class Entry:
     def __repr__(self) -> str:
         return f"<Entry {self.key!r} v{self.version} pending={self.pending is not None}>"
 
+    def sending(self, data: bytes) -> None:
+        """``data`` is about to be sent: until its outcome is handled it may
+        land unseen (an interrupt, a lost reply), so it counts as possibly
+        our own from now on."""
+        if self.uncertain is None:
+            self.uncertain = {data}
+        else:
+            self.uncertain.add(data)
+
+    def not_sent(self, data: bytes) -> None:
+        """``data`` surely did not land (refused, lost the race, never left)."""
+        if self.uncertain is not None:
+            self.uncertain.discard(data)
+            if not self.uncertain:
+                self.uncertain = None
+
 
 def _entry_size(entry: Entry) -> int:
     # cachetools rejects a zero-size bound cleanly only when sizes are
