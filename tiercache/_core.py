@@ -31,6 +31,7 @@ from ._exceptions import (
     SchemaError,
     TierError,
 )
+from ._fields import Assembled
 from ._flow import Call, Flow
 from ._keys import KeyNames
 from ._policy import Expiry, Quarantine, Resolver, Schema
@@ -71,6 +72,8 @@ class Loaded:
     #: (epoch ms): a copy from a local tier may be older than the shared one.
     tier_index: int = 0
     updated_ms: int = 0
+    #: Read from the shared tier's fields layout, as stored (not migrated).
+    fields: bool = False
 
 
 class Core(Sealing):
@@ -216,6 +219,9 @@ class Core(Sealing):
             data = yield from self.tier_flow(index, "get", (skey,))
             if data is None:
                 continue
+            fields = type(data) is Assembled
+            if fields:
+                data = bytes(data)  # promoted as plain bytes
             now = self.clock.time()
             try:
                 opened = self.read(key, data, schema, now)
@@ -247,6 +253,7 @@ class Core(Sealing):
                 migrated=migrated,
                 tier_index=index,
                 updated_ms=env.updated_ms,
+                fields=fields and not migrated and index == len(self.tiers) - 1,
             )
         return None
 

@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from ._envelope import decode as _envelope_decode
 from ._exceptions import ConflictError, TierError
+from ._fieldwrites import forget_parts
 from ._flow import Call, Flow, Pause
 from ._state import CacheState
 from ._tiers._memory import Entry
@@ -162,6 +163,7 @@ class Merger:
         old = e.value
         mark_clean(value)
         detach(value)
+        forget_parts(e)
         e.value = value
         e.root = root_of(value, label=e.key)
         e.stored = e.version = stored

@@ -347,6 +347,8 @@ class Reader:
                 size=loaded.size,
             )
             entry.touched_at = entry.checked_at = self.s.now()
+            if loaded.fields:
+                entry.fields_at = loaded.version
             if loaded.tier_index < len(self.s.core.tiers) - 1:
                 # A local copy: only as current as when it was written.
                 age = max(0.0, self.s.clock.time() - loaded.updated_ms / 1000.0)

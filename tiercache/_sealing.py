@@ -23,6 +23,7 @@ from typing import Any
 from . import _envelope
 from ._clock import Clock
 from ._exceptions import CorruptEntryError, SerializationError, ValueTooLargeError
+from ._fields import Parts
 from ._policy import Expiry
 from ._serializers import Serializer
 from ._tiers._base import PersistentTier
@@ -105,14 +106,16 @@ class Sealing:
         created_ms: int,
         ttl: float | None,
         schema_version: int,
+        parts: Parts | None = None,
     ) -> bytes:
-        """Serialize ``value`` once into envelope bytes at ``version``."""
+        """Serialize ``value`` once into envelope bytes at ``version``;
+        ``parts``: its fields, already serialized (the fields layout)."""
         if version > _envelope.MAX_VERSION:
             raise SerializationError(
                 f"cannot store key {key!r}: its version would pass {_envelope.MAX_VERSION}"
             )
         try:
-            payload = self.serializer.dumps(value)
+            payload = self.serializer.dumps(value) if parts is None else parts.payload()
         except SerializationError as exc:
             raise SerializationError(f"cannot store key {key!r}: {exc}") from exc
         except Exception as exc:  # a user serializer's own error type

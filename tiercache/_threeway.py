@@ -23,15 +23,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ._mergeable import NOT_MERGEABLE, merge_values
 from ._tracking import MISSING, PATH_DEPTH, WHOLE, FieldPath
 from ._tracking import _same as same
 from ._tracking._compare import _kind
 
 __all__ = ["Merge3"]
-
-#: A leaf merge for values both sides changed: the merged value, or
-#: ``not_mergeable`` (its second argument) when the types do not say how.
-LeafMerge = Callable[[Any, Any, Any], Any]
 
 
 def _is_dict(v: Any) -> bool:
@@ -41,19 +38,11 @@ def _is_dict(v: Any) -> bool:
 class Merge3:
     """One merge: the resolver to call and the conflicts it met."""
 
-    __slots__ = ("conflicts", "key", "leaf", "not_mergeable", "resolver")
+    __slots__ = ("conflicts", "key", "resolver")
 
-    def __init__(
-        self,
-        key: str,
-        resolver: Callable[[str, Any, Any, Any, Any], Any],
-        leaf: LeafMerge | None = None,
-        not_mergeable: Any = None,
-    ) -> None:
+    def __init__(self, key: str, resolver: Callable[[str, Any, Any, Any, Any], Any]) -> None:
         self.key = key
         self.resolver = resolver
-        self.leaf = leaf
-        self.not_mergeable = not_mergeable
         self.conflicts = 0
 
     def fields(self, base: dict[Any, Any], ours: Any, theirs: Any) -> Any:
@@ -81,10 +70,9 @@ class Merge3:
             return other  # no net change of ours: theirs stands
         if same(other, was):
             return mine
-        if self.leaf is not None and mine is not MISSING and other is not MISSING:
-            merged = self.leaf(was, mine, other)
-            if merged is not self.not_mergeable:
-                return merged
+        merged = merge_values(was, mine, other)
+        if merged is not NOT_MERGEABLE:
+            return merged
         if (
             len(path) < PATH_DEPTH
             and _is_dict(mine)

@@ -26,6 +26,7 @@ from typing import Any, cast
 
 from ._envelope import peek_version
 from ._exceptions import ConflictError, TierCacheError, TierError
+from ._fieldwrites import cas_item, forget_parts, parts_for, stored_as
 from ._flow import Call, Flow
 from ._invalidation import Invalidations
 from ._journal import Journal
@@ -35,11 +36,16 @@ from ._merge import Merger
 from ._state import CacheState
 from ._tiers._base import CasItem, SetItem
 from ._tiers._memory import UNSEALED, Entry
+from ._tiers._redis_fields import FieldsCasItem
 from ._tracking import MISSING, changes, is_dirty, mark_clean, revert
 
 __all__ = ["Writer"]
 
 log = logging.getLogger("tiercache")
+
+
+def _cas_method(item: CasItem | FieldsCasItem) -> str:
+    return "compare_and_set_fields" if len(item) == 5 else "compare_and_set"
 
 
 class Writer:
@@ -86,19 +92,28 @@ class Writer:
             return
         base = entry.base
         if base is not None and entry.root is not None:
+            if was is None:
+                was = changes(entry.value)
             # First change of a field since the stored version: remember
             # what it was then, the base of a merge if our write loses.
-            for field, old in (changes(entry.value) if was is None else was).items():
+            for field, old in was.items():
                 base.setdefault(field, old)
         version = self.s.core.next_version(entry.version) if bump else entry.version
-        data = self.s.core.seal(
-            entry.key,
-            entry.value,
-            version=version,
-            created_ms=entry.created_ms,
-            ttl=entry.ttl,
-            schema_version=entry.schema_version,
-        )
+        try:
+            parts = parts_for(self.s.core, entry, was, clean=clean)
+            data = self.s.core.seal(
+                entry.key,
+                entry.value,
+                version=version,
+                created_ms=entry.created_ms,
+                ttl=entry.ttl,
+                schema_version=entry.schema_version,
+                parts=parts,
+            )
+        except BaseException:
+            forget_parts(entry)  # they may hold a change that is not kept
+            raise
+        entry.parts_data = data if parts is not None else None
         if clean:
             mark_clean(entry.value)
         entry.version = version
@@ -252,15 +267,21 @@ class Writer:
         #: Entries that could not be written, each with its own error: one
         #: of them never holds the rest of a batch back.
         failures: list[tuple[Entry, TierCacheError]] = unsealable
+        #: Entries written as fields (tiercache._fieldwrites).
+        as_fields: set[int] = set()
         if tiers and tiers[-1].supports_cas:
             # An outdated entry's idea of the stored version cannot be
             # trusted (the store moved on, or a replay merged what it
             # believed): a compare-and-set on it could match a version that
             # now holds other content. It merges with what is stored instead.
             trusted = [(e, data) for e, data in batch if not e.outdated]
-            items: list[CasItem] = [
-                (core.skey(e.key), data, core.ttl_for(e.ttl), e.stored) for e, data in trusted
+            items = [
+                cas_item(core, e, data, core.skey(e.key), core.ttl_for(e.ttl))
+                for e, data in trusted
             ]
+            as_fields = {
+                id(e) for (e, _), item in zip(trusted, items, strict=True) if len(item) == 5
+            }
             # From here until its outcome is handled below, a write may land
             # unseen (the connection died after the server applied it, an
             # interrupt between the reply and the bookkeeping): if these
@@ -352,6 +373,7 @@ class Writer:
                     e.uncertain = None
                     e.touched_at = e.checked_at = mono
                     e.stored = version
+                    stored_as(e, data, version, id(e) in as_fields)
                     # Written by compare-and-set (or merged): current now.
                     e.outdated = False
                     e.journaled = e.key in self.s.journal_keys
@@ -371,7 +393,7 @@ class Writer:
                     )
             raise failures[0][1]
 
-    def cas_flow(self, items: list[CasItem]) -> Flow[list[bool | TierError]]:
+    def cas_flow(self, items: list[CasItem | FieldsCasItem]) -> Flow[list[bool | TierError]]:
         """Compare-and-set ``items`` on the shared tier: one call, or one
         pipelined batch. A batch the server refused (an error that is not
         an outage) is retried one item at a time, so the items it took are
@@ -382,7 +404,7 @@ class Writer:
         if not items:
             return []
         if len(items) == 1:
-            return [(yield Call(last, counters, "compare_and_set", items[0]))]
+            return [(yield Call(last, counters, _cas_method(items[0]), items[0]))]
         try:
             return list((yield Call(last, counters, "compare_and_set_many", (items,))))
         except TierError as exc:
@@ -391,7 +413,7 @@ class Writer:
         out: list[bool | TierError] = []
         for item in items:
             try:
-                out.append((yield Call(last, counters, "compare_and_set", item)))
+                out.append((yield Call(last, counters, _cas_method(item), item)))
             except TierError as exc:
                 if exc.transient:
                     raise

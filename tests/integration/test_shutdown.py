@@ -157,9 +157,11 @@ class Worker:
         # already buffered are there and nowhere else (communicate() reads
         # the pipe itself and missed them: acknowledgements went uncounted).
         assert self.proc.stdout is not None and self.proc.stderr is not None
-        for line in self.proc.stdout:
-            self._note(line)
-        return self.proc.returncode, self.proc.stderr.read()
+        with self.proc.stdout, self.proc.stderr:
+            for line in self.proc.stdout:
+                self._note(line)
+            err = self.proc.stderr.read()
+        return self.proc.returncode, err
 
 
 def counting(n: int) -> Callable[[list[str]], bool]:

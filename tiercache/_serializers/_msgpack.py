@@ -85,6 +85,10 @@ class MsgpackSerializer:
     #: exit can bound the size of a changed value from its changed fields
     #: alone (tiercache._write.Writer.seal_later).
     sizes_add_up = True
+    #: A dict's bytes are its map header, then each key's and value's own
+    #: bytes, back to back: an entry can be stored field by field
+    #: (tiercache._fields) and put together again exactly.
+    splits_maps = True
 
     def __init__(self, types: Iterable[type] | Mapping[str, type] = ()) -> None:
         pairs = types.items() if isinstance(types, Mapping) else ((None, t) for t in types)

@@ -53,11 +53,15 @@ class Entry:
         "conflict",
         "created_ms",
         "expires_at",
+        "fields_at",
         "initial",
         "journaled",
         "key",
         "merged",
         "outdated",
+        "parts",
+        "parts_data",
+        "parts_ok",
         "pending",
         "pending_since",
         "pins",
@@ -132,6 +136,18 @@ class Entry:
         #: with it (or kept it, on a conflict): what it wrote is not what it
         #: was sealed with.
         self.merged = False
+        #: The version the shared tier holds as a hash of fields (see
+        #: tiercache._fields), 0 if not known to: a write may send only
+        #: the changed fields when it expects exactly that version.
+        self.fields_at = 0
+        #: The value's top-level fields as serialized at the last seal that
+        #: used them, and the bytes that seal made (``parts_data``): the
+        #: pending bytes can be written as fields when they are those.
+        self.parts: Any = None
+        self.parts_data: bytes | None = None
+        #: Whether ``parts`` describe the value's clean point (a seal may
+        #: refresh just the fields changed since).
+        self.parts_ok = False
 
     def __repr__(self) -> str:
         return f"<Entry {self.key!r} v{self.version} pending={self.pending is not None}>"

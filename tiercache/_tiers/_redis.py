@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import redis
 import redis.asyncio
 
 from .._envelope import is_tombstone, peek_version
 from .._exceptions import ConfigError
+from .._fields import FIELDS_MIN_BYTES
 
 # Importable from here before the client plumbing moved out; kept so.
 from .._redisclient import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT, PoolSize, take_connection
@@ -39,12 +40,11 @@ from .._redisclient import close_loop_clients as close_loop_clients
 from .._redisclient import error_text as error_text
 from .._redisclient import redact_url as redact_url
 from .._redisclient import transient as transient
-from ._base import CasItem, PersistentTier, SetItem
-from ._redis_calls import RedisCalls
+from ._base import PersistentTier, SetItem
+from ._redis_fields import FieldsCalls, _px
 from ._redis_scripts import (
     ACQUIRE_LUA,
     FENCED_CAS_LUA,
-    QUARANTINE_LUA,
     RELEASE_LUA,
     RENEW_LUA,
 )
@@ -62,19 +62,7 @@ def _keep_ms(keep: float) -> int:
     return 0 if keep <= 0 else max(1, math.ceil(keep * 1000))
 
 
-def _px(ttl: float | None) -> int:
-    """Milliseconds for SET PX: 0 for no expiry, -1 for already expired.
-
-    Rounds up: a backend TTL may be late, never early.
-    """
-    if ttl is None:
-        return 0
-    if ttl <= 0:
-        return -1
-    return max(1, math.ceil(ttl * 1000))
-
-
-class RedisTier(RedisCalls, PersistentTier):
+class RedisTier(FieldsCalls, PersistentTier):
     """A persistent tier in Redis, shared by every process that uses it.
 
     ``url_or_client`` is a URL (``redis://host:6379/0``, ``rediss://``,
@@ -131,6 +119,7 @@ class RedisTier(RedisCalls, PersistentTier):
         retries: int = 1,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        fields: int | None = FIELDS_MIN_BYTES,
     ) -> None:
         if not isinstance(prefix, str):
             raise ConfigError(f"prefix must be a str, got {type(prefix).__name__}")
@@ -144,6 +133,10 @@ class RedisTier(RedisCalls, PersistentTier):
                 )
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
             raise ConfigError(f"retries must be an int in 0..10, got {retries!r}")
+        if fields is not None and (
+            isinstance(fields, bool) or not isinstance(fields, int) or fields < 0
+        ):
+            raise ConfigError(f"fields must be None or an int >= 0 (bytes), got {fields!r}")
         pool = PoolSize(max_connections, pool_timeout)
         url, sync, async_client = take_connection("RedisTier", url_or_client, async_client)
         for client in (sync, async_client):
@@ -161,6 +154,12 @@ class RedisTier(RedisCalls, PersistentTier):
             pool=pool,
         )
         self._prefix = prefix
+        #: Values whose envelope is at least this many bytes are stored as
+        #: a hash of fields (None: never); see tiercache._fields.
+        self.fields_min_bytes = fields
+        #: Whether a hash was met or written: reads go through READ_LUA then.
+        self._hashes = False
+        self._lua = {}
         #: Stored-key prefix (a cache's namespace) -> where its writes'
         #: invalidations go: see :meth:`publish_into`.
         self._notes: dict[str, tuple[str, str, str]] = {}
@@ -205,16 +204,6 @@ class RedisTier(RedisCalls, PersistentTier):
 
     # -- sync ------------------------------------------------------------------
 
-    def get(self, key: str) -> bytes | None:
-        skey = self._prefix + key
-        return self._run("get", key, lambda c: cast("bytes | None", c.get(skey)))
-
-    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        if not keys:
-            return []
-        skeys = [self._key(k) for k in keys]
-        return self._run("get_many", None, lambda c: cast("list[bytes | None]", c.mget(skeys)))
-
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         px, skey = _px(ttl), self._key(key)
 
@@ -237,21 +226,6 @@ class RedisTier(RedisCalls, PersistentTier):
                 pipe.execute()
 
         self._run("set_many", None, call, sum(len(v) for _, v, _ in items))
-
-    def compare_and_set_many(self, items: Sequence[CasItem]) -> list[bool]:
-        if not items:
-            return []
-        script = self._script()
-
-        calls = [self._cas_args(*item) for item in items]
-
-        def call(c: SyncClient) -> list[bool]:
-            with c.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    script(keys=keys, args=args, client=pipe)
-                return [bool(r) for r in pipe.execute()]
-
-        return self._run("compare_and_set_many", None, call, sum(len(i[1]) for i in items))
 
     def delete(self, key: str) -> bool:
         skey = self._key(key)
@@ -291,12 +265,11 @@ class RedisTier(RedisCalls, PersistentTier):
     # -- quarantine ------------------------------------------------------------
 
     def quarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
-        keys, args = [self._key(key), self._key(to)], [bad, _keep_ms(keep)]
-        return bool(self._eval("quarantine", QUARANTINE_LUA, keys, args))
+        return bool(self._eval("quarantine", *self.quarantine_args(key, bad, to, _keep_ms(keep))))
 
     async def aquarantine(self, key: str, bad: bytes, to: str, keep: float) -> bool:
-        keys, args = [self._key(key), self._key(to)], [bad, _keep_ms(keep)]
-        return bool(await self._aeval("quarantine", QUARANTINE_LUA, keys, args))
+        args = self.quarantine_args(key, bad, to, _keep_ms(keep))
+        return bool(await self._aeval("quarantine", *args))
 
     # -- leases (strict mode) ----------------------------------------------------
 
@@ -362,24 +335,6 @@ class RedisTier(RedisCalls, PersistentTier):
 
     # -- async: native redis.asyncio ------------------------------------------
 
-    async def aget(self, key: str) -> bytes | None:
-        skey = self._prefix + key
-
-        async def call(e: _LoopClient) -> bytes | None:
-            return cast("bytes | None", await e.client.get(skey))
-
-        return await self._arun("get", key, call)
-
-    async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        if not keys:
-            return []
-        skeys = [self._key(k) for k in keys]
-
-        async def call(e: _LoopClient) -> list[bytes | None]:
-            return cast("list[bytes | None]", await e.client.mget(skeys))
-
-        return await self._arun("get_many", None, call)
-
     async def aset(self, key: str, value: bytes, ttl: float | None = None) -> None:
         px, skey = _px(ttl), self._key(key)
 
@@ -401,20 +356,6 @@ class RedisTier(RedisCalls, PersistentTier):
                 await pipe.execute()
 
         await self._arun("set_many", None, call, sum(len(v) for _, v, _ in items))
-
-    async def acompare_and_set_many(self, items: Sequence[CasItem]) -> list[bool]:
-        if not items:
-            return []
-
-        calls = [self._cas_args(*item) for item in items]
-
-        async def call(e: _LoopClient) -> list[bool]:
-            async with e.client.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    await e.script(keys=keys, args=args, client=pipe)
-                return [bool(r) for r in await pipe.execute()]
-
-        return await self._arun("compare_and_set_many", None, call, sum(len(i[1]) for i in items))
 
     async def adelete(self, key: str) -> bool:
         skey = self._key(key)

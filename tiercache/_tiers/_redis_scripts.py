@@ -3,8 +3,13 @@ one script, so no other client can write in between.
 
 ::
 
+    get (once hashes exist) READ_LUA        a hash? HGETALL, else GET: one round trip either way
     compare_and_set         CAS_LUA         stored version == expected? then SET, SET PX or DEL
-    quarantine              QUARANTINE_LUA  still the same bad bytes? copy them aside, DEL
+    ... with fields         FIELDS_CAS_LUA  stored version == expected? then HSET the changed
+                                            fields and the head, HDEL the removed (a delta:
+                                            only onto a hash), or replace it all (full)
+    quarantine              QUARANTINE_LUA  still the same bad bytes (a hash: the same
+                                            head)? copy them aside, DEL
     acquire_lease           ACQUIRE_LUA     lease free? token = INCR fence, SET lease PX ttl
     renew_/release_lease    RENEW_LUA,      lease still holds our token? PEXPIRE it / DEL it
                             RELEASE_LUA
@@ -14,7 +19,9 @@ one script, so no other client can write in between.
                                             when the tier publishes for a bus
 
 An entry's version is read from the envelope bytes in place (see
-:mod:`tiercache._envelope`), so the scripts are built from its layout.
+:mod:`tiercache._envelope`), so the scripts are built from its layout; a
+hash (:mod:`tiercache._fields`) keeps the envelope's header in its head
+field, the empty name, so its version is read there the same way.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ __all__ = [
     "CAS_LUA",
     "CHECK_VERSION_LUA",
     "FENCED_CAS_LUA",
+    "FIELDS_CAS_LUA",
     "QUARANTINE_LUA",
+    "READ_LUA",
     "RELEASE_LUA",
     "RENEW_LUA",
     "note_lua",
@@ -40,7 +49,13 @@ __all__ = [
 # MAX_VERSION: its top bit set) count as absent, version 0, so the cache's
 # repair write (expected=0) can replace them, as every other tier does.
 CHECK_VERSION_LUA = f"""
-local cur = redis.call('GET', KEYS[1])
+local kind = redis.call('TYPE', KEYS[1]).ok
+local cur
+if kind == 'hash' then
+    cur = redis.call('HGET', KEYS[1], '')
+else
+    cur = redis.call('GET', KEYS[1])
+end
 local found = string.rep(string.char(0), 8)
 if cur and string.len(cur) >= {MIN_SIZE} and string.sub(cur, 1, 2) == '{MAGIC.decode()}'
         and string.byte(cur, {VERSION_OFFSET + 8}) < 128 then
@@ -88,9 +103,15 @@ end
 )
 
 # Quarantine: move unreadable bytes aside only if they are still the value
-# (a writer that repaired the key meanwhile wins). ARGV[2]: ms to keep them.
+# (a writer that repaired the key meanwhile wins). ARGV[2]: ms to keep them;
+# ARGV[3]: for a hash, the head they were assembled with (its version and
+# writer tag: a repair changes it). What is kept aside is the bytes.
 QUARANTINE_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then
+    if (redis.call('HGET', KEYS[1], '') or '') ~= ARGV[3] then return 0 end
+elseif redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
 local keep = tonumber(ARGV[2])
 if keep > 0 then
     redis.call('SET', KEYS[2], ARGV[1], 'PX', keep)
@@ -141,6 +162,66 @@ else
 end
 """
     + note_lua(3, 5)
+    + """return 1
+"""
+)
+
+# One round trip whatever the layout: a hash comes back as HGETALL's flat
+# list, which the tier assembles (tiercache._fields.assemble); anything
+# else is a GET (so a foreign type is WRONGTYPE, as before).
+READ_LUA = """
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then
+    return redis.call('HGETALL', KEYS[1])
+end
+return redis.call('GET', KEYS[1])
+"""
+
+# Compare-and-set of the fields layout. ARGV[1..5] are the note's (see
+# note_lua; unused without KEYS[2]); ARGV[6] the new head, ARGV[7] the
+# expected version, ARGV[8] the expiry (as CAS_LUA), ARGV[9] 'd' for a
+# delta (only onto the hash at that version: else it lost) or 'f' to
+# replace whatever is stored, ARGV[10] how many names to remove, then those
+# names, then name/value pairs to set. Commands take at most 2,000
+# arguments each: Lua's stack is the limit, not the session's size.
+FIELDS_CAS_LUA = (
+    CHECK_VERSION_LUA
+    + """
+if found ~= ARGV[7] then
+    return 0
+end
+local full = ARGV[9] == 'f'
+if not full and kind ~= 'hash' then
+    return 0
+end
+local px = tonumber(ARGV[8])
+if px < 0 then
+    redis.call('DEL', KEYS[1])
+else
+    if full and kind ~= 'none' then
+        redis.call('DEL', KEYS[1])
+    end
+    local ngone = tonumber(ARGV[10])
+    local i = 11
+    while i < 11 + ngone do
+        local j = math.min(i + 1999, 10 + ngone)
+        redis.call('HDEL', KEYS[1], unpack(ARGV, i, j))
+        i = j + 1
+    end
+    redis.call('HSET', KEYS[1], '', ARGV[6])
+    local n = #ARGV
+    while i <= n do
+        local j = math.min(i + 1999, n)
+        redis.call('HSET', KEYS[1], unpack(ARGV, i, j))
+        i = j + 1
+    end
+    if px == 0 then
+        redis.call('PERSIST', KEYS[1])
+    else
+        redis.call('PEXPIRE', KEYS[1], px)
+    end
+end
+"""
+    + note_lua(2, 1)
     + """return 1
 """
 )
