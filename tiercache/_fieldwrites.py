@@ -1,4 +1,5 @@
-"""The write path's side of the fields layout (tiercache._fields).
+"""What the write path sends the shared tier: compare-and-set items (plain,
+or of the fields layout, tiercache._fields) and the call that sends them.
 
 ::
 
@@ -10,6 +11,7 @@
         the pending bytes are the parts' ──> a Delta: the changed fields (the
             hash is stored at the version expected) or all of them (replace)
         else ──────────────────────────────> a plain compare-and-set item
+    ──> cas_flow(core, items): one call, or one pipelined batch
     written ──> stored_as(entry, data, version, as_fields): the entry knows the layout
 
 Parts are trusted for a refresh only once the bytes made from them were
@@ -23,12 +25,14 @@ from __future__ import annotations
 from typing import Any
 
 from ._core import Core
+from ._exceptions import TierError
 from ._fields import Delta, Parts, head_of
+from ._flow import Call, Flow
 from ._tiers._base import CasItem
 from ._tiers._memory import Entry
 from ._tiers._redis_fields import FieldsCasItem
 
-__all__ = ["cas_item", "forget_parts", "parts_for", "stored_as"]
+__all__ = ["cas_flow", "cas_item", "forget_parts", "parts_for", "stored_as"]
 
 
 def fields_min(core: Core) -> int | None:
@@ -85,6 +89,37 @@ def cas_item(
     else:
         delta = Delta(head_of(data), parts.all_fields(), [], full=True)
     return (skey, data, ttl, e.stored, delta)
+
+
+def _cas_method(item: CasItem | FieldsCasItem) -> str:
+    return "compare_and_set_fields" if len(item) == 5 else "compare_and_set"
+
+
+def cas_flow(core: Core, items: list[CasItem | FieldsCasItem]) -> Flow[list[bool | TierError]]:
+    """Compare-and-set ``items`` on the shared tier: one call, or one
+    pipelined batch. A batch the server refused (an error that is not
+    an outage) is retried one item at a time, so the items it took are
+    written and only the one it refuses carries the error. An outage
+    raises."""
+    last, counters = core.tiers[-1], core.counters[-1]
+    if not items:
+        return []
+    if len(items) == 1:
+        return [(yield Call(last, counters, _cas_method(items[0]), items[0]))]
+    try:
+        return list((yield Call(last, counters, "compare_and_set_many", (items,))))
+    except TierError as exc:
+        if exc.transient:
+            raise
+    out: list[bool | TierError] = []
+    for item in items:
+        try:
+            out.append((yield Call(last, counters, _cas_method(item), item)))
+        except TierError as exc:
+            if exc.transient:
+                raise
+            out.append(exc)
+    return out
 
 
 def stored_as(e: Entry, data: bytes, version: int, as_fields: bool) -> None:

@@ -26,26 +26,21 @@ from typing import Any, cast
 
 from ._envelope import peek_version
 from ._exceptions import ConflictError, TierCacheError, TierError
-from ._fieldwrites import cas_item, forget_parts, parts_for, stored_as
-from ._flow import Call, Flow
+from ._fieldwrites import cas_flow, cas_item, forget_parts, parts_for, stored_as
+from ._flow import Flow
 from ._invalidation import Invalidations
 from ._journal import Journal
 from ._journaling import Journaling
 from ._locks import Hold, owner
 from ._merge import Merger
 from ._state import CacheState
-from ._tiers._base import CasItem, SetItem
+from ._tiers._base import SetItem
 from ._tiers._memory import UNSEALED, Entry
-from ._tiers._redis_fields import FieldsCasItem
 from ._tracking import MISSING, changes, is_dirty, mark_clean, revert
 
 __all__ = ["Writer"]
 
 log = logging.getLogger("tiercache")
-
-
-def _cas_method(item: CasItem | FieldsCasItem) -> str:
-    return "compare_and_set_fields" if len(item) == 5 else "compare_and_set"
 
 
 class Writer:
@@ -289,7 +284,7 @@ class Writer:
             for e, data in trusted:
                 e.sending(data)
             try:
-                results = yield from self.cas_flow(items)
+                results = yield from cas_flow(self.s.core, items)
             except TierError as exc:
                 if not exc.sent:
                     for e, data in trusted:
@@ -392,33 +387,6 @@ class Writer:
                         error,
                     )
             raise failures[0][1]
-
-    def cas_flow(self, items: list[CasItem | FieldsCasItem]) -> Flow[list[bool | TierError]]:
-        """Compare-and-set ``items`` on the shared tier: one call, or one
-        pipelined batch. A batch the server refused (an error that is not
-        an outage) is retried one item at a time, so the items it took are
-        written and only the one it refuses carries the error. An outage
-        raises."""
-        core = self.s.core
-        last, counters = core.tiers[-1], core.counters[-1]
-        if not items:
-            return []
-        if len(items) == 1:
-            return [(yield Call(last, counters, _cas_method(items[0]), items[0]))]
-        try:
-            return list((yield Call(last, counters, "compare_and_set_many", (items,))))
-        except TierError as exc:
-            if exc.transient:
-                raise
-        out: list[bool | TierError] = []
-        for item in items:
-            try:
-                out.append((yield Call(last, counters, _cas_method(item), item)))
-            except TierError as exc:
-                if exc.transient:
-                    raise
-                out.append(exc)
-        return out
 
     def drain_flow(self) -> Flow[None]:
         """Write entries the memory policy pushed out (write-through only;

@@ -1,0 +1,262 @@
+"""The fields layout on a real redis-server: a large dict value is a hash of
+its top-level fields, a write sends only the changed ones, and everything a
+string entry promises still holds (reads, corrupt data, old entries, merges,
+expiry, deletes, async)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tiercache import Counter, MemoryTier, MsgpackSerializer, RedisTier, TieredCache
+from tiercache._envelope import decode
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def make(url: str, namespace: str, **tier: Any) -> TieredCache:
+    # No bus and no max_stale: each test drives its processes by hand.
+    return TieredCache(
+        MemoryTier(), RedisTier(url, **tier), namespace=namespace, bus=None, max_stale=None
+    )
+
+
+def fresh(url: str, namespace: str, key: str) -> Any:
+    cache = make(url, namespace)
+    try:
+        return cache.get(key)
+    finally:
+        cache.close()
+
+
+def opened(raw: bytes | None) -> Any:
+    """The value of envelope bytes a tier returned."""
+    assert raw is not None
+    return MsgpackSerializer().loads(decode(raw).payload)
+
+
+def net_in(r: redis.Redis) -> int:
+    return int(r.info("stats")["total_net_input_bytes"])
+
+
+def test_a_one_field_change_of_a_huge_session_sends_under_one_percent(
+    redis_url: str, namespace: str, r: redis.Redis
+) -> None:
+    value = {f"field{i}": {"n": i, "tag": "x" * 8} for i in range(100_000)}
+    full = len(MsgpackSerializer().dumps(value))
+    cache = make(redis_url, namespace)
+    cache.set("big", value)
+    with cache.session("big") as s:  # the first write stores it as fields
+        s["field0"]["n"] = -1
+    assert r.type(f"tc:{namespace}:big") == b"hash"
+    sent = []
+    for i in range(1, 6):
+        before = net_in(r)
+        with cache.session("big") as s:
+            s[f"field{i}"]["n"] += 1000
+        sent.append(net_in(r) - before)
+    cache.close()
+    assert max(sent) < full / 100, (sent, full)
+    expected = dict(value)
+    expected["field0"] = {"n": -1, "tag": "x" * 8}
+    for i in range(1, 6):
+        expected[f"field{i}"] = {"n": i + 1000, "tag": "x" * 8}
+    assert fresh(redis_url, namespace, "big") == expected
+
+
+def test_small_values_stay_strings_and_large_ones_become_hashes(
+    redis_url: str, namespace: str, r: redis.Redis
+) -> None:
+    cache = make(redis_url, namespace)
+    with cache.session("small") as s:
+        s.update({f"k{i}": i for i in range(10)})
+    with cache.session("small") as s:
+        s["k0"] = -1
+    with cache.session("large") as s:
+        s.update({f"k{i}": "v" * 100 for i in range(200)})
+    with cache.session("large") as s:
+        s["k0"] = "changed"
+    cache.close()
+    assert r.type(f"tc:{namespace}:small") == b"string"
+    assert r.type(f"tc:{namespace}:large") == b"hash"
+    assert fresh(redis_url, namespace, "small") == {"k0": -1, **{f"k{i}": i for i in range(1, 10)}}
+    large = fresh(redis_url, namespace, "large")
+    assert large["k0"] == "changed" and len(large) == 200
+
+
+def test_an_entry_in_the_string_layout_is_read_and_converted_when_written(
+    redis_url: str, namespace: str, r: redis.Redis
+) -> None:
+    old = make(redis_url, namespace, fields=None)  # as before the layout existed
+    old.set("u", {f"k{i}": "v" * 100 for i in range(200)})
+    old.close()
+    assert r.type(f"tc:{namespace}:u") == b"string"
+    cache = make(redis_url, namespace)
+    with cache.session("u") as s:
+        assert s["k1"] == "v" * 100
+        s["k1"] = "new"
+    cache.close()
+    assert r.type(f"tc:{namespace}:u") == b"hash"
+    # A process configured never to write hashes still reads one.
+    assert fresh(redis_url, namespace, "u")["k1"] == "new"
+    reader = make(redis_url, namespace, fields=None)
+    assert reader.get("u")["k1"] == "new"
+    reader.close()
+    tier = RedisTier(redis_url, fields=None)
+    got, nope = tier.get_many([f"{namespace}:u", f"{namespace}:nope"])
+    tier.close()
+    assert nope is None and opened(got)["k1"] == "new"
+
+
+def test_a_corrupt_field_makes_the_whole_entry_a_counted_miss_and_quarantined(
+    redis_url: str, namespace: str, r: redis.Redis
+) -> None:
+    cache = make(redis_url, namespace)
+    cache.set("u", {f"k{i}": "v" * 100 for i in range(200)})
+    with cache.session("u") as s:
+        s["k0"] = "x"
+    cache.close()
+    skey = f"tc:{namespace}:u"
+    name = MsgpackSerializer().dumps("k5")
+    good = r.hget(skey, name)
+    assert good is not None
+    r.hset(skey, name, good[:-1] + b"!")  # one byte of one field
+    reader = make(redis_url, namespace)
+    assert reader.get("u") is None, "never half a session"
+    st_ = reader.stats()
+    assert st_.corrupt_entries == 1 and st_.quarantined == 1
+    assert r.exists(skey) == 0
+    kept = r.get(f"tc:{namespace}\x00quarantine\x00u")
+    assert kept is not None and b"v" * 100 in kept, "the bytes read are kept aside"
+    with reader.session("u") as s:  # the key starts again, as any corrupt one
+        s["fresh"] = True
+    reader.close()
+    assert fresh(redis_url, namespace, "u") == {"fresh": True}
+
+
+def test_processes_changing_different_fields_of_a_hash_merge(
+    redis_url: str, namespace: str
+) -> None:
+    bot, app = make(redis_url, namespace), make(redis_url, namespace)
+    bot.set("u", {"n": Counter(), **{f"k{i}": "v" * 100 for i in range(200)}})
+    with bot.session("u") as s:
+        s["k0"] = "bot0"  # now a hash
+    app.get("u")
+    for i in range(3):
+        with bot.session("u") as s:
+            s["n"] += 1
+            s[f"bot{i}"] = i
+        with app.session("u") as s:  # stale each time: loses, merges
+            s["n"] += 1
+            s[f"app{i}"] = i
+            del s[f"k{i + 10}"]
+    bot.close()
+    app.close()
+    value = fresh(redis_url, namespace, "u")
+    assert value["n"] == 6
+    assert all(value[f"bot{i}"] == i and value[f"app{i}"] == i for i in range(3))
+    assert not any(f"k{i + 10}" in value for i in range(3))
+    assert len(value) == 1 + 200 - 3 + 6
+
+
+def test_expiry_and_deletes_of_a_hash(redis_url: str, namespace: str, r: redis.Redis) -> None:
+    cache = make(redis_url, namespace)
+    big = {f"k{i}": "v" * 100 for i in range(200)}
+    cache.set("t", big, ttl=60)
+    with cache.session("t") as s:
+        s["k0"] = "x"
+    skey = f"tc:{namespace}:t"
+    assert r.type(skey) == b"hash" and 0 < r.pttl(skey) <= 60_000
+    cache.set("p", big)
+    with cache.session("p") as s:
+        s["k0"] = "x"
+    assert r.type(f"tc:{namespace}:p") == b"hash" and r.pttl(f"tc:{namespace}:p") == -1
+    assert cache.delete("t") is True
+    cache.close()
+    assert fresh(redis_url, namespace, "t") is None
+    assert fresh(redis_url, namespace, "p")["k0"] == "x"
+
+
+def test_batch_reads_mix_layouts(redis_url: str, namespace: str) -> None:
+    cache = make(redis_url, namespace)
+    cache.set("small", {"a": 1})
+    cache.set("large", {f"k{i}": "v" * 100 for i in range(200)})
+    with cache.session("large") as s:
+        s["k0"] = "x"
+    cache.close()
+    tier = RedisTier(redis_url)
+    small, large, missing = tier.get_many([f"{namespace}:{k}" for k in ("small", "large", "no")])
+    tier.close()
+    assert opened(small) == {"a": 1} and opened(large)["k0"] == "x" and missing is None
+
+
+def test_async_scopes_write_and_read_fields(redis_url: str, namespace: str, r: redis.Redis) -> None:
+    async def main() -> Any:
+        cache = make(redis_url, namespace)
+        await cache.aset("u", {f"k{i}": "v" * 100 for i in range(200)})
+        for i in range(3):
+            async with cache.session("u") as s:
+                s[f"k{i}"] = i
+        await cache.aclose()
+        reader = make(redis_url, namespace)
+        tier = RedisTier(redis_url)
+        try:
+            return await reader.aget("u"), (await tier.aget_many([f"{namespace}:u"]))[0]
+        finally:
+            await reader.aclose()
+            await tier.aclose()
+
+    one, many = asyncio.run(main())
+    assert r.type(f"tc:{namespace}:u") == b"hash"
+    assert one == opened(many) and [one[f"k{i}"] for i in range(3)] == [0, 1, 2]
+
+
+_examples = iter(range(10**6))
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["set", "del", "nest"]),
+        st.integers(0, 30),
+        st.one_of(st.integers(), st.text(max_size=5), st.lists(st.integers(), max_size=3)),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(ops, min_size=1, max_size=4))
+def test_any_sequence_of_scopes_reads_back_exactly(redis_url: str, steps: list[Any]) -> None:
+    """Every dict value stored as fields (fields=0): whatever scopes do,
+    a fresh process reads back what the writer holds."""
+    namespace = f"fields-prop-{next(_examples)}"
+    model: dict[str, Any] = {f"k{i}": i for i in range(20)}
+    cache = make(redis_url, namespace, fields=0)
+    cache.set("u", model)
+    for scope in steps:
+        with cache.session("u") as s:
+            for op, i, v in scope:
+                k = f"k{i}"
+                if op == "set":
+                    s[k] = v
+                    model[k] = v
+                elif op == "del":
+                    s.pop(k, None)
+                    model.pop(k, None)
+                else:
+                    s.setdefault("nested", {})[k] = v
+                    model.setdefault("nested", {})[k] = v
+        assert fresh(redis_url, namespace, "u") == model
+    cache.close()
