@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from ._envelope import FORMAT_VERSION, HEADER_SIZE, MAGIC
 from ._exceptions import SerializationError
@@ -47,6 +47,8 @@ HEAD: Final = b""
 FIELDS_MIN_BYTES: Final = 8192
 
 _CRC_SIZE: Final = 4
+#: Chunks (names and values) per pre-joined block of a payload.
+_BLOCK: Final = 512
 _HEAD_SIZE: Final = HEADER_SIZE + _CRC_SIZE
 #: What a hash whose head is not a format-2 head reads as: never an
 #: envelope (so it is a counted corrupt entry), and the head recoverable
@@ -100,14 +102,20 @@ class Parts:
     {'a': 1, 'b': 2}
     """
 
-    __slots__ = ("_order", "by_key")
+    __slots__ = ("_blocks", "_chunks", "_index", "by_key")
 
     def __init__(self) -> None:
         #: key -> (name, value bytes)
         self.by_key: dict[Any, tuple[bytes, bytes]] = {}
-        #: The (name, value) pairs in canonical order, None when a key came
-        #: or went since it was built.
-        self._order: list[tuple[bytes, Any]] | None = None
+        #: name, value, name, value... in canonical order, and where each
+        #: key's value sits in it: a changed field is one list store. None
+        #: when a key came or went.
+        self._chunks: list[bytes] | None = None
+        self._index: dict[Any, int] = {}
+        #: The chunks joined _BLOCK at a time (None: changed since): a
+        #: payload is one block's join and a join of the blocks, not a join
+        #: of every field (10 ms for 100,000 fields).
+        self._blocks: list[bytes | None] = []
 
     @classmethod
     def build(cls, value: dict[Any, Any], dumps: Callable[[Any], bytes]) -> Parts:
@@ -133,26 +141,37 @@ class Parts:
             else:
                 fresh[key] = None
         by_key = self.by_key
+        chunks, index = self._chunks, self._index
         for key, item in fresh.items():
             if item is None:
                 if by_key.pop(key, None) is not None:
-                    self._order = None
+                    self._chunks = chunks = None
             else:
                 if key not in by_key:
-                    self._order = None
+                    self._chunks = chunks = None
+                elif chunks is not None:
+                    at = index[key]
+                    chunks[at] = item[1]
+                    self._blocks[at // _BLOCK] = None
                 by_key[key] = item
 
     def payload(self) -> bytes:
         """The serialized dict, in canonical order."""
-        by_key = self.by_key
-        if self._order is None or len(self._order) != len(by_key):
-            self._order = sorted((name, key) for key, (name, _) in by_key.items())
-        chunks = [map_header(len(by_key))]
-        for _, key in self._order:
-            name, value = by_key[key]
-            chunks.append(name)
-            chunks.append(value)
-        return b"".join(chunks)
+        chunks = self._chunks
+        if chunks is None:
+            chunks = []
+            index: dict[Any, int] = {}
+            for name, key in sorted((name, key) for key, (name, _) in self.by_key.items()):
+                chunks.append(name)
+                index[key] = len(chunks)
+                chunks.append(self.by_key[key][1])
+            self._chunks, self._index = chunks, index
+            self._blocks = [None] * (-(-len(chunks) // _BLOCK))
+        blocks = self._blocks
+        for b, block in enumerate(blocks):
+            if block is None:
+                blocks[b] = b"".join(chunks[b * _BLOCK : (b + 1) * _BLOCK])
+        return map_header(len(self.by_key)) + b"".join(cast(list[bytes], blocks))
 
     def delta(
         self, keys: Iterable[Any], dumps: Callable[[Any], bytes]

@@ -12,7 +12,8 @@ or of the fields layout, tiercache._fields) and the call that sends them.
             hash is stored at the version expected) or all of them (replace)
         else ──────────────────────────────> a plain compare-and-set item
     ──> cas_flow(core, items): one call, or one pipelined batch
-    written ──> stored_as(entry, data, version, as_fields): the entry knows the layout
+    a merge ──> merged_parts: fields again when it merged with a hash
+    written ──> stored_as(entry, data, version): the entry knows the layout
 
 Parts are trusted for a refresh only once the bytes made from them were
 written (or, under write-behind, sealed clean): a scope rolled back after
@@ -26,13 +27,21 @@ from typing import Any
 
 from ._core import Core
 from ._exceptions import TierError
-from ._fields import Delta, Parts, head_of
+from ._fields import Assembled, Delta, Parts, head_of
 from ._flow import Call, Flow
 from ._tiers._base import CasItem
 from ._tiers._memory import Entry
 from ._tiers._redis_fields import FieldsCasItem
 
-__all__ = ["cas_flow", "cas_item", "forget_parts", "parts_for", "stored_as"]
+__all__ = [
+    "cas_flow",
+    "cas_item",
+    "cas_method",
+    "forget_parts",
+    "merged_parts",
+    "parts_for",
+    "stored_as",
+]
 
 
 def fields_min(core: Core) -> int | None:
@@ -76,22 +85,48 @@ def forget_parts(entry: Entry) -> None:
     entry.parts_ok = False
 
 
+def merged_parts(core: Core, e: Entry, raw: bytes | None) -> Parts | None:
+    """The parts of a merged value when what it merged with (``raw``) is
+    stored as fields, else None (forgotten: the value is new)."""
+    forget_parts(e)
+    root = e.root
+    if type(raw) is not Assembled or fields_min(core) is None or root is None or root.kind != "d":
+        return None
+    parts = Parts.build(e.value, core.serializer.dumps)
+    e.parts = parts
+    return parts
+
+
 def cas_item(
-    core: Core, e: Entry, data: bytes, skey: str, ttl: float | None
+    core: Core,
+    e: Entry,
+    data: bytes,
+    skey: str,
+    ttl: float | None,
+    *,
+    expected: int | None = None,
+    over: bytes | None = None,
 ) -> CasItem | FieldsCasItem:
-    """What the shared tier's compare-and-set of ``e``'s pending ``data`` is."""
+    """What the shared tier's compare-and-set of ``e``'s pending ``data`` is:
+    on the version ``e`` believes stored, or (a merge) on ``expected``, the
+    version of ``over``, the bytes read."""
     parts = e.parts
+    if expected is None:
+        expected = e.stored
+        delta_ok = bool(e.fields_at) and e.fields_at == e.stored
+    else:
+        delta_ok = type(over) is Assembled
     if parts is None or e.parts_data is not data:
-        return (skey, data, ttl, e.stored)
-    if e.fields_at and e.fields_at == e.stored and e.base:
+        return (skey, data, ttl, expected)
+    if delta_ok and e.base:
         put, gone = parts.delta(e.base.keys(), core.serializer.dumps)
         delta = Delta(head_of(data), put, gone, full=False)
     else:
         delta = Delta(head_of(data), parts.all_fields(), [], full=True)
-    return (skey, data, ttl, e.stored, delta)
+    return (skey, data, ttl, expected, delta)
 
 
-def _cas_method(item: CasItem | FieldsCasItem) -> str:
+def cas_method(item: CasItem | FieldsCasItem) -> str:
     return "compare_and_set_fields" if len(item) == 5 else "compare_and_set"
 
 
@@ -105,7 +140,7 @@ def cas_flow(core: Core, items: list[CasItem | FieldsCasItem]) -> Flow[list[bool
     if not items:
         return []
     if len(items) == 1:
-        return [(yield Call(last, counters, _cas_method(items[0]), items[0]))]
+        return [(yield Call(last, counters, cas_method(items[0]), items[0]))]
     try:
         return list((yield Call(last, counters, "compare_and_set_many", (items,))))
     except TierError as exc:
@@ -114,7 +149,7 @@ def cas_flow(core: Core, items: list[CasItem | FieldsCasItem]) -> Flow[list[bool
     out: list[bool | TierError] = []
     for item in items:
         try:
-            out.append((yield Call(last, counters, _cas_method(item), item)))
+            out.append((yield Call(last, counters, cas_method(item), item)))
         except TierError as exc:
             if exc.transient:
                 raise
@@ -122,8 +157,11 @@ def cas_flow(core: Core, items: list[CasItem | FieldsCasItem]) -> Flow[list[bool
     return out
 
 
-def stored_as(e: Entry, data: bytes, version: int, as_fields: bool) -> None:
-    """``e``'s pending ``data`` is stored at ``version``."""
-    e.fields_at = version if as_fields else 0
+def stored_as(e: Entry, data: bytes, version: int) -> None:
+    """``e``'s pending ``data`` is stored at ``version`` (as fields when it
+    was sealed from its parts: cas_item sends those as fields)."""
     if e.parts_data is data:
+        e.fields_at = version
         e.parts_ok = True
+    else:
+        e.fields_at = 0

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from ._envelope import decode as _envelope_decode
 from ._exceptions import ConflictError, TierError
-from ._fieldwrites import forget_parts
+from ._fieldwrites import cas_item, cas_method, forget_parts, merged_parts
 from ._flow import Call, Flow, Pause
 from ._state import CacheState
 from ._tiers._memory import Entry
@@ -110,6 +110,9 @@ class Merger:
                     f: (theirs.get(f, MISSING) if type(theirs) is dict else theirs) for f in e.base
                 }
             e.version = core.next_version(version)
+            # Stored as fields: the merged value goes back as fields too,
+            # sending only those we changed (theirs are stored already).
+            parts = merged_parts(core, e, raw)
             data = core.seal(
                 e.key,
                 e.value,
@@ -117,13 +120,16 @@ class Merger:
                 created_ms=e.created_ms,
                 ttl=e.ttl,
                 schema_version=e.schema_version,
+                parts=parts,
             )
             e.pending = data
+            e.parts_data = data if parts is not None else None
+            item = cas_item(core, e, data, skey, ttl, expected=version, over=raw)
             # A reply lost, or an interrupt mid-write or before the caller's
             # bookkeeping: if these bytes turn up stored, they are our own.
             e.sending(data)
             try:
-                ok = yield Call(tier, counters, "compare_and_set", (skey, data, ttl, version))
+                ok = yield Call(tier, counters, cas_method(item), item)
             except TierError as exc:
                 if not exc.sent:
                     e.not_sent(data)

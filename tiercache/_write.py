@@ -262,8 +262,6 @@ class Writer:
         #: Entries that could not be written, each with its own error: one
         #: of them never holds the rest of a batch back.
         failures: list[tuple[Entry, TierCacheError]] = unsealable
-        #: Entries written as fields (tiercache._fieldwrites).
-        as_fields: set[int] = set()
         if tiers and tiers[-1].supports_cas:
             # An outdated entry's idea of the stored version cannot be
             # trusted (the store moved on, or a replay merged what it
@@ -274,9 +272,6 @@ class Writer:
                 cas_item(core, e, data, core.skey(e.key), core.ttl_for(e.ttl))
                 for e, data in trusted
             ]
-            as_fields = {
-                id(e) for (e, _), item in zip(trusted, items, strict=True) if len(item) == 5
-            }
             # From here until its outcome is handled below, a write may land
             # unseen (the connection died after the server applied it, an
             # interrupt between the reply and the bookkeeping): if these
@@ -368,7 +363,7 @@ class Writer:
                     e.uncertain = None
                     e.touched_at = e.checked_at = mono
                     e.stored = version
-                    stored_as(e, data, version, id(e) in as_fields)
+                    stored_as(e, data, version)
                     # Written by compare-and-set (or merged): current now.
                     e.outdated = False
                     e.journaled = e.key in self.s.journal_keys

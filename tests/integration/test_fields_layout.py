@@ -148,7 +148,7 @@ def test_a_corrupt_field_makes_the_whole_entry_a_counted_miss_and_quarantined(
 
 
 def test_processes_changing_different_fields_of_a_hash_merge(
-    redis_url: str, namespace: str
+    redis_url: str, namespace: str, r: redis.Redis
 ) -> None:
     bot, app = make(redis_url, namespace), make(redis_url, namespace)
     bot.set("u", {"n": Counter(), **{f"k{i}": "v" * 100 for i in range(200)}})
@@ -165,6 +165,8 @@ def test_processes_changing_different_fields_of_a_hash_merge(
             del s[f"k{i + 10}"]
     bot.close()
     app.close()
+    assert r.type(f"tc:{namespace}:u") == b"hash", "a merge writes fields too"
+    assert app.stats().merges == 3
     value = fresh(redis_url, namespace, "u")
     assert value["n"] == 6
     assert all(value[f"bot{i}"] == i and value[f"app{i}"] == i for i in range(3))

@@ -1,0 +1,131 @@
+"""Writes of only what changed (issue #14): per-scope time and bytes sent to
+Redis for sessions of 10, 1,000 and 100,000 top-level fields, one field
+changed per scope, in one run.
+
+Run: ``pytest benchmarks/bench_fields.py --benchmark-only -s`` (``-s``
+prints the summary as Markdown rows; every number is also in each result's
+``extra_info``).
+
+**Variants**, each on the same redis-server:
+
+* ``fields``: ``RedisTier(url)``, the default: a value of 8 KiB or more is a
+  hash of its fields and a scope sends only the changed ones;
+* ``fields+disk``: the same with a ``DiskTier`` between memory and Redis:
+  the disk tier stores whole values (it gets the same envelope bytes), so
+  this row is what choosing that layout for disk costs;
+* ``whole``: ``RedisTier(url, fields=None)``: every write is the whole
+  value (the layout before #14);
+* ``json-set``: redis-py ``GET`` + ``json.loads``, change one field,
+  ``json.dumps`` + ``SET``: what aiogram's ``RedisStorage`` does with a
+  state's data.
+
+The tiercache variants hold the session in memory (a hot session: the scope
+is a memory hit, write-through), with ``bus=None, max_stale=None`` so only
+the write is measured. A scope increments one field (``s[k] += 1``), a
+different one each time. Bytes are what the server received
+(``INFO stats`` ``total_net_input_bytes``) over 20 scopes, untimed,
+divided by 20.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from tiercache import DiskTier, MemoryTier, RedisTier, TieredCache
+
+SIZES = (10, 1_000, 100_000)
+VARIANTS = ("fields", "fields+disk", "whole", "json-set")
+_rows: dict[tuple[int, str], dict[str, float]] = {}
+
+
+def session(n: int) -> dict[str, Any]:
+    return {f"field{i}": i for i in range(n)}
+
+
+def runner(url: str, variant: str, n: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(one scope, cleanup) for a variant."""
+    key = f"bench-fields-{uuid.uuid4().hex[:8]}"
+    fields = itertools.cycle([f"field{i}" for i in range(n)])
+    if variant == "json-set":
+        r = redis.Redis.from_url(url)
+        r.set(key, json.dumps(session(n)))
+
+        def scope() -> None:
+            data = json.loads(r.get(key))  # type: ignore[arg-type]
+            f = next(fields)
+            data[f] += 1
+            r.set(key, json.dumps(data))
+
+        return scope, r.close
+    tier = RedisTier(url, fields=None) if variant == "whole" else RedisTier(url)
+    tiers: list[Any] = [MemoryTier(), tier]
+    tmp = tempfile.TemporaryDirectory()
+    if variant == "fields+disk":
+        tiers.insert(1, DiskTier(tmp.name))
+    cache = TieredCache(*tiers, namespace=key, bus=None, max_stale=None)
+    cache.set("s", session(n))
+    with cache.session("s") as s:  # the first write converts to the layout
+        s["field0"] += 1
+
+    def cscope() -> None:
+        with cache.session("s") as s:
+            s[next(fields)] += 1
+
+    def cleanup() -> None:
+        cache.close()
+        tmp.cleanup()
+
+    return cscope, cleanup
+
+
+@pytest.fixture(scope="module")
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_one_field_changed(
+    benchmark: Any, redis_url: str, r: redis.Redis, variant: str, n: int
+) -> None:
+    scope, cleanup = runner(redis_url, variant, n)
+    try:
+        before = int(r.info("stats")["total_net_input_bytes"])
+        for _ in range(20):
+            scope()
+        sent = (int(r.info("stats")["total_net_input_bytes"]) - before) / 20
+        rounds = 200 if n <= 1_000 else 10
+        benchmark.pedantic(scope, rounds=rounds, iterations=1, warmup_rounds=2)
+    finally:
+        cleanup()
+    median = benchmark.stats.stats.median
+    benchmark.extra_info.update(bytes_per_scope=sent, median_us=median * 1e6)
+    _rows[(n, variant)] = {"bytes": sent, "median_us": median * 1e6}
+
+
+def teardown_module() -> None:
+    if not _rows:
+        return
+    print("\n| fields | variant | median per scope | bytes sent per scope | time vs json-set |")
+    print("|---:|---|---:|---:|---:|")
+    for n in SIZES:
+        base = _rows.get((n, "json-set"))
+        for variant in VARIANTS:
+            row = _rows.get((n, variant))
+            if row is None:
+                continue
+            ratio = f"{row['median_us'] / base['median_us']:.2f}x" if base else "-"
+            print(
+                f"| {n:,} | {variant} | {row['median_us']:,.0f} µs | "
+                f"{row['bytes']:,.0f} | {ratio} |"
+            )
