@@ -72,7 +72,10 @@ def parts_for(core: Core, entry: Entry, changed: Any, *, clean: bool) -> Parts |
     if parts is None or not entry.parts_ok or changed is None or entry.base is None:
         parts = Parts.build(value, dumps)
     else:
-        parts.refresh(value, changed, dumps)
+        # Changed since the clean point, and since the stored version: a
+        # write-behind exit moves the clean point without sealing
+        # (Writer.seal_later), and records its fields in the base only.
+        parts.refresh(value, {*changed, *entry.base}, dumps)
     entry.parts = parts
     # Trusted again once what is sealed from them is the clean point.
     entry.parts_ok = clean
@@ -164,4 +167,6 @@ def stored_as(e: Entry, data: bytes, version: int) -> None:
         e.fields_at = version
         e.parts_ok = True
     else:
+        # Stored from other bytes: the parts may not know what changed.
         e.fields_at = 0
+        e.parts_ok = False

@@ -262,3 +262,240 @@ def test_any_sequence_of_scopes_reads_back_exactly(redis_url: str, steps: list[A
                     model.setdefault("nested", {})[k] = v
         assert fresh(redis_url, namespace, "u") == model
     cache.close()
+
+
+# -- the other promises, with the new layout -------------------------------------------
+
+BIG = {f"k{i}": "v" * 100 for i in range(200)}
+
+
+def as_hash(cache: TieredCache, key: str) -> None:
+    """Store ``BIG`` under ``key`` and write it once more: a hash now."""
+    cache.set(key, dict(BIG))
+    with cache.session(key) as s:
+        s["k0"] = "v" * 100 + "!"
+    with cache.session(key) as s:
+        s["k0"] = "v" * 100
+
+
+def test_a_rolled_back_scope_leaves_nothing_in_the_next_write(
+    redis_url: str, namespace: str, r: redis.Redis
+) -> None:
+    """The parts kept for the next write must not hold a change that was
+    rolled back: neither a handler's exception nor a write the store turned
+    down."""
+    cache = make(redis_url, namespace)
+    as_hash(cache, "u")
+    with pytest.raises(RuntimeError), cache.session("u") as s:
+        s["k1"] = "rolled back"
+        raise RuntimeError("handler failed")
+    with cache.session("u") as s:
+        s["k2"] = "kept"
+    # A conflict at exit: the change was not applied, and is not written later.
+    other = make(redis_url, namespace)
+    with other.session("u") as s:
+        s["k3"] = "theirs"
+    from tiercache import ConflictError
+
+    with pytest.raises(ConflictError), cache.session("u") as s:
+        s["k3"] = "ours, refused"
+    with cache.session("u") as s:
+        s["k4"] = "after"
+    cache.close()
+    other.close()
+    value = fresh(redis_url, namespace, "u")
+    assert value["k1"] == "v" * 100 and value["k2"] == "kept"
+    assert value["k3"] == "theirs" and value["k4"] == "after"
+    assert r.type(f"tc:{namespace}:u") == b"hash"
+
+
+def test_write_behind_coalesces_scopes_into_one_fields_write(
+    redis_url: str, namespace: str, r: redis.Redis
+) -> None:
+    from tiercache import WriteBehind
+
+    cache = TieredCache(
+        MemoryTier(),
+        RedisTier(redis_url),
+        namespace=namespace,
+        bus=None,
+        max_stale=None,
+        flush=WriteBehind(60),
+    )
+    as_hash(cache, "u")
+    cache.flush()
+    before = net_in(r)
+    for i in range(1, 6):
+        with cache.session("u") as s:
+            s[f"k{i}"] = i
+            s.pop(f"k{i + 100}")
+    assert cache.flush() == 1
+    sent = net_in(r) - before
+    cache.close()
+    assert sent < 2000, sent
+    value = fresh(redis_url, namespace, "u")
+    assert [value[f"k{i}"] for i in range(1, 6)] == [1, 2, 3, 4, 5]
+    assert len(value) == 195
+
+
+def test_a_migrated_hash_is_written_back_whole_in_the_new_schema(
+    redis_url: str, namespace: str
+) -> None:
+    from tiercache import Schema
+
+    old = make(redis_url, namespace)
+    as_hash(old, "u")
+    old.close()
+    schema = Schema(1, {0: lambda v: {**v, "migrated": True}})
+    cache = TieredCache(
+        MemoryTier(),
+        RedisTier(redis_url),
+        namespace=namespace,
+        bus=None,
+        max_stale=None,
+        schema=schema,
+    )
+    with cache.session("u") as s:
+        assert s["migrated"] is True
+        s["k1"] = "new"
+    cache.close()
+    reader = TieredCache(
+        MemoryTier(), RedisTier(redis_url), namespace=namespace, bus=None, schema=schema
+    )
+    value = reader.get("u")
+    reader.close()
+    assert value["migrated"] is True and value["k1"] == "new" and len(value) == 201
+
+
+def test_an_outage_journals_and_replays_a_hash_entry(
+    redis_server: Any, namespace: str, tmp_path: Any
+) -> None:
+    from tiercache import Journal
+
+    url = redis_server.url
+    cache = TieredCache(
+        MemoryTier(),
+        RedisTier(url),
+        namespace=namespace,
+        bus=None,
+        max_stale=None,
+        journal=Journal(tmp_path / "j"),
+    )
+    as_hash(cache, "u")
+    redis_server.stop()
+    for i in range(1, 4):
+        with cache.session("u") as s:  # acknowledged into the journal
+            s[f"k{i}"] = f"offline {i}"
+    redis_server.start()
+    import time
+
+    deadline = time.monotonic() + 20
+    while cache.stats().journal_depth and time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            cache.flush()
+        except Exception:
+            continue
+    assert cache.stats().journal_depth == 0
+    with cache.session("u") as s:
+        s["k9"] = "back"
+    cache.close()
+    value = fresh(url, namespace, "u")
+    assert [value[f"k{i}"] for i in (1, 2, 3, 9)] == ["offline 1", "offline 2", "offline 3", "back"]
+
+
+def test_another_process_hears_of_a_fields_write_on_the_default_bus(
+    redis_url: str, namespace: str
+) -> None:
+    import time
+
+    writer = TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace)
+    reader = TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace)
+    as_hash(writer, "u")
+    assert reader.get("u")["k1"] == "v" * 100  # held in the reader's memory
+    with writer.session("u") as s:
+        s["k1"] = "changed"
+    deadline = time.monotonic() + 5
+    while reader.get("u")["k1"] != "changed" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        assert reader.get("u")["k1"] == "changed"
+        assert reader.stats().invalidations >= 1
+    finally:
+        writer.close()
+        reader.close()
+
+
+class Boom(Exception):
+    pass
+
+
+scopes = st.lists(
+    st.tuples(
+        st.sampled_from(["commit", "raise", "flush", "other"]),
+        st.lists(st.tuples(st.integers(0, 25), st.integers() | st.none()), min_size=1, max_size=6),
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=scopes, behind=st.booleans())
+def test_commits_rollbacks_flushes_and_other_writers_read_back_exactly(
+    redis_url: str, plan: list[Any], behind: bool
+) -> None:
+    """Fields layout for every dict (fields=0), write-through or
+    write-behind: scopes that commit, scopes that raise (rolled back),
+    explicit flushes and another process's writes of other fields; after
+    each flush (write-through: each scope) a fresh reader sees exactly the
+    model. None as a value means delete the field."""
+    from tiercache import WriteBehind, WriteThrough
+
+    namespace = f"fields-plan-{next(_examples)}"
+    model: dict[str, Any] = {f"k{i}": i for i in range(26)}
+    flush = WriteBehind(3600) if behind else WriteThrough()
+    cache = TieredCache(
+        MemoryTier(),
+        RedisTier(redis_url, fields=0),
+        namespace=namespace,
+        bus=None,
+        max_stale=None,
+        flush=flush,
+    )
+    other = make(redis_url, namespace, fields=0)
+    cache.set("u", dict(model))
+    cache.flush()
+    for n, (kind, changes) in enumerate(plan):
+        if kind == "flush":
+            cache.flush()
+            assert fresh(redis_url, namespace, "u") == model
+            continue
+        if kind == "other":
+            cache.flush()  # theirs lands on ours; their fields are their own
+            with other.session("u") as s:
+                s[f"other{n}"] = n
+            model[f"other{n}"] = n
+            continue
+        try:
+            with cache.session("u") as s:
+                for i, v in changes:
+                    if v is None:
+                        s.pop(f"k{i}", None)
+                    else:
+                        s[f"k{i}"] = v
+                if kind == "raise":
+                    raise Boom
+        except Boom:
+            continue
+        for i, v in changes:
+            if v is None:
+                model.pop(f"k{i}", None)
+            else:
+                model[f"k{i}"] = v
+        if not behind:
+            assert fresh(redis_url, namespace, "u") == model
+    cache.flush()
+    assert fresh(redis_url, namespace, "u") == model
+    cache.close()
+    other.close()
