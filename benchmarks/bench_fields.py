@@ -114,6 +114,11 @@ def test_one_field_changed(
 
 
 def teardown_module() -> None:
+    if _reads:
+        print("\n| fields | read | median |")
+        print("|---:|---|---:|")
+        for (n, variant), us in sorted(_reads.items()):
+            print(f"| {n:,} | {variant} | {us:,.0f} µs |")
     if not _rows:
         return
     print("\n| fields | variant | median per scope | bytes sent per scope | time vs json-set |")
@@ -129,3 +134,80 @@ def teardown_module() -> None:
                 f"| {n:,} | {variant} | {row['median_us']:,.0f} µs | "
                 f"{row['bytes']:,.0f} | {ratio} |"
             )
+
+
+READS = ("fields", "whole", "raw-get")
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("variant", READS)
+def test_cold_read(benchmark: Any, redis_url: str, variant: str, n: int) -> None:
+    """One read of the stored session from Redis (a memory miss): the
+    fields layout's ``HGETALL`` and reassembly against the string's ``GET``
+    (through the tier, and raw redis-py with nothing decoded)."""
+    key = f"bench-read-{uuid.uuid4().hex[:8]}"
+    writer = TieredCache(
+        MemoryTier(),
+        RedisTier(redis_url, fields=0 if variant == "fields" else None),
+        namespace=key,
+        bus=None,
+        max_stale=None,
+    )
+    writer.set("s", session(n))
+    with writer.session("s") as s:
+        s["field0"] += 1
+    writer.close()
+    tier = RedisTier(redis_url)
+    skey = f"{key}:s"
+    r = redis.Redis.from_url(redis_url)
+    try:
+        if variant == "raw-get":
+            r.set(
+                "raw-" + skey, r.get("tc:" + skey) if n <= 10 else b"x" * len(tier.get(skey) or b"")
+            )
+            benchmark.pedantic(lambda: r.get("raw-" + skey), rounds=20 if n > 1000 else 200)
+        else:
+            assert tier.get(skey) is not None
+            benchmark.pedantic(lambda: tier.get(skey), rounds=20 if n > 1000 else 200)
+    finally:
+        tier.close()
+        r.close()
+    median = benchmark.stats.stats.median
+    _reads[(n, variant)] = median * 1e6
+
+
+_reads: dict[tuple[int, str], float] = {}
+
+
+def test_batch_read_of_small_sessions(benchmark: Any, redis_url: str) -> None:
+    """``get_many`` of 50 small (string) entries: pipelined GETs (a hash
+    must be told from a missing key, which MGET cannot) against one MGET."""
+    key = f"bench-many-{uuid.uuid4().hex[:8]}"
+    writer = TieredCache(MemoryTier(), RedisTier(redis_url), namespace=key, bus=None)
+    for i in range(50):
+        writer.set(f"u{i}", {"state": "menu", "n": i})
+    writer.close()
+    tier = RedisTier(redis_url)
+    r = redis.Redis.from_url(redis_url)
+    skeys = [f"{key}:u{i}" for i in range(50)]
+    try:
+        benchmark(lambda: tier.get_many(skeys))
+        tier_median = benchmark.stats.stats.median
+        raw = [f"tc:{k}" for k in skeys]
+        import statistics
+        import time as _t
+
+        times = []
+        for _ in range(300):
+            t = _t.perf_counter()
+            r.mget(raw)
+            times.append(_t.perf_counter() - t)
+        mget = statistics.median(times)
+    finally:
+        tier.close()
+        r.close()
+    benchmark.extra_info.update(mget_us=mget * 1e6, ratio=tier_median / mget)
+    print(
+        f"\nget_many(50): {tier_median * 1e6:.0f} µs; raw MGET {mget * 1e6:.0f} µs; "
+        f"{tier_median / mget:.2f}x"
+    )

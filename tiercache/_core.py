@@ -31,7 +31,7 @@ from ._exceptions import (
     SchemaError,
     TierError,
 )
-from ._fields import Assembled
+from ._fields import Assembled, fields_min_of
 from ._flow import Call, Flow
 from ._keys import KeyNames
 from ._policy import Expiry, Quarantine, Resolver, Schema
@@ -72,8 +72,9 @@ class Loaded:
     #: (epoch ms): a copy from a local tier may be older than the shared one.
     tier_index: int = 0
     updated_ms: int = 0
-    #: Read from the shared tier's fields layout, as stored (not migrated).
-    fields: bool = False
+    #: Read from the shared tier's fields layout, as stored (not migrated):
+    #: in how many blocks (0: not).
+    fields: int = 0
 
 
 class Core(Sealing):
@@ -99,6 +100,8 @@ class Core(Sealing):
         self.names = KeyNames(namespace)
         self.prefix = self.names.prefix
         self.serializer = serializer
+        #: Values this large go to the shared tier as fields (None: never).
+        self.fields_min = fields_min_of(tiers[-1] if tiers else None, serializer)
         self.clock = clock
         self.expiry = expiry
         self.schema = schema
@@ -219,7 +222,7 @@ class Core(Sealing):
             data = yield from self.tier_flow(index, "get", (skey,))
             if data is None:
                 continue
-            fields = type(data) is Assembled
+            fields = data.blocks if type(data) is Assembled else 0
             if fields:
                 data = bytes(data)  # promoted as plain bytes
             now = self.clock.time()
@@ -253,7 +256,7 @@ class Core(Sealing):
                 migrated=migrated,
                 tier_index=index,
                 updated_ms=env.updated_ms,
-                fields=fields and not migrated and index == len(self.tiers) - 1,
+                fields=0 if migrated or index != len(self.tiers) - 1 else fields,
             )
         return None
 

@@ -44,22 +44,10 @@ __all__ = [
 ]
 
 
-def fields_min(core: Core) -> int | None:
-    """The size from which the shared tier stores a value as fields, or
-    None when it (or the serializer) cannot."""
-    if not core.tiers or not getattr(core.serializer, "splits_maps", False):
-        return None
-    last = core.tiers[-1]
-    if not getattr(last, "supports_fields", False):
-        return None
-    limit = getattr(last, "fields_min_bytes", None)
-    return limit if isinstance(limit, int) else None
-
-
 def parts_for(core: Core, entry: Entry, changed: Any, *, clean: bool) -> Parts | None:
     """The parts to seal ``entry`` from, refreshed; None for one string.
     ``changed``: the fields changed since the clean point (None: unknown)."""
-    limit = fields_min(core)
+    limit = core.fields_min
     root = entry.root
     if limit is None or root is None or root.kind != "d":
         forget_parts(entry)
@@ -70,7 +58,8 @@ def parts_for(core: Core, entry: Entry, changed: Any, *, clean: bool) -> Parts |
     dumps = core.serializer.dumps
     value = entry.value
     if parts is None or not entry.parts_ok or changed is None or entry.base is None:
-        parts = Parts.build(value, dumps)
+        # In the stored hash's blocks, so a write can still be a delta.
+        parts = Parts.build(value, dumps, entry.fields_blocks)
     else:
         # Changed since the clean point, and since the stored version: a
         # write-behind exit moves the clean point without sealing
@@ -93,9 +82,9 @@ def merged_parts(core: Core, e: Entry, raw: bytes | None) -> Parts | None:
     stored as fields, else None (forgotten: the value is new)."""
     forget_parts(e)
     root = e.root
-    if type(raw) is not Assembled or fields_min(core) is None or root is None or root.kind != "d":
+    if type(raw) is not Assembled or core.fields_min is None or root is None or root.kind != "d":
         return None
-    parts = Parts.build(e.value, core.serializer.dumps)
+    parts = Parts.build(e.value, core.serializer.dumps, raw.blocks)
     e.parts = parts
     return parts
 
@@ -114,13 +103,14 @@ def cas_item(
     on the version ``e`` believes stored, or (a merge) on ``expected``, the
     version of ``over``, the bytes read."""
     parts = e.parts
+    if parts is None or e.parts_data is not data:
+        return (skey, data, ttl, e.stored if expected is None else expected)
     if expected is None:
         expected = e.stored
         delta_ok = bool(e.fields_at) and e.fields_at == e.stored
+        delta_ok = delta_ok and e.fields_blocks == parts.blocks
     else:
-        delta_ok = type(over) is Assembled
-    if parts is None or e.parts_data is not data:
-        return (skey, data, ttl, expected)
+        delta_ok = type(over) is Assembled and over.blocks == parts.blocks
     if delta_ok and e.base:
         put, gone = parts.delta(e.base.keys(), core.serializer.dumps)
         delta = Delta(head_of(data), put, gone, full=False)
@@ -165,6 +155,7 @@ def stored_as(e: Entry, data: bytes, version: int) -> None:
     was sealed from its parts: cas_item sends those as fields)."""
     if e.parts_data is data:
         e.fields_at = version
+        e.fields_blocks = e.parts.blocks
         e.parts_ok = True
     else:
         # Stored from other bytes: the parts may not know what changed.

@@ -349,6 +349,7 @@ class Reader:
             entry.touched_at = entry.checked_at = self.s.now()
             if loaded.fields:
                 entry.fields_at = loaded.version
+                entry.fields_blocks = loaded.fields
             if loaded.tier_index < len(self.s.core.tiers) - 1:
                 # A local copy: only as current as when it was written.
                 age = max(0.0, self.s.clock.time() - loaded.updated_ms / 1000.0)

@@ -54,6 +54,7 @@ class Entry:
         "created_ms",
         "expires_at",
         "fields_at",
+        "fields_blocks",
         "initial",
         "journaled",
         "key",
@@ -140,6 +141,8 @@ class Entry:
         #: tiercache._fields), 0 if not known to: a write may send only
         #: the changed fields when it expects exactly that version.
         self.fields_at = 0
+        #: In how many blocks it is stored there (tiercache._fields).
+        self.fields_blocks = 0
         #: The value's top-level fields as serialized at the last seal that
         #: used them, and the bytes that seal made (``parts_data``): the
         #: pending bytes can be written as fields when they are those.

@@ -5,6 +5,8 @@
     get:  no hash seen yet ──> GET ──WRONGTYPE──┐ (a hash exists: from now
           a hash seen ──> READ_LUA ─────────────┴─> on, READ_LUA: one round
                                                      trip for either layout)
+    get_many: MGET, plus one TYPE round trip when it found nothing for a key
+          (a hash reads as nil there); once a hash is seen, READ_LUA for each
           reply: bytes ──> as is; HGETALL's list ──> assemble() ──> envelope
     compare_and_set_fields: FIELDS_CAS_LUA with the head, the changed (or
           all) fields and the removed names, in one round trip
@@ -113,17 +115,17 @@ class FieldsCalls(RedisCalls):
 
         def call(c: SyncClient) -> list[bytes | None]:
             if not self._hashes:
-                # GETs, not MGET: MGET answers nil for a hash, and a hash
-                # must be told from a missing key.
+                out = cast("list[bytes | None]", c.mget(skeys))
+                if None not in out:
+                    return out
+                # MGET answers nil for a hash as for a missing key: ask
+                # which of the keys it had nothing for are hashes.
                 with c.pipeline(transaction=False) as pipe:
-                    for sk in skeys:
-                        pipe.get(sk)
-                    out = pipe.execute(raise_on_error=False)
-                if not any(_wrongtype(r) for r in out if isinstance(r, Exception)):
-                    for r in out:
-                        if isinstance(r, Exception):
-                            raise r
-                    return cast("list[bytes | None]", out)
+                    for sk, got in zip(skeys, out, strict=True):
+                        if got is None:
+                            pipe.type(sk)
+                    if b"hash" not in pipe.execute():
+                        return out
                 self._hashes = True
             script = self._lua_script(READ_LUA)
             with c.pipeline(transaction=False) as pipe:
@@ -225,15 +227,15 @@ class FieldsCalls(RedisCalls):
 
         async def call(e: _LoopClient) -> list[bytes | None]:
             if not self._hashes:
+                out = cast("list[bytes | None]", await e.client.mget(skeys))
+                if None not in out:
+                    return out
                 async with e.client.pipeline(transaction=False) as pipe:
-                    for sk in skeys:
-                        pipe.get(sk)
-                    out = await pipe.execute(raise_on_error=False)
-                if not any(_wrongtype(r) for r in out if isinstance(r, Exception)):
-                    for r in out:
-                        if isinstance(r, Exception):
-                            raise r
-                    return cast("list[bytes | None]", out)
+                    for sk, got in zip(skeys, out, strict=True):
+                        if got is None:
+                            pipe.type(sk)
+                    if b"hash" not in await pipe.execute():
+                        return out
                 self._hashes = True
             script = e.client.register_script(READ_LUA)
             async with e.client.pipeline(transaction=False) as pipe:
