@@ -114,6 +114,11 @@ def test_one_field_changed(
 
 
 def teardown_module() -> None:
+    if _disk:
+        print("\n| disk, 100,000 fields | median |")
+        print("|---|---:|")
+        for op, us in _disk.items():
+            print(f"| {op} | {us:,.0f} µs |")
     if _reads:
         print("\n| fields | read | median |")
         print("|---:|---|---:|")
@@ -211,3 +216,44 @@ def test_batch_read_of_small_sessions(benchmark: Any, redis_url: str) -> None:
         f"\nget_many(50): {tier_median * 1e6:.0f} µs; raw MGET {mget * 1e6:.0f} µs; "
         f"{tier_median / mget:.2f}x"
     )
+
+
+DISK = ("whole-set", "block-set", "whole-get", "blocks-get")
+
+
+@pytest.mark.parametrize("op", DISK)
+def test_disk_layouts(benchmark: Any, op: str, tmp_path: Any) -> None:
+    """How the disk tier would fare with blocks (raw diskcache, 100,000
+    fields, the fields layout's ~1,500 blocks): writing one changed block
+    instead of the whole value, against reading every block instead of one
+    value. This is what chose whole values for the disk tier."""
+    import diskcache
+
+    from tiercache import MsgpackSerializer
+    from tiercache._fields import Parts
+
+    value = session(100_000)
+    ser = MsgpackSerializer()
+    parts = Parts.build(value, ser.dumps)
+    whole = parts.payload()
+    blocks = [parts.block(i) for i in range(parts.blocks)]
+    dc = diskcache.Cache(str(tmp_path))
+    dc.set("whole", whole)
+    for i, b in enumerate(blocks):
+        dc.set(("b", i), b)
+    try:
+        if op == "whole-set":
+            benchmark.pedantic(lambda: dc.set("whole", whole), rounds=20)
+        elif op == "block-set":
+            benchmark.pedantic(lambda: dc.set(("b", 7), blocks[7]), rounds=200)
+        elif op == "whole-get":
+            benchmark.pedantic(lambda: dc.get("whole"), rounds=20)
+        else:
+            benchmark.pedantic(lambda: [dc.get(("b", i)) for i in range(len(blocks))], rounds=10)
+    finally:
+        dc.close()
+    _disk[op] = benchmark.stats.stats.median * 1e6
+    benchmark.extra_info.update(blocks=len(blocks), value_bytes=len(whole))
+
+
+_disk: dict[str, float] = {}
