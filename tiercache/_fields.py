@@ -35,15 +35,19 @@ import zlib
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from ._envelope import FORMAT_VERSION, HEADER_SIZE, MAGIC
-from ._exceptions import SerializationError
+import msgpack
+
+from ._envelope import FORMAT_VERSION, HEADER_SIZE, MAGIC, decode
+from ._exceptions import CorruptEntryError, SerializationError
 
 __all__ = [
     "FIELDS_MIN_BYTES",
     "HEAD",
     "Assembled",
     "Delta",
+    "JournalDelta",
     "Parts",
+    "apply_journal_delta",
     "assemble",
     "block_count",
     "fields_min_of",
@@ -150,10 +154,13 @@ class Parts:
     {'a': 1, 'b': 2}
     """
 
-    __slots__ = ("_joined", "_members", "blocks", "by_key")
+    __slots__ = ("_joined", "_members", "blocks", "by_key", "since_journal")
 
     def __init__(self, blocks: int) -> None:
         self.blocks = blocks
+        #: Keys refreshed since the entry's last journal record was made
+        #: from these parts (None: not known; the next record is whole).
+        self.since_journal: set[Any] | None = None
         #: key -> (name, value bytes, block)
         self.by_key: dict[Any, tuple[bytes, bytes, int]] = {}
         #: per block: name -> key
@@ -200,6 +207,8 @@ class Parts:
             else:
                 fresh[key] = None
         by_key, members, joined = self.by_key, self._members, self._joined
+        if self.since_journal is not None:
+            self.since_journal.update(fresh)
         for key, item in fresh.items():
             old = by_key.get(key)
             if item is None:
@@ -247,12 +256,84 @@ class Parts:
             put.append(self.block(index))
         return put, []
 
+    def journal_delta(self, dumps: Callable[[Any], bytes]) -> JournalDelta | None:
+        """The fields refreshed since the last journal record of these
+        parts: (blocks, put name/value pairs, gone names); None: unknown."""
+        keys = self.since_journal
+        if keys is None:
+            return None
+        put: list[tuple[bytes, bytes]] = []
+        gone: list[bytes] = []
+        for key in keys:
+            item = self.by_key.get(key)
+            if item is None:
+                gone.append(dumps(key))
+            else:
+                put.append((item[0], item[1]))
+        return (self.blocks, tuple(put), tuple(gone))
+
     def all_fields(self) -> list[bytes]:
         put: list[bytes] = []
         for index in range(self.blocks):
             put.append(block_name(index))
             put.append(self.block(index))
         return put
+
+
+#: A journal record's change of a key since its previous record: the
+#: blocks the fields are laid out in, (name, value) pairs set, names gone.
+JournalDelta = tuple[int, tuple[tuple[bytes, bytes], ...], tuple[bytes, ...]]
+
+
+def split_payload(payload: bytes) -> dict[bytes, bytes]:
+    """A serialized map's items as raw bytes, name -> value, without
+    decoding them (a value decoded and serialized again may differ: a set's
+    order). Raises CorruptEntryError when it is not one map."""
+    try:
+        unpacker = msgpack.Unpacker(max_buffer_size=max(len(payload), 1 << 20))
+        unpacker.feed(payload)
+        items: dict[bytes, bytes] = {}
+        for _ in range(unpacker.read_map_header()):
+            a = unpacker.tell()
+            unpacker.skip()
+            b = unpacker.tell()
+            unpacker.skip()
+            items[payload[a:b]] = payload[b : unpacker.tell()]
+        if unpacker.tell() != len(payload):
+            raise ValueError("bytes after the map")
+    except Exception as exc:
+        raise CorruptEntryError(f"not a map of fields ({type(exc).__name__})") from None
+    return items
+
+
+def join_fields(items: dict[bytes, bytes], blocks: int) -> bytes:
+    """The payload :class:`Parts` in ``blocks`` blocks makes of ``items``."""
+    members: list[list[bytes]] = [[] for _ in range(blocks)]
+    for name in items:
+        members[zlib.crc32(name) & (blocks - 1)].append(name)
+    chunks = [map_header(len(items))]
+    for names in members:
+        for name in sorted(names):
+            chunks.append(name)
+            chunks.append(items[name])
+    return b"".join(chunks)
+
+
+def apply_journal_delta(previous: bytes, head: bytes, delta: JournalDelta) -> bytes:
+    """The envelope bytes a journal record made as ``delta`` over the
+    previous record's (``previous``) stands for; CorruptEntryError when
+    they do not check out (its head's CRC covers the whole result)."""
+    blocks, put, gone = delta
+    if blocks < 1 or blocks & (blocks - 1) or len(head) <= HEADER_SIZE + _CRC_SIZE:
+        raise CorruptEntryError("journal delta: a bad block count or head")
+    items = split_payload(decode(previous).payload)
+    for name in gone:
+        items.pop(name, None)
+    for name, value in put:
+        items[name] = value
+    data = head[:HEADER_SIZE] + join_fields(items, blocks) + head[-_CRC_SIZE:]
+    decode(data)  # the CRC the writer sealed: the change is exactly it
+    return data
 
 
 class Delta:

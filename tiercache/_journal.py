@@ -28,7 +28,12 @@ beside it as ``<segment>.damaged`` for inspection, and counted.
 A record holds the sealed envelope bytes, the version the shared tier held
 when they were sealed (the compare-and-set's expected version) and the
 merge base of the changed fields, so a replay that finds a newer value
-merges exactly as a live write would.
+merges exactly as a live write would. A value kept as fields
+(tiercache._fields) is journaled whole once per chain; its later records
+hold only the fields that changed since the one before and the new head,
+whose CRC covers the whole value they are put back together into (by
+take(), in order): a chain starts again after every take(), so a replay
+always has its first record.
 """
 
 from __future__ import annotations
@@ -41,9 +46,10 @@ import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ._exceptions import ConfigError, CorruptEntryError, JournalFullError, TierError
+from ._fields import JournalDelta, apply_journal_delta, head_of
 from ._serializers import Serializer
 from ._tracking import MISSING
 
@@ -52,7 +58,11 @@ try:  # POSIX; elsewhere a journal directory is not guarded against a second own
 except ImportError:  # pragma: no cover - not on the machines CI runs
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Journal", "Record", "Taken"]
+__all__ = ["Frames", "Journal", "Record", "Taken"]
+
+#: What :meth:`Journal.encode` makes of a record: its key, its whole frame,
+#: and its delta's frame (None: it has none).
+Frames = tuple[str, bytes, "bytes | None"]
 
 log = logging.getLogger("tiercache")
 
@@ -71,6 +81,9 @@ class Record:
     base: dict[Any, Any] | None
     #: Earlier writes of this key whose reply was lost: any may be stored.
     maybe: tuple[bytes, ...] = ()
+    #: What changed since the key's previous record (tiercache._fields):
+    #: the journal stores just that when it holds that record, else ``data``.
+    delta: JournalDelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +163,9 @@ class Journal:
                 ) from exc
         #: (path, records) of segments no longer written to, oldest first.
         self._sealed: list[tuple[str, int]] = []
+        #: Keys with a whole record in the journal since the last take():
+        #: a record of one may be stored as its delta.
+        self._chains: set[str] = set()
         seqs = []
         for name in os.listdir(self.directory):
             m = _SEGMENT.match(name)
@@ -182,15 +198,16 @@ class Journal:
     # -- writing -------------------------------------------------------------
 
     @staticmethod
-    def encode(records: Sequence[Record], serializer: Serializer) -> list[bytes]:
-        """The frames of ``records`` (no I/O; may raise SerializationError)."""
-        frames = []
+    def encode(records: Sequence[Record], serializer: Serializer) -> list[Frames]:
+        """The frames of ``records`` (no I/O; may raise SerializationError):
+        for each, its key, its whole frame, and the frame of its delta when
+        it has one (:meth:`write` picks)."""
+        out: list[Frames] = []
         for r in records:
-            payload = _encode(r, serializer)
-            frames.append(
-                _FRAME.pack(_MAGIC, _FORMAT, 0, len(payload), zlib.crc32(payload)) + payload
-            )
-        return frames
+            full = _frame(_encode(r, serializer))
+            delta = None if r.delta is None else _frame(_encode(r, serializer, delta=True))
+            out.append((r.key, full, delta))
+        return out
 
     def _after_fork(self) -> None:
         """In a forked child: nothing waits here for this process (the
@@ -200,6 +217,7 @@ class Journal:
         self._sealed = []
         self._fd = None  # the parent's descriptor: never ours to write or close
         self._lockfd = -1
+        self._chains = set()
 
     def _check_owner(self) -> None:
         if os.getpid() != self._pid:
@@ -213,7 +231,7 @@ class Journal:
             err.sent = False
             raise err
 
-    def write(self, frames: Sequence[bytes]) -> None:
+    def write(self, frames: Sequence[bytes | Frames]) -> None:
         """Append ``frames`` with one ``write(2)``, all or none: once this
         returns they survive a crash of this process. JournalFullError when
         the journal would grow past ``max_entries``; TierError when the disk
@@ -223,13 +241,21 @@ class Journal:
             return
         self._check_owner()
         with self._lock:
+            # A delta only after a whole record of its key that a replay
+            # takes together with it (take() starts every chain afresh).
+            chosen = [
+                f
+                if isinstance(f, bytes)
+                else (f[2] if f[2] is not None and f[0] in self._chains else f[1])
+                for f in frames
+            ]
             if self.depth + len(frames) > self.max_entries:
                 raise JournalFullError(
                     f"the journal in {self.directory!r} is full ({self.depth} of "
                     f"{self.max_entries} entries): the shared tier has been unreachable too "
                     "long; the change was not acknowledged and stays pending"
                 )
-            blob = b"".join(frames)
+            blob = b"".join(chosen)
             try:
                 if self._fd is None:
                     self._path = self._segment(self._seq)
@@ -253,6 +279,7 @@ class Journal:
             self._offset += len(blob)
             self._count += len(frames)
             self.depth += len(frames)
+            self._chains.update(f[0] for f in frames if not isinstance(f, bytes))
 
     def sync(self) -> None:
         """With ``fsync=True``: make what was written survive power loss."""
@@ -279,11 +306,18 @@ class Journal:
         with self._lock:
             self._seal()
             segments = tuple(self._sealed)
+            self._chains.clear()
         records: list[Record] = []
+        #: Each key's whole bytes as of its last record, for the next delta.
+        last: dict[str, bytes] = {}
         for path, _ in segments:
             for i, payload in enumerate(_read_frames(path)[0]):
                 try:
-                    records.append(_decode(payload, serializer))
+                    rec = _decode(payload, serializer)
+                    if rec.delta is not None:
+                        rec = _whole(rec, last.get(rec.key))
+                    last[rec.key] = rec.data
+                    records.append(rec)
                 except CorruptEntryError as exc:
                     # Intact on disk but not a record this code can read (a
                     # serializer changed between runs): once per record.
@@ -312,9 +346,14 @@ class Journal:
             paths = [p for p, _ in self._sealed] + ([self._path] if self._fd is not None else [])
             frames = [payload for p in paths for payload in _read_frames(p)[0]]
         records = []
+        last: dict[str, bytes] = {}
         for payload in frames:
             try:
-                records.append(_decode(payload, serializer))
+                rec = _decode(payload, serializer)
+                if rec.delta is not None:
+                    rec = _whole(rec, last.get(rec.key))
+                last[rec.key] = rec.data
+                records.append(rec)
             except CorruptEntryError:
                 continue  # reported (once) by take()
         return records
@@ -405,13 +444,31 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _encode(r: Record, serializer: Serializer) -> bytes:
+def _frame(payload: bytes) -> bytes:
+    return _FRAME.pack(_MAGIC, _FORMAT, 0, len(payload), zlib.crc32(payload)) + payload
+
+
+def _encode(r: Record, serializer: Serializer, *, delta: bool = False) -> bytes:
     base = (
         None
         if r.base is None
         else [(f, v is not MISSING, None if v is MISSING else v) for f, v in r.base.items()]
     )
-    return serializer.dumps((r.key, r.data, r.expected, base, list(r.maybe)))
+    if not delta or r.delta is None:
+        return serializer.dumps((r.key, r.data, r.expected, base, list(r.maybe)))
+    blocks, put, gone = r.delta
+    # No whole bytes: the head (its CRC covers them) and what changed.
+    change = [head_of(r.data), blocks, [list(p) for p in put], list(gone)]
+    return serializer.dumps((r.key, b"", r.expected, base, list(r.maybe), change))
+
+
+def _whole(rec: Record, previous: bytes | None) -> Record:
+    """A delta record as the whole record it stands for."""
+    if previous is None:
+        raise CorruptEntryError("journal record: a change of a key with no record before it")
+    head, delta = rec.data, cast(JournalDelta, rec.delta)
+    data = apply_journal_delta(previous, head, delta)
+    return Record(rec.key, data, rec.expected, rec.base, rec.maybe)
 
 
 def _decode(item: Any, serializer: Serializer) -> Record:
@@ -425,9 +482,10 @@ def _decode(item: Any, serializer: Serializer) -> Record:
     if not isinstance(item, blob):
         raise CorruptEntryError(f"journal record: expected bytes, got {type(item).__name__}")
     fields = serializer.loads(bytes(item))
-    if not (type(fields) in (tuple, list) and len(fields) == 5):
-        raise CorruptEntryError("journal record: not a 5-field record")
-    key, data, expected, base, maybe = fields
+    if not (type(fields) in (tuple, list) and len(fields) in (5, 6)):
+        raise CorruptEntryError("journal record: not a 5- or 6-field record")
+    key, data, expected, base, maybe = fields[:5]
+    change = _decode_change(fields[5]) if len(fields) == 6 else None
     if not (
         type(key) is str
         and isinstance(data, blob)
@@ -446,6 +504,10 @@ def _decode(item: Any, serializer: Serializer) -> Record:
         merge_base = None if base is None else {f: (v if p else MISSING) for f, p, v in base}
     except TypeError as exc:  # an unhashable field name
         raise CorruptEntryError("journal record: an unhashable field name") from exc
+    if change is not None:
+        head, delta = change
+        # Until _whole puts it together, ``data`` holds the delta's head.
+        return Record(key, head, expected, merge_base, tuple(bytes(m) for m in maybe), delta)
     return Record(
         key=key,
         data=bytes(data),
@@ -453,3 +515,27 @@ def _decode(item: Any, serializer: Serializer) -> Record:
         base=merge_base,
         maybe=tuple(bytes(m) for m in maybe),
     )
+
+
+def _decode_change(change: Any) -> tuple[bytes, JournalDelta]:
+    blob = bytes | bytearray | memoryview
+    if not (type(change) in (tuple, list) and len(change) == 4):
+        raise CorruptEntryError("journal record: a change of the wrong shape")
+    head, blocks, put, gone = change
+    if not (
+        isinstance(head, blob)
+        and type(blocks) is int
+        and type(put) in (tuple, list)
+        and type(gone) in (tuple, list)
+        and all(
+            type(p) in (tuple, list)
+            and len(p) == 2
+            and isinstance(p[0], blob)
+            and isinstance(p[1], blob)
+            for p in put
+        )
+        and all(isinstance(g, blob) for g in gone)
+    ):
+        raise CorruptEntryError("journal record: a change of the wrong type")
+    pairs = tuple((bytes(n), bytes(v)) for n, v in put)
+    return bytes(head), (blocks, pairs, tuple(bytes(g) for g in gone))

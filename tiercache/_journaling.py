@@ -52,6 +52,7 @@ class Journaling:
         write-ahead log of :class:`WriteBehind`. JournalFullError when there
         is no room: then nothing is acknowledged and the entries stay
         pending."""
+        dumps = self.s.core.serializer.dumps
         records = [
             Record(
                 e.key,
@@ -60,12 +61,22 @@ class Journaling:
                 None if e.base is None else dict(e.base),
                 # The record's own bytes are known as ours at replay anyway.
                 tuple(u for u in (e.uncertain or ()) if u is not data),
+                # Sealed from fields: what changed since its last record.
+                e.parts.journal_delta(dumps) if e.parts_data is data else None,
             )
             for e, data in batch
         ]
 
         def acknowledge() -> None:
             for e, data in batch:
+                if e.parts is not None:
+                    # Its record (whole or delta) is these parts now, and
+                    # acknowledged: they are the clean point the scope
+                    # moves to. A record from other bytes leaves them
+                    # unrelated.
+                    ours = e.parts_data is data
+                    e.parts.since_journal = set() if ours else None
+                    e.parts_ok = ours
                 if e.outdated:
                     # Sealed on a belief about the store that is wrong: its
                     # replay must merge, not compare-and-set on that belief.
