@@ -27,10 +27,16 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def make(url: str, namespace: str, **tier: Any) -> TieredCache:
-    # No bus and no max_stale: each test drives its processes by hand.
+def make(
+    url: str, namespace: str, *, options: dict[str, Any] | None = None, **tier: Any
+) -> TieredCache:
+    """A cache over memory and ``RedisTier(url, **tier)``; ``options`` go to
+    the cache. No bus and no max_stale: each test drives its processes."""
     return TieredCache(
-        MemoryTier(), RedisTier(url, **tier), namespace=namespace, bus=None, max_stale=None
+        MemoryTier(),
+        RedisTier(url, **tier),
+        namespace=namespace,
+        **{"bus": None, "max_stale": None, **(options or {})},
     )
 
 
@@ -314,14 +320,7 @@ def test_write_behind_coalesces_scopes_into_one_fields_write(
 ) -> None:
     from tiercache import WriteBehind
 
-    cache = TieredCache(
-        MemoryTier(),
-        RedisTier(redis_url),
-        namespace=namespace,
-        bus=None,
-        max_stale=None,
-        flush=WriteBehind(60),
-    )
+    cache = make(redis_url, namespace, options={"flush": WriteBehind(60)})
     as_hash(cache, "u")
     cache.flush()
     before = net_in(r)
@@ -349,14 +348,7 @@ def test_a_migrated_hash_is_written_back_whole_in_the_new_schema(
     as_hash(old, "u")
     old.close()
     schema = Schema(1, {0: lambda v: {**v, "migrated": True}})
-    cache = TieredCache(
-        MemoryTier(),
-        RedisTier(redis_url),
-        namespace=namespace,
-        bus=None,
-        max_stale=None,
-        schema=schema,
-    )
+    cache = make(redis_url, namespace, options={"schema": schema})
     with cache.session("u") as s:
         assert s["migrated"] is True
         s["k1"] = "new"
@@ -375,14 +367,7 @@ def test_an_outage_journals_and_replays_a_hash_entry(
     from tiercache import Journal
 
     url = redis_server.url
-    cache = TieredCache(
-        MemoryTier(),
-        RedisTier(url),
-        namespace=namespace,
-        bus=None,
-        max_stale=None,
-        journal=Journal(tmp_path / "j"),
-    )
+    cache = make(url, namespace, options={"journal": Journal(tmp_path / "j")})
     as_hash(cache, "u")
     redis_server.stop()
     for i in range(1, 4):
@@ -461,15 +446,9 @@ def test_commits_rollbacks_flushes_and_other_writers_read_back_exactly(
     directory = tmp_path_factory.mktemp("wal")
 
     def open_cache() -> TieredCache:
-        return TieredCache(
-            MemoryTier(),
-            RedisTier(redis_url, fields=0),
-            namespace=namespace,
-            bus=None,
-            max_stale=None,
-            flush=WriteThrough() if mode == "through" else WriteBehind(3600),
-            journal=Journal(directory) if mode == "wal" else None,
-        )
+        flush = WriteThrough() if mode == "through" else WriteBehind(3600)
+        journal = Journal(directory) if mode == "wal" else None
+        return make(redis_url, namespace, options={"flush": flush, "journal": journal}, fields=0)
 
     cache = open_cache()
     other = make(redis_url, namespace, fields=0)
@@ -532,15 +511,8 @@ def test_the_journal_records_only_the_changed_fields_and_replays_exactly(
     full = len(MsgpackSerializer().dumps(value))
 
     def open_cache() -> TieredCache:
-        return TieredCache(
-            MemoryTier(),
-            RedisTier(redis_url),
-            namespace=namespace,
-            bus=None,
-            max_stale=None,
-            flush=WriteBehind(3600),
-            journal=Journal(directory, max_entries=10_000),
-        )
+        journal = Journal(directory, max_entries=10_000)
+        return make(redis_url, namespace, options={"flush": WriteBehind(3600), "journal": journal})
 
     first = open_cache()
     first.set("big", value)

@@ -246,7 +246,8 @@ ops = st.lists(
 
 
 def apply(node: dict[str, Any], op: Op) -> None:
-    """Set (or delete) the leaf at ``op.path``, making dicts on the way."""
+    """Set (or delete) the leaf at ``op.path``, making dicts on the way; on
+    a tracked session, through its own (adopted) dicts."""
     *walk, last = op.path
     for key in walk:
         nxt = node.get(key)
@@ -326,7 +327,7 @@ def test_two_copies_merge_to_both_changes_unless_they_touch_the_same_leaf(
     second.get("k")
     with first.session("k") as s:
         for op in theirs:
-            tracked_apply(s, op)
+            apply(s, op)
     after_theirs = stored(shared, namespace, "k")
     expect_theirs: dict[str, Any] = to_dict(base)
     for op in theirs:
@@ -339,12 +340,12 @@ def test_two_copies_merge_to_both_changes_unless_they_touch_the_same_leaf(
     if ours and others and overlap(ours, others):
         with pytest.raises(ConflictError), second.session("k") as s:
             for op in mine:
-                tracked_apply(s, op)
+                apply(s, op)
         assert stored(shared, namespace, "k") == expect_theirs, "theirs is kept"
     else:
         with second.session("k") as s:
             for op in mine:
-                tracked_apply(s, op)
+                apply(s, op)
         expected = to_dict(expect_theirs)
         for path, value in sorted(ours.items(), key=lambda pv: len(pv[0])):
             put(expected, path, value)
@@ -358,21 +359,3 @@ def to_dict(value: dict[str, Any]) -> dict[str, Any]:
     for k, v in value.items():
         out[k] = to_dict(v) if isinstance(v, dict) else v
     return out
-
-
-def tracked_apply(s: Any, op: Op) -> None:
-    """:func:`apply`, through the tracked session (its own adopted dicts)."""
-    node = s
-    *walk, last = op.path
-    for key in walk:
-        nxt = node.get(key)
-        if not isinstance(nxt, dict):
-            if op.value is MISSING:
-                return
-            node[key] = {}
-            nxt = node[key]
-        node = nxt
-    if op.value is MISSING:
-        node.pop(last, None)
-    else:
-        node[last] = op.value
