@@ -543,3 +543,53 @@ def test_the_journal_records_only_the_changed_fields_and_replays_exactly(
             del expected[f"field{i + 5000}"]
             expected[f"new{i}"] = [i]
     assert fresh(redis_url, namespace, "big") == expected
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["stray field", "no head", "foreign hash", "block missing", "head of another value"],
+)
+def test_a_damaged_hash_is_a_counted_quarantined_miss(
+    redis_url: str, namespace: str, r: redis.Redis, damage: str
+) -> None:
+    cache = make(redis_url, namespace)
+    as_hash(cache, "u")
+    as_hash(cache, "other")
+    with cache.session("other") as s:
+        s["k1"] = "another value"
+    cache.close()
+    skey = f"tc:{namespace}:u"
+    blocks = sorted(k for k in r.hkeys(skey) if k)
+    if damage == "stray field":
+        r.hset(skey, b"stray", b"\x01")
+    elif damage == "no head":
+        r.hdel(skey, b"")
+    elif damage == "foreign hash":
+        r.delete(skey)
+        r.hset(skey, mapping={b"name": b"alice", b"age": b"3"})
+    elif damage == "block missing":
+        r.hdel(skey, blocks[0])
+    else:
+        head = r.hget(f"tc:{namespace}:other", b"")
+        assert head is not None
+        r.hset(skey, b"", head)
+    reader = make(redis_url, namespace)
+    assert reader.get("u") is None, "never a made-up or half session"
+    st_ = reader.stats()
+    assert st_.corrupt_entries == 1 and st_.quarantined == 1
+    assert r.exists(skey) == 0
+    assert reader.get("other") is not None, "other keys are untouched"
+    reader.close()
+
+
+def test_a_hash_under_another_type_of_key_is_refused_not_guessed(
+    redis_url: str, namespace: str, r: redis.Redis
+) -> None:
+    from tiercache import TierError
+
+    r.rpush(f"tc:{namespace}:l", b"x")
+    cache = make(redis_url, namespace)
+    as_hash(cache, "u")  # this tier now reads through the script
+    with pytest.raises(TierError, match="WRONGTYPE"):
+        cache.get("l")
+    cache.close()
