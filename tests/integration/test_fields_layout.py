@@ -593,3 +593,21 @@ def test_a_hash_under_another_type_of_key_is_refused_not_guessed(
     with pytest.raises(TierError, match="WRONGTYPE"):
         cache.get("l")
     cache.close()
+
+
+def test_a_leased_scope_writes_over_a_hash_and_the_next_write_converts_back(
+    redis_url: str, namespace: str, r: redis.Redis
+) -> None:
+    from tiercache import Lease
+
+    cache = make(redis_url, namespace)
+    as_hash(cache, "u")
+    with cache.session("u", lease=Lease(5)) as s:
+        s["k1"] = "leased"
+    assert r.type(f"tc:{namespace}:u") == b"string", "a fenced write is one string"
+    with cache.session("u") as s:
+        s["k2"] = "after"
+    cache.close()
+    assert r.type(f"tc:{namespace}:u") == b"hash"
+    value = fresh(redis_url, namespace, "u")
+    assert value["k1"] == "leased" and value["k2"] == "after" and len(value) == 200
