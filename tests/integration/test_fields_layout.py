@@ -611,3 +611,48 @@ def test_a_leased_scope_writes_over_a_hash_and_the_next_write_converts_back(
     assert r.type(f"tc:{namespace}:u") == b"hash"
     value = fresh(redis_url, namespace, "u")
     assert value["k1"] == "leased" and value["k2"] == "after" and len(value) == 200
+
+
+def test_keys_of_any_type_and_sliding_expiry_with_fields(
+    redis_url: str, namespace: str, r: redis.Redis
+) -> None:
+    from tiercache import Expiry
+
+    cache = make(redis_url, namespace, options={"ttl": Expiry(60, sliding=True)})
+    value: dict[Any, Any] = dict.fromkeys(range(100), "v" * 100)
+    value.update({(1, "t"): {"nested": [1, 2]}, b"raw": b"\x00", "s": {1, 2, 3}})
+    cache.set("u", value)
+    with cache.session("u") as s:
+        s[5] = "changed"
+        s[(1, "t")]["nested"].append(3)
+    skey = f"tc:{namespace}:u"
+    assert r.type(skey) == b"hash" and 0 < r.pttl(skey) <= 60_000
+    r.pexpire(skey, 5_000)
+    assert cache.touch("u") is True  # sliding: the hash's TTL is renewed
+    assert r.pttl(skey) > 50_000
+    cache.close()
+    expected = dict(value)
+    expected[5] = "changed"
+    expected[(1, "t")] = {"nested": [1, 2, 3]}
+    assert fresh(redis_url, namespace, "u") == expected
+
+
+def test_async_scopes_that_race_on_a_hash_merge(redis_url: str, namespace: str) -> None:
+    async def main() -> Any:
+        bot, app = make(redis_url, namespace), make(redis_url, namespace)
+        await bot.aset("u", dict(BIG))
+        async with bot.session("u") as s:
+            s["k0"] = "hash now"
+        await app.aget("u")
+        async with bot.session("u") as s:
+            s["k1"] = "bot"
+        async with app.session("u") as s:  # stale: merges over the hash
+            s["k2"] = "app"
+        merges = app.stats().merges
+        await bot.aclose()
+        await app.aclose()
+        return merges
+
+    assert asyncio.run(main()) == 1
+    value = fresh(redis_url, namespace, "u")
+    assert (value["k0"], value["k1"], value["k2"]) == ("hash now", "bot", "app")
