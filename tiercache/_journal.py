@@ -46,7 +46,7 @@ import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from ._exceptions import ConfigError, CorruptEntryError, JournalFullError, TierError
 from ._fields import JournalDelta, apply_journal_delta, head_of
@@ -231,7 +231,7 @@ class Journal:
             err.sent = False
             raise err
 
-    def write(self, frames: Sequence[bytes | Frames]) -> None:
+    def write(self, frames: Sequence[Frames]) -> None:
         """Append ``frames`` with one ``write(2)``, all or none: once this
         returns they survive a crash of this process. JournalFullError when
         the journal would grow past ``max_entries``; TierError when the disk
@@ -243,12 +243,7 @@ class Journal:
         with self._lock:
             # A delta only after a whole record of its key that a replay
             # takes together with it (take() starts every chain afresh).
-            chosen = [
-                f
-                if isinstance(f, bytes)
-                else (f[2] if f[2] is not None and f[0] in self._chains else f[1])
-                for f in frames
-            ]
+            chosen = [d if d is not None and key in self._chains else f for key, f, d in frames]
             if self.depth + len(frames) > self.max_entries:
                 raise JournalFullError(
                     f"the journal in {self.directory!r} is full ({self.depth} of "
@@ -279,7 +274,7 @@ class Journal:
             self._offset += len(blob)
             self._count += len(frames)
             self.depth += len(frames)
-            self._chains.update(f[0] for f in frames if not isinstance(f, bytes))
+            self._chains.update(key for key, _, _ in frames)
 
     def sync(self) -> None:
         """With ``fsync=True``: make what was written survive power loss."""
@@ -313,11 +308,7 @@ class Journal:
         for path, _ in segments:
             for i, payload in enumerate(_read_frames(path)[0]):
                 try:
-                    rec = _decode(payload, serializer)
-                    if rec.delta is not None:
-                        rec = _whole(rec, last.get(rec.key))
-                    last[rec.key] = rec.data
-                    records.append(rec)
+                    records.append(_chained(_decode(payload, serializer), last))
                 except CorruptEntryError as exc:
                     # Intact on disk but not a record this code can read (a
                     # serializer changed between runs): once per record.
@@ -349,11 +340,7 @@ class Journal:
         last: dict[str, bytes] = {}
         for payload in frames:
             try:
-                rec = _decode(payload, serializer)
-                if rec.delta is not None:
-                    rec = _whole(rec, last.get(rec.key))
-                last[rec.key] = rec.data
-                records.append(rec)
+                records.append(_chained(_decode(payload, serializer), last))
             except CorruptEntryError:
                 continue  # reported (once) by take()
         return records
@@ -462,13 +449,17 @@ def _encode(r: Record, serializer: Serializer, *, delta: bool = False) -> bytes:
     return serializer.dumps((r.key, b"", r.expected, base, list(r.maybe), change))
 
 
-def _whole(rec: Record, previous: bytes | None) -> Record:
-    """A delta record as the whole record it stands for."""
-    if previous is None:
-        raise CorruptEntryError("journal record: a change of a key with no record before it")
-    head, delta = rec.data, cast(JournalDelta, rec.delta)
-    data = apply_journal_delta(previous, head, delta)
-    return Record(rec.key, data, rec.expected, rec.base, rec.maybe)
+def _chained(rec: Record, last: dict[str, bytes]) -> Record:
+    """``rec`` whole: a delta record put together with its key's previous
+    record (``last``: each key's whole bytes so far, updated)."""
+    if rec.delta is not None:
+        previous = last.get(rec.key)
+        if previous is None:
+            raise CorruptEntryError("journal record: a change of a key with no record before it")
+        data = apply_journal_delta(previous, rec.data, rec.delta)
+        rec = Record(rec.key, data, rec.expected, rec.base, rec.maybe)
+    last[rec.key] = rec.data
+    return rec
 
 
 def _decode(item: Any, serializer: Serializer) -> Record:

@@ -26,13 +26,9 @@ from typing import Any
 from ._mergeable import NOT_MERGEABLE, merge_values
 from ._tracking import MISSING, PATH_DEPTH, WHOLE, FieldPath
 from ._tracking import _same as same
-from ._tracking._compare import _kind
+from ._tracking._paths import _is_dict
 
 __all__ = ["Merge3"]
-
-
-def _is_dict(v: Any) -> bool:
-    return v is not MISSING and _kind(type(v)) is dict
 
 
 class Merge3:

@@ -172,9 +172,6 @@ class RedisTier(FieldsCalls, PersistentTier):
     def prefix(self) -> str:
         return self._prefix
 
-    def _key(self, key: str) -> str:
-        return self._prefix + key
-
     # -- invalidations in the write's own script ------------------------------
 
     def publish_into(self, prefix: str, stream: str, origin: str, maxlen: int) -> None:
@@ -247,13 +244,6 @@ class RedisTier(FieldsCalls, PersistentTier):
             return bool(exists)
 
         return self._run("touch", key, call)
-
-    def _cas_args(
-        self, key: str, value: bytes, ttl: float | None, expected: int
-    ) -> tuple[list[str], list[Any]]:
-        keys, args = [self._key(key)], [value, _U64.pack(expected), _px(ttl)]
-        self._note(key, value, keys, args)
-        return keys, args
 
     def compare_and_set(self, key: str, value: bytes, ttl: float | None, expected: int) -> bool:
         keys, args = self._cas_args(key, value, ttl, expected)

@@ -179,7 +179,9 @@ class FieldsCalls(RedisCalls):
     def _cas_args(
         self, key: str, value: bytes, ttl: float | None, expected: int
     ) -> tuple[list[str], list[Any]]:
-        raise NotImplementedError  # RedisTier's
+        keys, args = [self._key(key)], [value, expected.to_bytes(8, "little"), _px(ttl)]
+        self._note(key, value, keys, args)
+        return keys, args
 
     @staticmethod
     def _item_size(item: CasItem | FieldsCasItem) -> int:
