@@ -4,7 +4,7 @@ processes here; tests/integration/test_processes.py uses real ones."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,28 +20,6 @@ from tiercache import (
 )
 from tiercache._envelope import decode
 from tiercache.testing import DictTier, FakeClock
-
-
-@pytest.fixture
-def shared(clock: FakeClock) -> DictTier:
-    return DictTier(clock=clock)
-
-
-@pytest.fixture
-def proc(
-    shared: DictTier, namespace: str, clock: FakeClock
-) -> Iterator[Callable[..., TieredCache]]:
-    """A "process": its own memory tier over the shared store."""
-    made: list[TieredCache] = []
-
-    def factory(**kw: Any) -> TieredCache:
-        cache = TieredCache(MemoryTier(), shared, namespace=namespace, clock=clock, **kw)
-        made.append(cache)
-        return cache
-
-    yield factory
-    for c in made:
-        c.close()
 
 
 def stored(shared: DictTier, cache: TieredCache, key: str) -> tuple[int, Any]:

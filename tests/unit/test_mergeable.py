@@ -11,7 +11,7 @@ import dataclasses
 import enum
 import json
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -43,7 +43,7 @@ from tiercache import (
 from tiercache._mergeable import NOT_MERGEABLE, merge_values
 from tiercache._tracking import _same
 from tiercache._tracking._atoms import _ATOMS, _is_immutable, _same_atom
-from tiercache.testing import DictTier, FakeClock
+from tiercache.testing import DictTier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -449,28 +449,6 @@ def test_msgpack_round_trips_any_counter_and_keeps_ints_plain(n: int) -> None:
 
 
 # -- inside sessions ---------------------------------------------------------------
-
-
-@pytest.fixture
-def shared(clock: FakeClock) -> DictTier:
-    return DictTier(clock=clock)
-
-
-@pytest.fixture
-def proc(
-    shared: DictTier, namespace: str, clock: FakeClock
-) -> Iterator[Callable[..., TieredCache]]:
-    """A "process": its own memory tier over the shared store."""
-    made: list[TieredCache] = []
-
-    def factory(**kw: Any) -> TieredCache:
-        cache = TieredCache(MemoryTier(), shared, namespace=namespace, clock=clock, **kw)
-        made.append(cache)
-        return cache
-
-    yield factory
-    for c in made:
-        c.close()
 
 
 def fresh_read(shared: DictTier, cache: TieredCache, key: str) -> Any:

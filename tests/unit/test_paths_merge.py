@@ -5,7 +5,7 @@ two processes, as in test_conflicts.py."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,25 +87,6 @@ def test_a_list_root_is_the_empty_path() -> None:
 
 
 # -- merging at path level ---------------------------------------------------------
-
-
-@pytest.fixture
-def shared() -> DictTier:
-    return DictTier()
-
-
-@pytest.fixture
-def proc(shared: DictTier, namespace: str) -> Iterator[Callable[..., TieredCache]]:
-    made: list[TieredCache] = []
-
-    def factory(**kw: Any) -> TieredCache:
-        cache = TieredCache(MemoryTier(), shared, namespace=namespace, **kw)
-        made.append(cache)
-        return cache
-
-    yield factory
-    for c in made:
-        c.close()
 
 
 def stored(shared: DictTier, namespace: str, key: str) -> Any:
