@@ -39,18 +39,25 @@ import math
 import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 from urllib.parse import parse_qs, urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
+    ClusterDownError,
+    ClusterError,
     MaxConnectionsError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -64,8 +71,10 @@ __all__ = [
     "check_url",
     "close_loop_client",
     "close_loop_clients",
+    "cluster_url",
     "error_text",
     "exhausted_text",
+    "is_cluster",
     "open_async",
     "open_sync",
     "redact_url",
@@ -78,8 +87,31 @@ __all__ = [
 SyncClient: TypeAlias = "redis.Redis"
 AsyncClient: TypeAlias = "redis.asyncio.Redis"
 
-#: What a call into redis-py raises when the backend fails.
-BACKEND_ERRORS = (RedisError, OSError)
+#: What a call into redis-py raises when the backend fails (a cluster
+#: client's own errors, such as a slot no node serves, are not RedisErrors).
+BACKEND_ERRORS = (RedisError, OSError, RedisClusterException)
+
+#: URL schemes that ask for a Redis Cluster client (``redis://`` and
+#: ``rediss://`` behind them): ``redis+cluster://host:port`` names one seed
+#: node, the client finds the rest.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def cluster_url(url: str) -> str | None:
+    """The plain ``redis://`` (or ``rediss://``) URL of a seed node when
+    ``url`` asks for a cluster, else None.
+
+    >>> cluster_url("redis+cluster://10.0.0.1:7000"), cluster_url("redis://h:6379/0")
+    ('redis://10.0.0.1:7000', None)
+    """
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower()) if sep else None
+    return None if plain is None else f"{plain}://{rest}"
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` is a redis-py cluster client, sync or asyncio."""
+    return isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster)
 
 
 def redact_url(url: str) -> str:
@@ -112,9 +144,16 @@ def check_url(url: str) -> None:
     ...
     tiercache._exceptions.ConfigError: bad Redis URL 'redis://h:6379/0?ssl_ca_certs=ca.pem': ...
     """
+    plain = cluster_url(url)
+    if plain is not None:
+        db = urlsplit(plain).path.strip("/")
+        if db not in ("", "0"):
+            raise ConfigError(
+                f"bad Redis URL {redact_url(url)!r}: a cluster has database 0 only, got /{db}"
+            )
     for pool_class in (redis.ConnectionPool, redis.asyncio.ConnectionPool):
         try:
-            pool = pool_class.from_url(url)
+            pool = pool_class.from_url(plain or url)
             pool.connection_class(**pool.connection_kwargs)
         except (TypeError, ValueError, RedisError) as exc:
             text = str(exc)
@@ -152,17 +191,20 @@ def take_connection(
     """
     if isinstance(async_client, redis.asyncio.ConnectionPool):
         async_client = redis.asyncio.Redis(connection_pool=async_client)
-    elif async_client is not None and not isinstance(async_client, redis.asyncio.Redis):
+    elif async_client is not None and not isinstance(
+        async_client, redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+    ):
         raise ConfigError(
-            "async_client must be a redis.asyncio.Redis or a redis.asyncio.ConnectionPool, "
-            f"got {type(async_client).__name__}"
+            "async_client must be a redis.asyncio.Redis, a redis.asyncio.ConnectionPool "
+            f"or a redis.asyncio.cluster.RedisCluster, got {type(async_client).__name__}"
         )
     if isinstance(url_or_client, str):
         redacted = redact_url(url_or_client)
         parts = urlsplit(url_or_client)
-        if parts.scheme not in ("redis", "rediss", "unix"):
+        if parts.scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
             raise ConfigError(
-                f"bad Redis URL {redacted!r}: the scheme must be redis://, rediss:// or unix://"
+                f"bad Redis URL {redacted!r}: the scheme must be redis://, rediss://, "
+                "unix://, redis+cluster:// or rediss+cluster://"
             )
         if "max_connections" in parse_qs(parts.query):
             # redis-py lets the URL's win over the keyword: one setting, one place.
@@ -171,7 +213,15 @@ def take_connection(
             )
         check_url(url_or_client)
         return url_or_client, None, async_client
-    if isinstance(url_or_client, redis.asyncio.Redis | redis.asyncio.ConnectionPool):
+    if isinstance(url_or_client, redis.cluster.RedisCluster):
+        if async_client is not None and not is_cluster(async_client):
+            raise ConfigError(f"{owner} was given a cluster client and a non-cluster async_client")
+        # Typed as the plain client: the commands used have the same shape.
+        return None, cast(SyncClient, url_or_client), async_client
+    if isinstance(
+        url_or_client,
+        redis.asyncio.Redis | redis.asyncio.ConnectionPool | redis.asyncio.cluster.RedisCluster,
+    ):
         raise ConfigError(
             f"{owner}'s first argument is a URL, a redis.Redis or a redis.ConnectionPool; "
             "pass a redis.asyncio client or pool as async_client="
@@ -181,7 +231,8 @@ def take_connection(
     if isinstance(url_or_client, redis.Redis):
         return None, url_or_client, async_client
     raise ConfigError(
-        f"{owner} needs a URL, a redis.Redis or a redis.ConnectionPool, "
+        f"{owner} needs a URL, a redis.Redis, a redis.ConnectionPool or a "
+        "redis.cluster.RedisCluster, "
         f"got {type(url_or_client).__name__}"
     )
 
@@ -191,7 +242,8 @@ def same_connection(a: str | SyncClient, b: str | SyncClient) -> bool:
     same URL, or clients on one pool."""
     if isinstance(a, str) or isinstance(b, str):
         return a == b
-    return a is b or a.connection_pool is b.connection_pool
+    pool = getattr(a, "connection_pool", None)
+    return a is b or (pool is not None and pool is getattr(b, "connection_pool", None))
 
 
 # -- the pools opened for a URL ---------------------------------------------------
@@ -243,7 +295,21 @@ class PoolSize:
 def open_sync(url: str, size: PoolSize, **settings: Any) -> SyncClient:
     """A client for ``url`` on a ``redis.BlockingConnectionPool`` of ``size``
     (a full pool makes a call wait, not fail), closing its pool with it as
-    ``Redis.from_url``'s does. ``settings`` go to the connections."""
+    ``Redis.from_url``'s does. ``settings`` go to the connections.
+
+    For a cluster URL, a ``redis.cluster.RedisCluster`` with such a pool per
+    node; ``retry`` is then the cluster client's (redirections are followed
+    whatever it says)."""
+    plain = cluster_url(url)
+    if plain is not None:
+        cluster = redis.cluster.RedisCluster.from_url(
+            plain,
+            connection_pool_class=redis.BlockingConnectionPool,
+            max_connections=size.max_connections,
+            timeout=size.timeout,
+            **settings,
+        )
+        return cast(SyncClient, cluster)
     pool = redis.BlockingConnectionPool.from_url(
         url, max_connections=size.max_connections, timeout=size.timeout, **settings
     )
@@ -253,7 +319,15 @@ def open_sync(url: str, size: PoolSize, **settings: Any) -> SyncClient:
 
 
 def open_async(url: str, size: PoolSize, **settings: Any) -> AsyncClient:
-    """:func:`open_sync` for ``redis.asyncio`` (one per event loop)."""
+    """:func:`open_sync` for ``redis.asyncio`` (one per event loop). A
+    cluster client's nodes do not queue for a free connection: a full one
+    fails at once (a saturated TierError)."""
+    plain = cluster_url(url)
+    if plain is not None:
+        cluster = redis.asyncio.cluster.RedisCluster.from_url(
+            plain, max_connections=size.max_connections, **settings
+        )
+        return cast(AsyncClient, cluster)
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url, max_connections=size.max_connections, timeout=size.timeout, **settings
     )
@@ -285,7 +359,13 @@ def saturated(exc: BaseException) -> bool:
 
 def exhausted_text(pool: Any, owner: str, own: bool) -> str:
     """What a :func:`saturated` error says, and which setting to raise:
-    ``owner``'s own (``own``: it opened ``pool``) or the given pool's."""
+    ``owner``'s own (``own``: it opened ``pool``) or the given pool's
+    (None: a cluster client's node pools)."""
+    if pool is None:
+        return (
+            "a cluster node's connection pool is exhausted (Redis was not asked): "
+            f"raise {owner}'s max_connections=, or make fewer calls at once"
+        )
     size = getattr(pool, "max_connections", "?")
     if isinstance(pool, redis.BlockingConnectionPool | redis.asyncio.BlockingConnectionPool):
         wait = pool.timeout
@@ -317,6 +397,10 @@ def transient(exc: BaseException) -> bool:
     >>> transient(AuthenticationError())
     False
     """
+    if isinstance(exc, ClusterError | ClusterDownError | TryAgainError | AskError):
+        # CLUSTERDOWN, MASTERDOWN, TRYAGAIN (a slot mid-migration), a
+        # redirection not followed: the cluster is re-forming, not refusing.
+        return True
     if isinstance(exc, ResponseError):
         return isinstance(exc, ReadOnlyError | OutOfMemoryError)
     # Credentials the server turns down are a refusal too, not an outage

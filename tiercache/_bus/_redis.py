@@ -276,7 +276,7 @@ class RedisBus(_StreamListener):
     def _error(self, count: int, exc: BaseException, client: Any, own: bool) -> TierError:
         if not saturated(exc):
             return TierError(f"bus: publishing {count} invalidations failed: {error_text(exc)}")
-        text = exhausted_text(client.connection_pool, "RedisBus", own)
+        text = exhausted_text(getattr(client, "connection_pool", None), "RedisBus", own)
         err = TierError(f"bus: publishing {count} invalidations not sent: {text}")
         err.saturated = True
         err.sent = False

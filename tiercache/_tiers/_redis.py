@@ -391,5 +391,11 @@ def _queue_sets(pipe: Any, prefix: str, items: Sequence[SetItem]) -> None:
 
 def _decodes(client: Any) -> bool:
     pool = getattr(client, "connection_pool", None)
-    kwargs = getattr(pool, "connection_kwargs", {})
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if kwargs is None:
+        # A cluster client: the settings its nodes' connections get.
+        manager = getattr(client, "nodes_manager", None)
+        kwargs = getattr(manager, "connection_kwargs", None) or {}
+        if hasattr(client, "get_connection_kwargs"):
+            kwargs = client.get_connection_kwargs()
     return bool(kwargs.get("decode_responses", False))

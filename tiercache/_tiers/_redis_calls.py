@@ -305,7 +305,7 @@ class RedisCalls:
         """No free connection in the pool: a local queue that overflowed, not
         an outage, so not retried (it waited ``pool_timeout`` already)."""
         where = f" {key!r}" if key is not None else ""
-        text = exhausted_text(client.connection_pool, "RedisTier", own)
+        text = exhausted_text(getattr(client, "connection_pool", None), "RedisTier", own)
         err = TierError(f"redis tier: {op}{where} not sent: {text}")
         err.transient = True
         err.saturated = True
