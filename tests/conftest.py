@@ -16,6 +16,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -43,6 +44,21 @@ def pytest_report_header(config: pytest.Config) -> str:
 def redis_url() -> Iterator[str]:
     with testing.redis_url() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Any]:
+    """A Redis Cluster of 3 masters for the session (tests use their own
+    namespaces; a test that stops a node resumes it)."""
+    from tests._cluster import local_cluster
+
+    with local_cluster() as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def cluster_url(cluster: Any) -> str:
+    return str(cluster.url)
 
 
 @pytest.fixture

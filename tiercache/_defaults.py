@@ -105,6 +105,8 @@ def publish_in_tier(tier: Any, bus: Bus | None, prefix: str) -> bool:
     whether it does. Called again after a fork: the bus has a new origin."""
     if not (isinstance(tier, RedisTier) and isinstance(bus, RedisBus)):
         return False
+    if tier.cluster:
+        return False  # a session's slot is not its stream's: CROSSSLOT
     if not same_connection(tier.connection, bus.connection):
         return False
     tier.publish_into(prefix, bus.stream, bus.origin, bus.maxlen)

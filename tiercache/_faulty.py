@@ -113,7 +113,7 @@ class FaultyTier(_Gate, PersistentTier):
         self._enter("compare_and_set")
         return self.tier.compare_and_set(key, value, ttl, expected)
 
-    def compare_and_set_many(self, items: Sequence[CasItem]) -> list[bool]:
+    def compare_and_set_many(self, items: Sequence[CasItem]) -> list[bool | TierError]:
         self._enter("compare_and_set_many")
         return self.tier.compare_and_set_many(items)
 
@@ -175,7 +175,7 @@ class FaultyTier(_Gate, PersistentTier):
         await self._aenter("compare_and_set")
         return await self.tier.acompare_and_set(key, value, ttl, expected)
 
-    async def acompare_and_set_many(self, items: Sequence[CasItem]) -> list[bool]:
+    async def acompare_and_set_many(self, items: Sequence[CasItem]) -> list[bool | TierError]:
         await self._aenter("compare_and_set_many")
         return await self.tier.acompare_and_set_many(items)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from ._exceptions import ConfigError, InvalidKeyError
 
-__all__ = ["KeyNames", "check_key", "check_namespace"]
+__all__ = ["KeyNames", "check_key", "check_namespace", "session_of"]
 
 
 def _escape(namespace: str) -> str:
@@ -60,6 +60,32 @@ def check_key(key: object, max_length: int) -> None:
             raise InvalidKeyError(
                 f"keys must be encodable as UTF-8 (no lone surrogates), got {key!r:.80}"
             ) from None
+
+
+def session_of(name: str) -> str:
+    """The cache key a stored name belongs to (its value, quarantine, lease
+    or fence), or the whole name for one of the namespace's own (the probe):
+    what a Redis Cluster tier keeps in one hash slot.
+
+    >>> n = KeyNames("x:y")
+    >>> {session_of(n.value("a:b")), session_of(n.lease("a:b")), session_of(n.fence("a:b"))}
+    {'a:b'}
+    >>> session_of(n.probe) == n.probe
+    True
+    """
+    i, end = 0, len(name)
+    while i < end:
+        c = name[i]
+        if c == "\\":
+            i += 2  # an escaped character of the namespace
+        elif c == ":":
+            return name[i + 1 :]
+        elif c == "\x00":
+            _kind, sep, key = name[i + 1 :].partition("\x00")
+            return key if sep else name
+        else:
+            i += 1
+    return name
 
 
 class KeyNames:

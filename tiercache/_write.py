@@ -298,11 +298,18 @@ class Writer:
                 if ok is True:
                     written.append((e, data))
                     continue
-                if id(e) in by_entry:
-                    e.not_sent(data)  # refused, or lost the race: not stored
                 if isinstance(ok, TierError):
-                    failures.append((e, ok))  # refused: this entry's own error
+                    if not ok.sent:
+                        e.not_sent(data)
+                    if journaling and ok.transient:
+                        # Its own node is down (a cluster): journaled, as
+                        # a whole batch is when the one server is.
+                        unreached.append(e)
+                    else:
+                        failures.append((e, ok))  # refused: this entry's own error
                     continue
+                if id(e) in by_entry:
+                    e.not_sent(data)  # lost the race: not stored
                 # What this entry believed stored is not: until a merge
                 # succeeds, no compare-and-set may be made on that belief.
                 e.outdated = True

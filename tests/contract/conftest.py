@@ -49,6 +49,12 @@ def make_redis(request: pytest.FixtureRequest) -> tuple[PersistentTier, Advance]
     return RedisTier(url, prefix=f"tc:{namespace}:"), _sleep
 
 
+def make_cluster(request: pytest.FixtureRequest) -> tuple[PersistentTier, Advance]:
+    url: str = request.getfixturevalue("cluster_url")
+    namespace: str = request.getfixturevalue("namespace")
+    return RedisTier(url, prefix=f"tc:{namespace}:"), _sleep
+
+
 #: name -> (factory, marks). Add a tier here and it runs the whole contract.
 FACTORIES: dict[
     str,
@@ -57,6 +63,7 @@ FACTORIES: dict[
     "dict": (make_dict, ()),
     "disk": (make_disk, ()),
     "redis": (make_redis, (pytest.mark.redis,)),
+    "cluster": (make_cluster, (pytest.mark.redis,)),
 }
 
 MODES = ("sync", "async")
@@ -128,10 +135,18 @@ class Harness:
         for mode in MODES
     ]
 )
-async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+def made(request: pytest.FixtureRequest) -> tuple[str, PersistentTier, Advance]:
+    """The tier, made outside the event loop: starting a server (a cluster
+    takes seconds) is no callback of the test's loop."""
     name, mode = request.param
     factory, _ = FACTORIES[name]
     tier, advance = factory(request)
+    return mode, tier, advance
+
+
+@pytest.fixture
+async def harness(made: tuple[str, PersistentTier, Advance]) -> AsyncIterator[Harness]:
+    mode, tier, advance = made
     try:
         yield Harness(tier, mode, advance)
     finally:

@@ -14,6 +14,7 @@ import zlib
 import pytest
 
 from tiercache._envelope import MAX_VERSION, VERSION_OFFSET, Envelope, encode, peek_version
+from tiercache._keys import KeyNames
 
 from .conftest import Harness
 
@@ -301,35 +302,41 @@ async def test_cas_race_has_one_winner(cas: Harness) -> None:
 
 # -- quarantine (every built-in tier moves atomically) ---------------------------
 
+#: Names as the cache makes them (a cluster tier keeps one key's names in
+#: one hash slot, which the quarantine script needs).
+_NAMES = KeyNames("ns")
+K, Q = _NAMES.value("k"), _NAMES.quarantine("k")
+A, QA = _NAMES.value("absent"), _NAMES.quarantine("absent")
+
 
 async def test_quarantine_moves_exactly_the_bad_bytes(harness: Harness) -> None:
     bad = b"TC\x01damaged" + bytes(range(256))
-    await harness.set("k", bad)
-    assert await harness.quarantine("k", bad, "quarantine\x00k", 600) is True
-    assert await harness.get("k") is None
-    assert await harness.get("quarantine\x00k") == bad
+    await harness.set(K, bad)
+    assert await harness.quarantine(K, bad, Q, 600) is True
+    assert await harness.get(K) is None
+    assert await harness.get(Q) == bad
 
 
 async def test_quarantine_leaves_other_bytes_alone(harness: Harness) -> None:
-    await harness.set("k", envelope(3))  # repaired since the bad read
-    assert await harness.quarantine("k", b"garbage", "quarantine\x00k", 600) is False
-    assert await harness.get("k") == envelope(3)
-    assert await harness.get("quarantine\x00k") is None
-    assert await harness.quarantine("absent", b"garbage", "quarantine\x00absent", 600) is False
+    await harness.set(K, envelope(3))  # repaired since the bad read
+    assert await harness.quarantine(K, b"garbage", Q, 600) is False
+    assert await harness.get(K) == envelope(3)
+    assert await harness.get(Q) is None
+    assert await harness.quarantine(A, b"garbage", QA, 600) is False
 
 
 async def test_quarantine_keep_zero_deletes(harness: Harness) -> None:
-    await harness.set("k", b"garbage")
-    assert await harness.quarantine("k", b"garbage", "quarantine\x00k", 0) is True
-    assert await harness.get_many(["k", "quarantine\x00k"]) == [None, None]
+    await harness.set(K, b"garbage")
+    assert await harness.quarantine(K, b"garbage", Q, 0) is True
+    assert await harness.get_many([K, Q]) == [None, None]
 
 
 async def test_quarantined_bytes_expire_after_keep(harness: Harness) -> None:
-    await harness.set("k", b"garbage")
-    assert await harness.quarantine("k", b"garbage", "quarantine\x00k", TTL) is True
+    await harness.set(K, b"garbage")
+    assert await harness.quarantine(K, b"garbage", Q, TTL) is True
     await harness.advance(TTL + 0.05)
 
     async def gone() -> bool:
-        return await harness.get("quarantine\x00k") is None
+        return await harness.get(Q) is None
 
     assert await harness.eventually(gone)

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
@@ -365,9 +366,11 @@ def test_what_a_tier_or_bus_connects_with_is_checked(owner: Any) -> None:
         owner(redis.asyncio.Redis(), **kw)
     with pytest.raises(ConfigError, match="as async_client="):
         owner(redis.asyncio.ConnectionPool(), **kw)
-    with pytest.raises(ConfigError, match=re.escape(f"{name} needs a URL, a redis.Redis or a")):
+    with pytest.raises(ConfigError, match=re.escape(f"{name} needs a URL, a redis.Redis, a")):
         owner(42, **kw)
-    with pytest.raises(ConfigError, match=r"async_client must be a redis\.asyncio\.Redis or"):
+    with pytest.raises(ConfigError, match="as async_client="):
+        owner(redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=1), **kw)
+    with pytest.raises(ConfigError, match=r"async_client must be a redis\.asyncio\.Redis, "):
         owner("redis://127.0.0.1:1/0", async_client=redis.Redis(), **kw)
     with pytest.raises(ConfigError, match="scheme"):
         owner("127.0.0.1:6379", **kw)

@@ -43,6 +43,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import ClassVar
 
+from .._exceptions import TierError
+
 __all__ = ["CasItem", "PersistentTier", "SetItem"]
 
 #: One write of a batch: key, envelope bytes, ttl in seconds or None.
@@ -144,9 +146,11 @@ class PersistentTier(abc.ABC):
         1 written, 0 version mismatch, -1 the lease is no longer ours."""
         raise NotImplementedError(f"{type(self).__name__} has no leases")
 
-    def compare_and_set_many(self, items: Sequence[CasItem]) -> list[bool]:
+    def compare_and_set_many(self, items: Sequence[CasItem]) -> list[bool | TierError]:
         """``compare_and_set`` for each item, in order; batching tiers
-        override this (one round trip for a timer flush)."""
+        override this (one round trip for a timer flush). An item that
+        failed on its own (on a cluster, its node's outage) is its own
+        TierError; one that fails the whole batch raises."""
         return [self.compare_and_set(*item) for item in items]
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
@@ -196,7 +200,7 @@ class PersistentTier(abc.ABC):
             return self.quarantine(key, bad, to, keep)
         return await asyncio.to_thread(self.quarantine, key, bad, to, keep)
 
-    async def acompare_and_set_many(self, items: Sequence[CasItem]) -> list[bool]:
+    async def acompare_and_set_many(self, items: Sequence[CasItem]) -> list[bool | TierError]:
         if self.async_inline:
             return self.compare_and_set_many(items)
         return await asyncio.to_thread(self.compare_and_set_many, items)

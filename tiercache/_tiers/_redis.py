@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -41,9 +41,11 @@ from .._redisclient import error_text as error_text
 from .._redisclient import redact_url as redact_url
 from .._redisclient import transient as transient
 from ._base import PersistentTier, SetItem
-from ._redis_fields import FieldsCalls, _px
+from ._redis_cluster import arun_by_node, run_by_node
+from ._redis_fields import FieldsCalls, _first_error, _px
 from ._redis_scripts import (
     ACQUIRE_LUA,
+    CAS_LUA,
     FENCED_CAS_LUA,
     RELEASE_LUA,
     RENEW_LUA,
@@ -181,7 +183,15 @@ class RedisTier(FieldsCalls, PersistentTier):
         of it are one atomic step and one round trip. ``origin`` and
         ``maxlen`` are the bus's (its listener skips its own origin). Set
         again for the same prefix (a forked child's new origin) it
-        replaces the old; :meth:`stop_publishing` ends it."""
+        replaces the old; :meth:`stop_publishing` ends it.
+
+        Not on a cluster: a session's slot is not its stream's (the
+        script would be CROSSSLOT); the cache publishes after the write."""
+        if self.cluster:
+            raise ConfigError(
+                "a cluster RedisTier cannot publish invalidations in its write scripts "
+                "(the stream is in another hash slot); publish through the bus"
+            )
         self._notes[prefix] = (stream, origin, str(maxlen))
 
     def stop_publishing(self, prefix: str) -> None:
@@ -217,9 +227,20 @@ class RedisTier(FieldsCalls, PersistentTier):
             return
 
         def call(c: SyncClient) -> None:
+            if self.cluster:
+                skeys = [self._key(k) for k, _, _ in items]
+                out = run_by_node(
+                    c,
+                    skeys,
+                    lambda pipe, i: _queue_set(pipe, skeys[i], *items[i][1:]),
+                    lambda i: _queue_set(c, skeys[i], *items[i][1:]),
+                    lambda exc: exc,
+                )
+                _first_error(out)
+                return
             # Not MULTI: the batch needs one round trip, not isolation.
             with c.pipeline(transaction=False) as pipe:
-                _queue_sets(pipe, self._prefix, items)
+                _queue_sets(pipe, self._key, items)
                 pipe.execute()
 
         self._run("set_many", None, call, sum(len(v) for _, v, _ in items))
@@ -341,8 +362,23 @@ class RedisTier(FieldsCalls, PersistentTier):
             return
 
         async def call(e: _LoopClient) -> None:
+            if self.cluster:
+                skeys = [self._key(k) for k, _, _ in items]
+
+                async def alone(i: int) -> Any:
+                    return await _queue_set(e.client, skeys[i], *items[i][1:])
+
+                out = await arun_by_node(
+                    e.client,
+                    skeys,
+                    lambda pipe, i: _queue_set(pipe, skeys[i], *items[i][1:]),
+                    alone,
+                    lambda exc: exc,
+                )
+                _first_error(out)
+                return
             async with e.client.pipeline(transaction=False) as pipe:
-                _queue_sets(pipe, self._prefix, items)
+                _queue_sets(pipe, self._key, items)
                 await pipe.execute()
 
         await self._arun("set_many", None, call, sum(len(v) for _, v, _ in items))
@@ -375,18 +411,22 @@ class RedisTier(FieldsCalls, PersistentTier):
         keys, args = self._cas_args(key, value, ttl, expected)
 
         async def call(e: _LoopClient) -> bool:
-            return bool(await e.script(keys=keys, args=args))
+            return bool(await self._ascript(e, CAS_LUA, keys, args))
 
         return await self._arun("compare_and_set", key, call, len(value))
 
 
-def _queue_sets(pipe: Any, prefix: str, items: Sequence[SetItem]) -> None:
+def _queue_set(pipe: Any, skey: str, value: bytes, ttl: float | None) -> Any:
+    """Queue (or, on a client, send) the command that stores ``value``."""
+    px = _px(ttl)
+    if px < 0:
+        return pipe.delete(skey)
+    return pipe.set(skey, value, px=px or None)
+
+
+def _queue_sets(pipe: Any, skey: Callable[[str], str], items: Sequence[SetItem]) -> None:
     for key, value, ttl in items:
-        px = _px(ttl)
-        if px < 0:
-            pipe.delete(prefix + key)
-        else:
-            pipe.set(prefix + key, value, px=px or None)
+        _queue_set(pipe, skey(key), value, ttl)
 
 
 def _decodes(client: Any) -> bool:

@@ -54,8 +54,10 @@ from .._redisclient import (
     _close_at_loop_shutdown,
     _LoopClient,
     close_loop_clients,
+    cluster_url,
     error_text,
     exhausted_text,
+    is_cluster,
     open_async,
     open_sync,
     saturated,
@@ -91,6 +93,15 @@ def _bulk_limit(reply: Any) -> int:
         return _DEFAULT_BULK_LIMIT
 
 
+async def _initialized(client: Any) -> None:
+    """Have an asyncio cluster client learn the slot table now, before any
+    command: redis-py learns it lazily, and commands started concurrently
+    with that first discovery can find their connection closed under them
+    (``'NoneType' object has no attribute 'writelines'``; seen with
+    redis-py 8.1 and 100 concurrent scopes)."""
+    await client.initialize()
+
+
 class RedisCalls:
     """The client side of :class:`~tiercache.RedisTier`: its clients, opened
     lazily (one sync pool, one async client per running loop), the retry
@@ -119,6 +130,9 @@ class RedisCalls:
         self._pool = pool
         self._url = url
         self._sync = sync
+        #: Whether the server is a Redis Cluster: names get a slot tag,
+        #: batches go per node (see _redis_cluster).
+        self.cluster = is_cluster(sync) if url is None else cluster_url(url) is not None
         self._owns_sync = url is not None
         self._given_async = (
             None
@@ -126,6 +140,8 @@ class RedisCalls:
             else _LoopClient(async_client, async_client.register_script(CAS_LUA), None)
         )
         self._loops: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
+        #: Whether a given asyncio cluster client has learnt its slot table.
+        self._given_ready = False
         self._lock = threading.Lock()
         self._sync_script: Any = None
         self._closing: set[asyncio.Task[None]] = set()
@@ -194,6 +210,9 @@ class RedisCalls:
 
     async def _aclient(self) -> _LoopClient:
         if self._given_async is not None:
+            if self.cluster and not self._given_ready:
+                await _initialized(self._given_async.client)
+                self._given_ready = True
             return self._given_async
         loop = asyncio.get_running_loop()
         entry = self._loops.get(loop)
@@ -213,6 +232,8 @@ class RedisCalls:
             socket_connect_timeout=connect_timeout,
             retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
         )
+        if self.cluster:
+            await _initialized(client)
         closer = _close_at_loop_shutdown(client, self._loops)
         entry = _LoopClient(client, client.register_script(CAS_LUA), closer)
         with self._lock:
@@ -261,11 +282,13 @@ class RedisCalls:
         attempt = 0
         maybe_sent = False
         while True:
-            entry = self._loops.get(asyncio.get_running_loop()) or await self._aclient()
+            entry = self._loops.get(asyncio.get_running_loop())
             try:
+                # Opening a cluster client connects (see _initialized): in here.
+                entry = entry or await self._aclient()
                 result = await call(entry)
             except _RETRYABLE as exc:
-                if saturated(exc):
+                if saturated(exc) and entry is not None:
                     own = entry.closer is not None
                     raise self._exhausted(op, key, entry.client, own, maybe_sent) from exc
                 maybe_sent = maybe_sent or not self._before_send(exc)

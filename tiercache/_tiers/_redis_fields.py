@@ -17,18 +17,22 @@ GETs, as before the layout existed.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from typing import Any, cast
 
 import redis
 import redis.asyncio
+from redis.exceptions import NoScriptError
 
+from .._exceptions import TierError
 from .._fields import Delta, assemble, head_of
 from .._redisclient import SyncClient, _LoopClient
 from ._base import CasItem
 from ._redis_calls import RedisCalls
-from ._redis_scripts import FIELDS_CAS_LUA, QUARANTINE_LUA, READ_LUA
+from ._redis_cluster import arun_by_node, run_by_node, slot_tag
+from ._redis_scripts import CAS_LUA, FIELDS_CAS_LUA, QUARANTINE_LUA, READ_LUA
 
 __all__ = ["FieldsCalls", "FieldsCasItem", "_px"]
 
@@ -49,6 +53,22 @@ def _px(ttl: float | None) -> int:
     if ttl <= 0:
         return -1
     return max(1, math.ceil(ttl * 1000))
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+#: The SHA1 of each script a cluster batch sends by EVALSHA.
+_SHAS = {text: _sha(text) for text in (CAS_LUA, FIELDS_CAS_LUA, READ_LUA)}
+
+
+def _first_error(out: list[Any]) -> list[Any]:
+    """``out``, unless one of its items is an error: then raise that."""
+    for item in out:
+        if isinstance(item, BaseException):
+            raise item
+    return out
 
 
 def _wrongtype(exc: BaseException) -> bool:
@@ -80,8 +100,13 @@ class FieldsCalls(RedisCalls):
     _note: Any
     #: Registered scripts of the sync client, by their text.
     _lua: dict[str, Any]
+    #: RedisTier's: a cluster batch sends an item again alone by them.
+    compare_and_set: Any
+    acompare_and_set: Any
 
     def _key(self, key: str) -> str:
+        if self.cluster:
+            return self._prefix + slot_tag(key) + key
         return self._prefix + key
 
     def _lua_script(self, text: str) -> Any:
@@ -94,7 +119,7 @@ class FieldsCalls(RedisCalls):
     # -- sync ------------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:
-        skey = self._prefix + key
+        skey = self._key(key)
 
         def call(c: SyncClient) -> bytes | None:
             if not self._hashes:
@@ -114,6 +139,17 @@ class FieldsCalls(RedisCalls):
         skeys = [self._key(k) for k in keys]
 
         def call(c: SyncClient) -> list[bytes | None]:
+            if self.cluster:
+                read = self._lua_script(READ_LUA)
+                out = run_by_node(
+                    c,
+                    skeys,
+                    lambda pipe, i: self._queue_read(pipe, skeys[i]),
+                    lambda i: _reply(read(keys=[skeys[i]])),
+                    lambda exc: exc,
+                    [READ_LUA],
+                )
+                return self._read_replies(out, lambda i: _reply(read(keys=[skeys[i]])))
             if not self._hashes:
                 out = cast("list[bytes | None]", c.mget(skeys))
                 if None not in out:
@@ -134,6 +170,46 @@ class FieldsCalls(RedisCalls):
                 return [_reply(r) for r in pipe.execute()]
 
         return self._run("get_many", None, call)
+
+    # -- cluster batches (see _redis_cluster) ---------------------------------
+
+    def _queue_read(self, pipe: Any, skey: str) -> None:
+        if self._hashes:
+            # By execute_command: redis-py's sync cluster pipeline refuses
+            # its evalsha() method, not the command (one key: one slot).
+            pipe.execute_command("EVALSHA", _SHAS[READ_LUA], 1, skey)
+        else:
+            pipe.get(skey)
+
+    def _read_replies(self, out: list[Any], again: Any) -> list[bytes | None]:
+        """A cluster batch read's replies as envelopes: a GET that met a
+        hash is read again by READ_LUA (``again(i)``; async callers did)."""
+        for i, r in enumerate(out):
+            if again is not None and _wrongtype(r):
+                self._hashes = True
+                out[i] = again(i)
+            elif not isinstance(r, BaseException):
+                out[i] = _reply(r)
+        return cast("list[bytes | None]", _first_error(out))
+
+    def _queue_cas_raw(self, pipe: Any, item: CasItem | FieldsCasItem) -> None:
+        """Queue a compare-and-set by EVALSHA (a cluster pipeline does not
+        load scripts; an item that meets NOSCRIPT is sent again alone)."""
+        if len(item) == 5:
+            keys, args = self._fields_args(*item)
+            pipe.execute_command("EVALSHA", _SHAS[FIELDS_CAS_LUA], len(keys), *keys, *args)
+        else:
+            keys, args = self._cas_args(*item)
+            pipe.execute_command("EVALSHA", _SHAS[CAS_LUA], len(keys), *keys, *args)
+
+    def _cas_outcome(self, item: CasItem | FieldsCasItem, result: Any) -> bool | TierError:
+        """One cluster batch item's result: applied or not, or its own error
+        (a refusal, or its node's outage: transient)."""
+        if isinstance(result, TierError):
+            return result
+        if isinstance(result, BaseException):
+            return self._error("compare_and_set", item[0], result, False)
+        return bool(result)
 
     def _fields_args(
         self, key: str, value: bytes, ttl: float | None, expected: int, delta: Delta
@@ -187,13 +263,17 @@ class FieldsCalls(RedisCalls):
     def _item_size(item: CasItem | FieldsCasItem) -> int:
         return item[4].size if len(item) == 5 else len(item[1])
 
-    def compare_and_set_many(self, items: Sequence[CasItem | FieldsCasItem]) -> list[bool]:
+    def compare_and_set_many(
+        self, items: Sequence[CasItem | FieldsCasItem]
+    ) -> list[bool | TierError]:
         if not items:
             return []
         if any(len(i) == 5 for i in items):
             self._hashes = True
 
-        def call(c: SyncClient) -> list[bool]:
+        def call(c: SyncClient) -> list[bool | TierError]:
+            if self.cluster:
+                return self._cluster_cas_many(c, items)
             with c.pipeline(transaction=False) as pipe:
                 for item in items:
                     self._queue_cas(pipe, item)
@@ -201,14 +281,52 @@ class FieldsCalls(RedisCalls):
 
         return self._run("compare_and_set_many", None, call, sum(map(self._item_size, items)))
 
+    def _cluster_cas_many(
+        self, c: SyncClient, items: Sequence[CasItem | FieldsCasItem]
+    ) -> list[bool | TierError]:
+        def alone(i: int) -> Any:
+            item = items[i]
+            try:
+                if len(item) == 5:
+                    return self.compare_and_set_fields(*item)
+                return self.compare_and_set(*item)
+            except TierError as exc:
+                return exc
+
+        out = run_by_node(
+            c,
+            [self._key(item[0]) for item in items],
+            lambda pipe, i: self._queue_cas_raw(pipe, items[i]),
+            alone,
+            lambda exc: self._error("compare_and_set_many", None, exc, True),
+            [CAS_LUA, FIELDS_CAS_LUA],
+        )
+        return [self._cas_outcome(item, r) for item, r in zip(items, out, strict=True)]
+
     def quarantine_args(self, key: str, bad: bytes, to: str, keep_ms: int) -> Any:
         keys, args = [self._key(key), self._key(to)], [bad, keep_ms, head_of(bad)]
         return QUARANTINE_LUA, keys, args
 
     # -- async -----------------------------------------------------------------
 
+    async def _ascript(
+        self, e: _LoopClient, text: str, keys: list[str], args: Sequence[Any] = ()
+    ) -> Any:
+        """Run one of the tier's scripts on this loop's client."""
+        if not self.cluster:
+            script = e.script if text is CAS_LUA else e.client.register_script(text)
+            return await script(keys=keys, args=args)
+        # Not redis-py's AsyncScript: it answers NOSCRIPT with a SCRIPT LOAD
+        # on every node, which races with concurrent calls on an asyncio
+        # cluster client (a connection's writer gone mid-command). EVAL
+        # caches the script on the one node that lacked it (a new master).
+        try:
+            return await e.client.evalsha(_SHAS[text], len(keys), *keys, *args)
+        except NoScriptError:
+            return await e.client.eval(text, len(keys), *keys, *args)
+
     async def aget(self, key: str) -> bytes | None:
-        skey = self._prefix + key
+        skey = self._key(key)
 
         async def call(e: _LoopClient) -> bytes | None:
             if not self._hashes:
@@ -218,7 +336,7 @@ class FieldsCalls(RedisCalls):
                     if not _wrongtype(exc):
                         raise
                     self._hashes = True
-            return _reply(await e.client.register_script(READ_LUA)(keys=[skey]))
+            return _reply(await self._ascript(e, READ_LUA, [skey]))
 
         return await self._arun("get", key, call)
 
@@ -228,6 +346,23 @@ class FieldsCalls(RedisCalls):
         skeys = [self._key(k) for k in keys]
 
         async def call(e: _LoopClient) -> list[bytes | None]:
+            if self.cluster:
+
+                async def alone(i: int) -> bytes | None:
+                    return _reply(await self._ascript(e, READ_LUA, [skeys[i]]))
+
+                out = await arun_by_node(
+                    e.client,
+                    skeys,
+                    lambda pipe, i: self._queue_read(pipe, skeys[i]),
+                    alone,
+                    lambda exc: exc,
+                )
+                wrong = [i for i, r in enumerate(out) if _wrongtype(r)]
+                for i in wrong:
+                    self._hashes = True
+                    out[i] = await alone(i)
+                return self._read_replies(out, None)
             if not self._hashes:
                 out = cast("list[bytes | None]", await e.client.mget(skeys))
                 if None not in out:
@@ -254,17 +389,21 @@ class FieldsCalls(RedisCalls):
         self._hashes = True
 
         async def call(e: _LoopClient) -> bool:
-            return bool(await e.client.register_script(FIELDS_CAS_LUA)(keys=keys, args=args))
+            return bool(await self._ascript(e, FIELDS_CAS_LUA, keys, args))
 
         return bool(await self._arun("compare_and_set", key, call, delta.size))
 
-    async def acompare_and_set_many(self, items: Sequence[CasItem | FieldsCasItem]) -> list[bool]:
+    async def acompare_and_set_many(
+        self, items: Sequence[CasItem | FieldsCasItem]
+    ) -> list[bool | TierError]:
         if not items:
             return []
         if any(len(i) == 5 for i in items):
             self._hashes = True
 
-        async def call(e: _LoopClient) -> list[bool]:
+        async def call(e: _LoopClient) -> list[bool | TierError]:
+            if self.cluster:
+                return await self._acluster_cas_many(e, items)
             async with e.client.pipeline(transaction=False) as pipe:
                 for item in items:
                     if len(item) == 5:
@@ -278,3 +417,24 @@ class FieldsCalls(RedisCalls):
 
         size = sum(map(self._item_size, items))
         return await self._arun("compare_and_set_many", None, call, size)
+
+    async def _acluster_cas_many(
+        self, e: _LoopClient, items: Sequence[CasItem | FieldsCasItem]
+    ) -> list[bool | TierError]:
+        async def alone(i: int) -> Any:
+            item = items[i]
+            try:
+                if len(item) == 5:
+                    return await self.acompare_and_set_fields(*item)
+                return await self.acompare_and_set(*item)
+            except TierError as exc:
+                return exc
+
+        out = await arun_by_node(
+            e.client,
+            [self._key(item[0]) for item in items],
+            lambda pipe, i: self._queue_cas_raw(pipe, items[i]),
+            alone,
+            lambda exc: self._error("compare_and_set_many", None, exc, True),
+        )
+        return [self._cas_outcome(item, r) for item, r in zip(items, out, strict=True)]
