@@ -52,6 +52,8 @@ import threading
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .._clock import Clock, SystemClock
 from .._exceptions import ConfigError
@@ -78,6 +80,54 @@ OWN_PAUSE = 0.005
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _listener_settings(block_ms: int) -> dict[str, Any]:
+    """How a listener's connection is set up (see RedisBus._new_listener)."""
+    # The socket timeout exceeds the block so only a dead or hung server
+    # times out; no retries inside redis-py, the listener loop owns them;
+    # RESP2 so the reply shape is fixed; a name so operators (and tests)
+    # can find it in CLIENT LIST.
+    return {
+        "socket_timeout": block_ms / 1000 + 2.0,
+        "socket_connect_timeout": 1.0,
+        "retry": Retry(NoBackoff(), 0),
+        "client_name": LISTENER_NAME,
+        "decode_responses": False,
+        "protocol": 2,
+    }
+
+
+#: Connection settings a listener does not copy from the pool it is made
+#: like: the caller's retry policy, and redis-py's per-pool (or per-cluster)
+#: bookkeeping (maintenance-notification handlers belong to that pool and
+#: need RESP3; a cluster node's connect hook, cache and HIMPORT registry).
+_NOT_COPIED = (
+    "maint_notifications",
+    "oss_cluster_maint_notifications",
+    "orig_",
+    "retry",
+    "redis_connect_func",
+    "himport_registry",
+    "cache",
+)
+
+
+def _listener_like(pool: redis.ConnectionPool, block_ms: int) -> redis.Redis:
+    """A client of one connection, outside every pool, to the server
+    ``pool`` connects to, with its credentials and TLS, set up as a
+    listener's. A pool of one, not single_connection_client, which would
+    connect (and fail) here."""
+    kwargs = {
+        name: value
+        for name, value in pool.connection_kwargs.items()
+        if not name.startswith(_NOT_COPIED)
+    }
+    kwargs.update(_listener_settings(block_ms))
+    new_pool = redis.ConnectionPool(
+        connection_class=pool.connection_class, max_connections=1, **kwargs
+    )
+    return redis.Redis(connection_pool=new_pool)
 
 
 def _resume_gap(last_id: str | None, run_id: str | None, server_run_id: str) -> str | None:
@@ -171,6 +221,7 @@ class _StreamListener(_BusBase):
         self._run_id: str | None = None
         self._rng = random.Random()
         self._callbacks: tuple[OnMessages, OnGap] | None = None
+        self._thread_name = f"tiercache-bus-{namespace}"
 
     def _after_fork(self) -> None:
         """In a forked child: a new origin (the parent and the child must
@@ -200,8 +251,15 @@ class _StreamListener(_BusBase):
         raise NotImplementedError
 
     def _new_listener(self) -> redis.Redis:
-        """A new client, of one connection, for the listener thread."""
+        """A new client, of one connection, for the listener thread (it
+        connects on first use; a cluster's follower may raise a backend
+        error here, while finding its node)."""
         raise NotImplementedError
+
+    def _reconnect(self) -> None:
+        """Before a resync after a lost connection: nothing on one server
+        (the listener's client reconnects itself to the same address); a
+        cluster's follower finds the node now serving its stream."""
 
     # -- listen ----------------------------------------------------------------
 
@@ -219,15 +277,15 @@ class _StreamListener(_BusBase):
         self._listen(on_messages, on_gap)
 
     def _listen(self, on_messages: OnMessages, on_gap: OnGap) -> None:
-        self._listener = self._new_listener()
         try:
+            self._listener = self._new_listener()
             self._sync_position(on_messages, on_gap)
         except BACKEND_ERRORS as exc:
             self._lost(exc)
         self._thread = threading.Thread(
             target=self._run,
             args=(on_messages, on_gap),
-            name=f"tiercache-bus-{self._namespace}",
+            name=self._thread_name,
             daemon=True,
         )
         self._thread.start()
@@ -302,6 +360,7 @@ class _StreamListener(_BusBase):
             while not self._stop.is_set():
                 try:
                     if not synced:
+                        self._reconnect()
                         self._sync_position(on_messages, on_gap)
                         synced, attempt = True, 0
                     self._read(on_messages, on_gap)

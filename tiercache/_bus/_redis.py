@@ -37,7 +37,7 @@ from typing import Any
 import redis
 import redis.asyncio
 import redis.asyncio.retry
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from .._clock import Clock
@@ -51,21 +51,24 @@ from .._redisclient import (
     _close_at_loop_shutdown,
     _LoopClient,
     close_loop_clients,
+    cluster_url,
     error_text,
     exhausted_text,
+    is_cluster,
     open_async,
     open_sync,
     redact_url,
     saturated,
     take_connection,
 )
-from ._listener import LISTENER_NAME, _StreamListener
-from ._message import PublishItem, _fields
+from ._cluster import DEFAULT_STREAMS, _ShardedListener, check_streams
+from ._listener import _listener_like, _listener_settings
+from ._message import PublishItem, _fields, stream_index
 
 __all__ = ["RedisBus"]
 
 
-class RedisBus(_StreamListener):
+class RedisBus(_ShardedListener):
     """The invalidation bus over a capped Redis Stream.
 
     ``url_or_client`` is a URL (the bus opens its own clients) or a
@@ -109,10 +112,21 @@ class RedisBus(_StreamListener):
         async_client: AsyncClient | redis.asyncio.ConnectionPool | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        streams: int = DEFAULT_STREAMS,
     ) -> None:
-        super().__init__(namespace, origin, clock, maxlen=maxlen, block_ms=block_ms)
+        shards = check_streams(streams)
+        url, sync, given = take_connection("RedisBus", url_or_client, async_client)
+        on_cluster = cluster_url(url) is not None if url is not None else is_cluster(sync)
+        super().__init__(
+            namespace,
+            origin,
+            clock,
+            maxlen=maxlen,
+            block_ms=block_ms,
+            shards=shards if on_cluster else None,
+        )
         self._pool = PoolSize(max_connections, pool_timeout)
-        self._url, self._sync, given = take_connection("RedisBus", url_or_client, async_client)
+        self._url, self._sync = url, sync
         self._owns_sync = self._url is not None
         self._given_async = None if given is None else _LoopClient(given, None, None)
         self._loops: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
@@ -172,36 +186,12 @@ class RedisBus(_StreamListener):
 
     def _new_listener(self) -> redis.Redis:
         # Its own connection: XREAD BLOCK holds a connection for block_ms.
-        # The socket timeout exceeds the block so only a dead or hung server
-        # times out; no retries inside redis-py, the listener loop owns them;
-        # RESP2 so the reply shape is fixed; a name so operators (and tests)
-        # can find it in CLIENT LIST. A pool of one, not
-        # single_connection_client, which would connect (and fail) here.
-        settings: dict[str, Any] = {
-            "socket_timeout": self._block_ms / 1000 + 2.0,
-            "socket_connect_timeout": 1.0,
-            "retry": Retry(NoBackoff(), 0),
-            "client_name": LISTENER_NAME,
-            "decode_responses": False,
-            "protocol": 2,
-        }
         if self._url is not None:
+            settings = _listener_settings(self._block_ms)
             return redis.Redis.from_url(self._url, max_connections=1, **settings)
         assert self._sync is not None
-        pool = self._sync.connection_pool
-        # Same server, credentials and TLS; not the caller's retry policy nor
-        # redis-py's per-pool bookkeeping (maintenance-notification handlers
-        # belong to that pool and need RESP3).
-        kwargs = {
-            name: value
-            for name, value in pool.connection_kwargs.items()
-            if not name.startswith(("maint_notifications", "orig_", "retry"))
-        }
-        kwargs.update(settings)
-        new_pool = redis.ConnectionPool(
-            connection_class=pool.connection_class, max_connections=1, **kwargs
-        )
-        return redis.Redis(connection_pool=new_pool)
+        # Same server, credentials and TLS, not the pool's retries.
+        return _listener_like(self._sync.connection_pool, self._block_ms)
 
     async def _aclient(self) -> _LoopClient:
         if self._given_async is not None:
@@ -241,13 +231,14 @@ class RedisBus(_StreamListener):
             return
         if self._closed:
             raise TierCacheError("bus is closed")
-        entries = [_fields(self._origin, item) for item in items]
+        entries = self._entries(items)
         client = self._client()
         try:
-            # Not MULTI: the batch needs one round trip, not isolation.
+            # Not MULTI: the batch needs one round trip, not isolation. A
+            # cluster client's pipeline sends each node its own XADDs.
             with client.pipeline(transaction=False) as pipe:
-                for fields in entries:
-                    pipe.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
+                for stream, fields in entries:
+                    pipe.xadd(stream, fields, maxlen=self._maxlen, approximate=True)
                 pipe.execute()
         except BACKEND_ERRORS as exc:
             raise self._error(len(entries), exc, client, self._owns_sync) from exc
@@ -262,16 +253,27 @@ class RedisBus(_StreamListener):
         if self._url is None and self._given_async is None:
             await asyncio.to_thread(self.publish, items)
             return
-        entries = [_fields(self._origin, item) for item in items]
+        entries = self._entries(items)
         entry = await self._aclient()
         try:
             async with entry.client.pipeline(transaction=False) as pipe:
-                for fields in entries:
-                    pipe.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
+                for stream, fields in entries:
+                    pipe.xadd(stream, fields, maxlen=self._maxlen, approximate=True)
                 await pipe.execute()
         except BACKEND_ERRORS as exc:
             raise self._error(len(entries), exc, entry.client, entry.closer is not None) from exc
         self._count_published(len(entries))
+
+    def _entries(self, items: Sequence[PublishItem]) -> list[tuple[str, dict[Any, Any]]]:
+        """Each item's stream and entry, all checked before anything is sent."""
+        streams = self._streams
+        if len(streams) == 1:
+            return [(streams[0], _fields(self._origin, item)) for item in items]
+        entries = []
+        for item in items:
+            fields = _fields(self._origin, item)  # checks the key first
+            entries.append((streams[stream_index(item[0], len(streams))], fields))
+        return entries
 
     def _error(self, count: int, exc: BaseException, client: Any, own: bool) -> TierError:
         if not saturated(exc):
