@@ -15,20 +15,20 @@ warning and one ``errors`` count per marker). The wire version is in the
 stream's name (:func:`stream_key`).
 
 **Streams: v1 on one server, v2 on a Redis Cluster.** On a single server
-(or Sentinel) a namespace has one stream, ``tiercache:v1:<ns>:inv``
-(:data:`WIRE_VERSION`), exactly as before clusters were supported. On a
-cluster one stream would be one hash slot, one shard taking every
-invalidation, so a namespace there has ``streams`` of them
-(:data:`CLUSTER_WIRE_VERSION` 2, :func:`cluster_stream_keys`):
-``tiercache:v2:{<ns>:<tag>}:inv``, the hash tag ``{<ns>:<tag>}`` chosen so
-the i-th stream's slot lies in the i-th of ``streams`` equal slice of the
-16384 slots (``redis-cli --cluster create`` gives each master one
-contiguous range, so the streams spread evenly over the masters). A key's
-invalidations always go to stream ``crc32(key) % streams``
-(:func:`stream_index`), so per-key order holds. The entries are the same
-four fields. What changed on the wire is only the stream names: v1 and v2
-buses (and v2 buses with different ``streams``) do not hear each other, so
-every process of a namespace must agree on both.
+a namespace has one stream, ``tiercache:v1:<ns>:inv`` (:data:`WIRE_VERSION`),
+exactly as before clusters were supported. On a cluster one stream would be
+one hash slot, one shard taking every invalidation, so a namespace there
+has ``streams`` of them (:data:`CLUSTER_WIRE_VERSION` 2,
+:func:`cluster_stream_keys`): ``tiercache:v2:{<ns>:<tag>}:inv:<i>/<streams>``,
+the hash tag ``{<ns>:<tag>}`` chosen so the i-th stream's slot lies in the
+i-th of ``streams`` equal slices of the 16384 slots (``redis-cli --cluster
+create`` gives each master one contiguous range, so the streams spread
+evenly over the masters). A key's invalidations always go to stream
+``crc32(key) % streams`` (:func:`stream_index`), so per-key order holds.
+The entries are the same four fields; what changed on the wire is only the
+stream names. So v1 and v2 buses, and v2 buses set to different
+``streams``, do not hear each other: every process of a namespace on a
+cluster must run a version with v2 and the same ``streams``.
 
 No I/O here: the cache core imports :class:`Invalidation` without redis.
 """
@@ -122,29 +122,31 @@ def key_slot(key: str) -> int:
 def cluster_stream_keys(namespace: str, streams: int) -> tuple[str, ...]:
     """The Redis keys of a namespace's ``streams`` streams on a cluster.
 
-    The i-th has the first hash tag ``{<ns>:<t>}`` (t = 0, 1, ...) whose slot
-    lies in the i-th of ``streams`` equal slices of the slots; a namespace
-    whose tag cannot vary (it holds a ``}``) gets t = i, all in one slot.
+    The i-th is ``tiercache:v2:{<ns>:<t>}:inv:<i>/<streams>``, ``t`` the
+    first tag (0, 1, ...) that puts it in the i-th of ``streams`` equal
+    slices of the slots; a namespace whose tag cannot vary (it holds a
+    ``}``) gets t = i, all in one slot. The count is in the name, so buses
+    set to different counts share no stream.
 
     >>> cluster_stream_keys("mybot", 2)
-    ('tiercache:v2:{mybot:0}:inv', 'tiercache:v2:{mybot:2}:inv')
+    ('tiercache:v2:{mybot:0}:inv:0/2', 'tiercache:v2:{mybot:2}:inv:1/2')
     >>> [key_slot(k) * 2 // 16384 for k in cluster_stream_keys("mybot", 2)]
     [0, 1]
     """
 
-    def name(tag: int) -> str:
-        return f"tiercache:v{CLUSTER_WIRE_VERSION}:{{{namespace}:{tag}}}:inv"
+    def name(tag: int, index: int) -> str:
+        return f"tiercache:v{CLUSTER_WIRE_VERSION}:{{{namespace}:{tag}}}:inv:{index}/{streams}"
 
     keys = []
     for index in range(streams):
         low, high = index * SLOTS // streams, (index + 1) * SLOTS // streams
         # ~streams tries each: the slots of successive tags look random.
         for tag in range(64 * streams + 64):
-            if low <= key_slot(name(tag)) < high:
-                keys.append(name(tag))
+            if low <= key_slot(name(tag, index)) < high:
+                keys.append(name(tag, index))
                 break
         else:  # the tag does not vary: one slot whatever we do
-            return tuple(name(i) for i in range(streams))
+            return tuple(name(i, i) for i in range(streams))
     return tuple(keys)
 
 

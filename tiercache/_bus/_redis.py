@@ -25,7 +25,9 @@ connections.
 One capped Redis Stream gives both live delivery and replay: a listener that
 lost its connection resumes from the last id it saw, so a short outage
 loses nothing. How the listener reads, replays and detects gaps is in
-:mod:`._listener`; the entry format in :mod:`._message`.
+:mod:`._listener`; the entry format in :mod:`._message`. On a Redis
+Cluster the bus has several streams, each followed on its own (see
+:mod:`._cluster`).
 """
 
 from __future__ import annotations
@@ -88,6 +90,16 @@ class RedisBus(_ShardedListener):
     stream was emptied or deleted with nothing published since. A URL is
     checked as :class:`~tiercache.RedisTier` checks it (``rediss://`` works
     the same).
+
+    On a Redis Cluster (a ``redis+cluster://`` URL, or a
+    ``redis.cluster.RedisCluster``, with a ``redis.asyncio.cluster``
+    client as ``async_client=``) the namespace has ``streams`` streams
+    (default 16, 1..256) spread over the cluster's slots, each key's
+    invalidations always in the same one, and the listener is one thread
+    and connection per stream, to the master serving it; each stream has
+    its own replay and gaps (see :mod:`._cluster`). Every process of the
+    namespace must use the same ``streams``. On a single server
+    ``streams`` is not used: one stream, as always.
 
     ``on_messages`` and ``on_gap`` run on the listener thread: keep them
     short and thread-safe.
@@ -222,7 +234,8 @@ class RedisBus(_ShardedListener):
     # -- publish ---------------------------------------------------------------
 
     def publish(self, items: Sequence[PublishItem]) -> None:
-        """Append ``(key, action, version)`` items to the stream in one round trip.
+        """Append ``(key, action, version)`` items to the stream in one round
+        trip (on a cluster, each to its key's stream: one batch per node).
 
         Call it after the write it announces was acknowledged. Raises
         :class:`~tiercache.TierError` when Redis fails (the cause attached).
@@ -232,8 +245,10 @@ class RedisBus(_ShardedListener):
         if self._closed:
             raise TierCacheError("bus is closed")
         entries = self._entries(items)
-        client = self._client()
+        client: Any = None
         try:
+            # Inside: a cluster client connects as it is made.
+            client = self._client()
             # Not MULTI: the batch needs one round trip, not isolation. A
             # cluster client's pipeline sends each node its own XADDs.
             with client.pipeline(transaction=False) as pipe:

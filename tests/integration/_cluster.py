@@ -1,0 +1,144 @@
+"""A minimal local Redis Cluster for the bus's cluster tests (until
+``tiercache.testing.LocalCluster`` lands, which should replace this).
+
+N masters, no replicas, no persistence, on free loopback ports in one
+temporary directory; every process is stopped by its own PID. A node can be
+restarted (same port, same ``nodes-P.conf``, data gone) to fault-test a
+reader of its slots.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+from tiercache.testing import RedisServer, find_redis_server
+
+
+def _free_port_pair() -> int:
+    """A free loopback port P whose cluster bus port P + 10000 is free too."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 30_000)
+        try:
+            for p in (port, port + 10_000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class Cluster:
+    """``masters`` redis-server processes joined into one cluster."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.binary = find_redis_server()
+        self.cli = str(Path(self.binary).with_name("redis-cli"))
+        self.dir = tempfile.mkdtemp(prefix="tiercache-cluster-")
+        self.nodes: list[RedisServer] = []
+        for _ in range(masters):
+            port = _free_port_pair()
+            self.nodes.append(
+                RedisServer(
+                    binary=self.binary,
+                    port=port,
+                    args=[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        f"nodes-{port}.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                        "--dir",  # the last --dir wins: one shared directory
+                        self.dir,
+                    ],
+                )
+            )
+
+    @property
+    def url(self) -> str:
+        """A ``redis+cluster://`` URL naming the first node as the seed."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def node_url(self, index: int) -> str:
+        return self.nodes[index].url
+
+    def start(self, timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                self.cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+        self.wait_ok(timeout)
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every node says ``cluster_state:ok`` and knows every master."""
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            with redis.Redis(port=node.port, socket_timeout=1.0) as client:
+                while True:
+                    try:
+                        info = client.cluster("INFO")
+                        if (
+                            info["cluster_state"] == "ok"
+                            and int(info["cluster_known_nodes"]) == len(self.nodes)
+                            and int(info["cluster_size"]) == len(self.nodes)
+                        ):
+                            break
+                    except redis.RedisError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"cluster not ok after {timeout} s")
+                    time.sleep(0.05)
+
+    def restart(self, index: int) -> None:
+        """Restart one node: it rejoins with its slots, and without its data."""
+        self.nodes[index].restart()
+        self.wait_ok()
+
+    def node_of(self, key: str) -> int:
+        """The index of the node serving ``key``'s slot."""
+        with redis.Redis(port=self.nodes[0].port) as client:
+            slot = int(client.cluster("KEYSLOT", key))
+            for start, end, (_host, port, *_) in (
+                (int(r[0]), int(r[1]), r[2]) for r in client.execute_command("CLUSTER SLOTS")
+            ):
+                if start <= slot <= end:
+                    return [n.port for n in self.nodes].index(int(port))
+        raise LookupError(key)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def cluster(masters: int = 3) -> Iterator[Cluster]:
+    """The body of a pytest fixture: a started cluster, closed after."""
+    c = Cluster(masters)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.close()
