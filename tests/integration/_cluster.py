@@ -70,9 +70,6 @@ class Cluster:
         """A ``redis+cluster://`` URL naming the first node as the seed."""
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
 
-    def node_url(self, index: int) -> str:
-        return self.nodes[index].url
-
     def start(self, timeout: float = 30.0) -> None:
         for node in self.nodes:
             node.start()
@@ -117,16 +114,46 @@ class Cluster:
         self.nodes[index].restart()
         self.wait_ok()
 
+    def move_slot(self, slot: int, to: int) -> None:
+        """Reshard one slot, with its keys, to node ``to``, as ``redis-cli
+        --cluster reshard`` does (IMPORTING / MIGRATING, MIGRATE, SETSLOT NODE)."""
+        clients = [redis.Redis(port=n.port, decode_responses=True) for n in self.nodes]
+        try:
+            ids = [c.cluster("MYID") for c in clients]
+            source = self.node_of_slot(slot)
+            src, dst = clients[source], clients[to]
+            dst.cluster("SETSLOT", slot, "IMPORTING", ids[source])
+            src.cluster("SETSLOT", slot, "MIGRATING", ids[to])
+            while keys := src.cluster("GETKEYSINSLOT", slot, 100):
+                src.migrate("127.0.0.1", self.nodes[to].port, keys, 0, 5000)
+            for c in clients:
+                c.cluster("SETSLOT", slot, "NODE", ids[to])
+            deadline = time.monotonic() + 10
+            while not all(self._owner(c, slot) == self.nodes[to].port for c in clients):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"slot {slot} not moved in 10 s")
+                time.sleep(0.02)
+        finally:
+            for c in clients:
+                c.close()
+
+    @staticmethod
+    def _owner(client: redis.Redis, slot: int) -> int | None:
+        for start, end, (_host, port, *_), *_ in client.execute_command("CLUSTER SLOTS"):
+            if int(start) <= slot <= int(end):
+                return int(port)
+        return None
+
+    def node_of_slot(self, slot: int) -> int:
+        """The index of the node serving ``slot``."""
+        with redis.Redis(port=self.nodes[0].port) as client:
+            port = self._owner(client, slot)
+        return [n.port for n in self.nodes].index(port)
+
     def node_of(self, key: str) -> int:
         """The index of the node serving ``key``'s slot."""
         with redis.Redis(port=self.nodes[0].port) as client:
-            slot = int(client.cluster("KEYSLOT", key))
-            for start, end, (_host, port, *_) in (
-                (int(r[0]), int(r[1]), r[2]) for r in client.execute_command("CLUSTER SLOTS")
-            ):
-                if start <= slot <= end:
-                    return [n.port for n in self.nodes].index(int(port))
-        raise LookupError(key)
+            return self.node_of_slot(int(client.cluster("KEYSLOT", key)))
 
     def close(self) -> None:
         for node in self.nodes:

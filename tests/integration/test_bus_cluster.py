@@ -21,7 +21,7 @@ import redis.cluster
 
 from tiercache import MemoryTier, RedisTier, TieredCache, TierError, _bus
 from tiercache._bus import LISTENER_NAME, RedisBus
-from tiercache._bus._message import stream_index
+from tiercache._bus._message import key_slot, stream_index
 from tiercache._redisclient import cluster_url
 
 from ._cluster import Cluster, cluster
@@ -266,6 +266,34 @@ def _publishes(bus: RedisBus, items: list[tuple[str, str, int]]) -> bool:
     return True
 
 
+def test_a_resharded_stream_is_followed_to_its_new_node_with_a_gap(
+    redis_cluster: Cluster, namespace: str, make_bus: Callable[..., RedisBus]
+) -> None:
+    a, b = make_bus(namespace, streams=3), make_bus(namespace, streams=3)
+    inbox = Inbox()
+    b.start(inbox.on_messages, inbox.on_gap)
+    keys = one_key_per_stream(3)
+    a.publish([(key, "set", 1) for key in keys])
+    inbox.wait_count(3)
+    moved = b.streams[0]
+    slot = key_slot(moved)
+    source = redis_cluster.node_of_slot(slot)
+    target = (source + 1) % 3
+    redis_cluster.move_slot(slot, target)
+    try:
+        # The follower's XREAD is answered MOVED: it finds the new master,
+        # whose run id it has not seen, so the position is not trusted.
+        wait_until(lambda: b.gaps == 1 and b.healthy, what="the gap and recovery")
+        streams = b.stats()["streams"]
+        assert streams[moved]["node"] == f"127.0.0.1:{redis_cluster.nodes[target].port}"
+        assert [streams[s]["gaps"] for s in b.streams] == [1, 0, 0]
+        a.publish([(key, "set", 2) for key in keys])  # the publisher follows MOVED
+        wait_until(lambda: len(inbox.messages) == 6, what="delivery after the move")
+        assert sorted(inbox.keys()[3:]) == sorted(keys)
+    finally:
+        redis_cluster.move_slot(slot, source)
+
+
 def test_close_is_prompt(namespace: str, make_bus: Callable[..., RedisBus]) -> None:
     bus = make_bus(namespace, block_ms=10_000)
     bus.start(lambda batch: None, lambda: None)
@@ -277,6 +305,29 @@ def test_close_is_prompt(namespace: str, make_bus: Callable[..., RedisBus]) -> N
     assert time.perf_counter() - started < 2.0  # CLIENT UNBLOCK on each node
     assert not any(t is not None and t.is_alive() for t in threads)
     assert not bus.healthy
+
+
+def test_close_with_a_hung_node_waits_for_the_slowest_follower_not_the_sum(
+    redis_cluster: Cluster, namespace: str, make_bus: Callable[..., RedisBus]
+) -> None:
+    bus = make_bus(namespace, block_ms=200)
+    bus.start(lambda batch: None, lambda: None)
+    hung = redis_cluster.nodes[2]
+    on_hung = [s for s in bus.stats()["streams"].values() if s["node"] == f"127.0.0.1:{hung.port}"]
+    assert len(on_hung) >= 4
+    hung.pause()  # SIGSTOP: its followers hang in XREAD, CLIENT UNBLOCK times out
+    try:
+        time.sleep(0.3)
+        started = time.perf_counter()
+        bus.close()
+        elapsed = time.perf_counter() - started
+    finally:
+        hung.resume()
+    # One 2 s unblock timeout, then the followers' own 2.2 s socket
+    # timeouts run out together: not one wait per follower.
+    assert elapsed < 4.0, elapsed
+    assert not any(f._thread is not None and f._thread.is_alive() for f in bus._followers)
+    redis_cluster.wait_ok()
 
 
 def test_started_while_the_cluster_is_unreachable_is_unhealthy(namespace: str) -> None:
@@ -342,7 +393,9 @@ def test_a_cluster_cache_is_told_of_another_process_writes_and_of_a_gap(
         assert isinstance(bus, RedisBus) and bus.cluster
         with raw_cluster(redis_cluster) as raw:
             raw.delete(bus.streams[5])
-        wait_until(lambda: bus.gaps == 1, what="the gap")
+        # The cache's count, not the bus's: the bus counts before it calls on_gap.
+        wait_until(lambda: cache.stats().bus_gaps == 1, what="the gap")
         assert cache.get(keys[0]) == {"by": "silent"}, "revalidated after the gap"
+        assert bus.gaps == 1
     finally:
         cache.close()

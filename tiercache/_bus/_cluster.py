@@ -99,6 +99,18 @@ class _StreamFollower(_StreamListener):
         self._cluster().nodes_manager.initialize()
         self._listener = self._new_listener()
 
+    def _unblock(self, listener_id: int) -> bool:
+        # At close, a node that did not answer one follower is not asked
+        # again for the next: each try on a hung node waits a socket timeout.
+        dead = self._owner._unanswered
+        node = self.node
+        if node in dead:
+            return False
+        if super()._unblock(listener_id):
+            return True
+        dead.add(node)
+        return False
+
     def _client(self) -> redis.Redis:
         """The cluster client's connection to this follower's node, for
         ``CLIENT UNBLOCK`` (a client id is per node)."""
@@ -134,6 +146,8 @@ class _ShardedListener(_StreamListener):
         self._cluster = shards is not None
         self._stream = self._streams[0]
         self._followers: list[_StreamFollower] = []
+        #: Nodes that did not answer a CLIENT UNBLOCK during close().
+        self._unanswered: set[str | None] = set()
 
     @property
     def cluster(self) -> bool:
@@ -152,20 +166,26 @@ class _ShardedListener(_StreamListener):
 
     # -- listening -------------------------------------------------------------
 
-    def _listen(self, on_messages: OnMessages, on_gap: OnGap) -> None:
+    def _listen(self, on_messages: OnMessages, on_gap: OnGap, *, connect: bool = True) -> None:
         if not self._cluster:
-            super()._listen(on_messages, on_gap)
+            super()._listen(on_messages, on_gap, connect=connect)
             return
         self._followers = [
             _StreamFollower(self, stream, index) for index, stream in enumerate(self._streams)
         ]
+        # Each syncs here, as a single-server bus does, unless one could not
+        # reach the cluster: then the rest connect in their threads, so a
+        # cluster that is down costs start() one connect timeout, not one each.
+        reachable = connect
         for follower in self._followers:
-            follower._listen(on_messages, on_gap)
+            follower._listen(on_messages, on_gap, connect=reachable)
+            reachable = reachable and follower._healthy
 
     def _stop_listener(self) -> None:
         if not self._cluster:
             super()._stop_listener()
             return
+        self._unanswered = set()
         # All told first, so they wind down together: close() then waits
         # for the slowest, not for the sum.
         for follower in self._followers:

@@ -276,12 +276,17 @@ class _StreamListener(_BusBase):
         self._callbacks = (on_messages, on_gap)
         self._listen(on_messages, on_gap)
 
-    def _listen(self, on_messages: OnMessages, on_gap: OnGap) -> None:
-        try:
-            self._listener = self._new_listener()
-            self._sync_position(on_messages, on_gap)
-        except BACKEND_ERRORS as exc:
-            self._lost(exc)
+    def _listen(self, on_messages: OnMessages, on_gap: OnGap, *, connect: bool = True) -> None:
+        """Sync the position here (unless ``connect`` is False: then the
+        thread connects, as after an outage), then start the thread."""
+        if not connect:
+            self._mark_unhealthy()
+        else:
+            try:
+                self._listener = self._new_listener()
+                self._sync_position(on_messages, on_gap)
+            except BACKEND_ERRORS as exc:
+                self._lost(exc)
         self._thread = threading.Thread(
             target=self._run,
             args=(on_messages, on_gap),
@@ -438,6 +443,14 @@ class _StreamListener(_BusBase):
             self._call_messages(on_messages, batch)
         return len(entries) - 1
 
+    def _unblock(self, listener_id: int) -> bool:
+        """``CLIENT UNBLOCK`` the listener; False when Redis did not answer."""
+        try:
+            self._client().client_unblock(listener_id)
+        except BACKEND_ERRORS:
+            return False
+        return True
+
     def _stop_listener(self) -> None:
         thread = self._thread
         if thread is None or thread is threading.current_thread():
@@ -449,10 +462,8 @@ class _StreamListener(_BusBase):
             listener_id = self._listener_id
             if can_unblock and listener_id is not None:
                 # Repeated: the first may land before the XREAD blocks.
-                try:
-                    self._client().client_unblock(listener_id)
-                except BACKEND_ERRORS:
-                    can_unblock = False  # Redis is down: the thread is not blocked on it
+                # Redis down: the thread is not blocked on it.
+                can_unblock = self._unblock(listener_id)
             thread.join(0.05)
         if thread.is_alive():
             log.warning("bus %s: listener thread did not stop in time", self._namespace)
