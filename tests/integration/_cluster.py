@@ -39,14 +39,17 @@ def _free_port_pair() -> int:
 
 
 class Cluster:
-    """``masters`` redis-server processes joined into one cluster."""
+    """``masters`` redis-server processes joined into one cluster, each
+    with ``replicas`` replicas (``nodes``: the masters first, as
+    ``redis-cli --cluster create`` assigns them)."""
 
-    def __init__(self, masters: int = 3) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
+        self.masters, self.replicas = masters, replicas
         self.binary = find_redis_server()
         self.cli = str(Path(self.binary).with_name("redis-cli"))
         self.dir = tempfile.mkdtemp(prefix="tiercache-cluster-")
         self.nodes: list[RedisServer] = []
-        for _ in range(masters):
+        for _ in range(masters * (1 + replicas)):
             port = _free_port_pair()
             self.nodes.append(
                 RedisServer(
@@ -80,7 +83,7 @@ class Cluster:
                 "create",
                 *(f"127.0.0.1:{node.port}" for node in self.nodes),
                 "--cluster-replicas",
-                "0",
+                str(self.replicas),
                 "--cluster-yes",
             ],
             check=True,
@@ -90,9 +93,12 @@ class Cluster:
         self.wait_ok(timeout)
 
     def wait_ok(self, timeout: float = 30.0) -> None:
-        """Until every node says ``cluster_state:ok`` and knows every master."""
+        """Until every live node says ``cluster_state:ok`` and knows every
+        node, and every replica is in sync."""
         deadline = time.monotonic() + timeout
         for node in self.nodes:
+            if node.pid is None:
+                continue  # killed
             with redis.Redis(port=node.port, socket_timeout=1.0) as client:
                 while True:
                     try:
@@ -100,7 +106,8 @@ class Cluster:
                         if (
                             info["cluster_state"] == "ok"
                             and int(info["cluster_known_nodes"]) == len(self.nodes)
-                            and int(info["cluster_size"]) == len(self.nodes)
+                            and int(info["cluster_size"]) == self.masters
+                            and client.info("replication").get("master_link_status", "up") == "up"
                         ):
                             break
                     except redis.RedisError:
@@ -113,6 +120,14 @@ class Cluster:
         """Restart one node: it rejoins with its slots, and without its data."""
         self.nodes[index].restart()
         self.wait_ok()
+
+    def port_of(self, node: str) -> int:
+        """The port of a ``host:port`` node name."""
+        return int(node.rpartition(":")[2])
+
+    def index_of(self, node: str) -> int:
+        """The index in ``nodes`` of a ``host:port`` node name."""
+        return [n.port for n in self.nodes].index(self.port_of(node))
 
     def move_slot(self, slot: int, to: int) -> None:
         """Reshard one slot, with its keys, to node ``to``, as ``redis-cli
@@ -150,10 +165,15 @@ class Cluster:
             port = self._owner(client, slot)
         return [n.port for n in self.nodes].index(port)
 
-    def node_of(self, key: str) -> int:
-        """The index of the node serving ``key``'s slot."""
-        with redis.Redis(port=self.nodes[0].port) as client:
-            return self.node_of_slot(int(client.cluster("KEYSLOT", key)))
+    def replica_of(self, master: str) -> str:
+        """The ``host:port`` of a replica of the master ``master``."""
+        with redis.Redis(port=self.port_of(master), decode_responses=True) as client:
+            my_id = client.cluster("MYID")
+            nodes: dict[str, dict[str, str]] = client.cluster("NODES")  # parsed by redis-py
+            for address, node in nodes.items():
+                if node["master_id"] == my_id:
+                    return address.split("@")[0]
+        raise LookupError(f"{master} has no replica")
 
     def close(self) -> None:
         for node in self.nodes:
@@ -161,9 +181,9 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def cluster(masters: int = 3) -> Iterator[Cluster]:
+def cluster(masters: int = 3, replicas: int = 0) -> Iterator[Cluster]:
     """The body of a pytest fixture: a started cluster, closed after."""
-    c = Cluster(masters)
+    c = Cluster(masters, replicas)
     try:
         c.start()
         yield c

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -69,7 +70,10 @@ def raw_cluster(c: Cluster) -> redis.cluster.RedisCluster:
 
 
 def test_invalidations_spread_over_every_stream_and_master_and_arrive_in_key_order(
-    redis_cluster: Cluster, namespace: str, make_bus: Callable[..., RedisBus]
+    redis_cluster: Cluster,
+    namespace: str,
+    make_bus: Callable[..., RedisBus],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     a, b = make_bus(namespace), make_bus(namespace)
     inbox = Inbox()
@@ -79,8 +83,24 @@ def test_invalidations_spread_over_every_stream_and_master_and_arrive_in_key_ord
     assert len(nodes) == 3, "the 16 streams are spread over all 3 masters"
 
     keys = [f"chat:{i}" for i in range(200)]
-    for version in (1, 2, 3):  # three publishes: per-key order must hold across them
+    for version in (1, 2):  # several publishes: per-key order must hold across them
         a.publish([(key, "set", version) for key in keys])
+    # The third, on connections now open: one write to each master's socket.
+    sends: list[int] = []
+    real_send = redis.connection.AbstractConnection.send_packed_command
+
+    def counting_send(
+        self: redis.connection.AbstractConnection, *args: object, **kw: object
+    ) -> None:
+        if threading.current_thread() is publisher:
+            sends.append(self.port)  # type: ignore[attr-defined]
+        real_send(self, *args, **kw)  # type: ignore[arg-type]
+
+    publisher = threading.current_thread()
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting_send)
+    a.publish([(key, "set", 3) for key in keys])
+    monkeypatch.undo()
+    assert sorted(sends) == sorted(n.port for n in redis_cluster.nodes)
     inbox.wait_count(600)
     by_key: dict[str, list[int]] = {}
     for m in inbox.messages:
@@ -292,6 +312,43 @@ def test_a_resharded_stream_is_followed_to_its_new_node_with_a_gap(
         assert sorted(inbox.keys()[3:]) == sorted(keys)
     finally:
         redis_cluster.move_slot(slot, source)
+
+
+@pytest.fixture
+def replicated_cluster() -> Iterator[Cluster]:
+    """3 masters with a replica each, for the one failover test."""
+    yield from cluster(3, replicas=1)
+
+
+def test_a_master_failover_is_a_gap_of_its_streams_then_its_replica_serves_them(
+    replicated_cluster: Cluster, namespace: str
+) -> None:
+    url = replicated_cluster.url
+    a, b = RedisBus(url, namespace=namespace), RedisBus(url, namespace=namespace)
+    try:
+        inbox = Inbox()
+        b.start(inbox.on_messages, inbox.on_gap)
+        keys = one_key_per_stream(16)
+        a.publish([(key, "set", 1) for key in keys])
+        inbox.wait_count(16)
+        master = b.stats()["streams"][b.streams[0]]["node"]
+        on_master = [s for s, st in b.stats()["streams"].items() if st["node"] == master]
+        replica = replicated_cluster.replica_of(master)
+
+        replicated_cluster.nodes[replicated_cluster.index_of(master)].kill()
+        # node timeout 2 s, then the replica's election: a few seconds.
+        wait_until(lambda: b.gaps == len(on_master) and b.healthy, timeout=20, what="failover")
+        streams = b.stats()["streams"]
+        assert {s for s, st in streams.items() if st["gaps"]} == set(on_master)
+        assert all(streams[s]["node"] == replica for s in on_master)
+        wait_until(lambda: _publishes(a, [(key, "set", 2) for key in keys]), what="publish")
+        wait_until(
+            lambda: sorted(m.key for m in inbox.messages if m.version == 2) == sorted(keys),
+            what="delivery on every stream",
+        )
+    finally:
+        a.close()
+        b.close()
 
 
 def test_close_is_prompt(namespace: str, make_bus: Callable[..., RedisBus]) -> None:
