@@ -6,8 +6,8 @@
       publish(items) ──> item for key k ──> XADD streams[crc32(k) % 16]
                          (one cluster pipeline: redis-py groups the XADDs
                          by node and sends each node its batch)
-      streams  tiercache:v2:{ns:t0}:inv ... {ns:t15}   slots spread over the
-                                                       16384 (see _message)
+      streams  tiercache:v2:{ns:<tag>}:inv:0/16 ... :inv:15/16
+               each tag chosen so the 16 slots spread over the 16384 (_message)
       listening ──> one _StreamFollower per stream, each a thread with its own
                     connection to the master serving that stream's slot:
                       follows it exactly as a single-server bus follows its
@@ -79,12 +79,12 @@ class _StreamFollower(_StreamListener):
         #: ``host:port`` of the node the listener connects to (None: not found yet).
         self.node: str | None = None
 
-    def _cluster(self) -> Any:
+    def _cluster_client(self) -> Any:
         # A redis.cluster.RedisCluster; Any: most of its node API is untyped.
         return self._owner._client()
 
     def _new_listener(self) -> redis.Redis:
-        cluster = self._cluster()
+        cluster = self._cluster_client()
         node = cluster.get_node_from_key(self._stream)
         self.node = node.name
         client: redis.Redis = cluster.get_redis_connection(node)
@@ -96,7 +96,7 @@ class _StreamFollower(_StreamListener):
             old.close()
         # The slot may be another node's now (failover, resharding): ask the
         # cluster again. redis-py runs one refresh at a time for all threads.
-        self._cluster().nodes_manager.initialize()
+        self._cluster_client().nodes_manager.initialize()
         self._listener = self._new_listener()
 
     def _unblock(self, listener_id: int) -> bool:
@@ -114,7 +114,7 @@ class _StreamFollower(_StreamListener):
     def _client(self) -> redis.Redis:
         """The cluster client's connection to this follower's node, for
         ``CLIENT UNBLOCK`` (a client id is per node)."""
-        cluster = self._cluster()
+        cluster = self._cluster_client()
         host, _, port = (self.node or "").rpartition(":")
         node = cluster.get_node(host=host, port=int(port)) if host else None
         if node is None:
@@ -143,7 +143,7 @@ class _ShardedListener(_StreamListener):
         self._streams: tuple[str, ...] = (
             (stream_key(namespace),) if shards is None else cluster_stream_keys(namespace, shards)
         )
-        self._cluster = shards is not None
+        self._on_cluster = shards is not None
         self._stream = self._streams[0]
         self._followers: list[_StreamFollower] = []
         #: Nodes that did not answer a CLIENT UNBLOCK during close().
@@ -152,7 +152,7 @@ class _ShardedListener(_StreamListener):
     @property
     def cluster(self) -> bool:
         """Whether the bus is on a Redis Cluster (several streams)."""
-        return self._cluster
+        return self._on_cluster
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -167,7 +167,7 @@ class _ShardedListener(_StreamListener):
     # -- listening -------------------------------------------------------------
 
     def _listen(self, on_messages: OnMessages, on_gap: OnGap, *, connect: bool = True) -> None:
-        if not self._cluster:
+        if not self._on_cluster:
             super()._listen(on_messages, on_gap, connect=connect)
             return
         self._followers = [
@@ -182,7 +182,7 @@ class _ShardedListener(_StreamListener):
             reachable = reachable and follower._healthy
 
     def _stop_listener(self) -> None:
-        if not self._cluster:
+        if not self._on_cluster:
             super()._stop_listener()
             return
         self._unanswered = set()
@@ -204,13 +204,13 @@ class _ShardedListener(_StreamListener):
 
     @property
     def healthy(self) -> bool:
-        if not self._cluster:
+        if not self._on_cluster:
             return self._healthy
         return bool(self._followers) and all(f._healthy for f in self._followers)
 
     @property
     def unhealthy_since(self) -> float | None:
-        if not self._cluster:
+        if not self._on_cluster:
             return self._unhealthy_since
         since = [f._unhealthy_since for f in self._followers if f._unhealthy_since is not None]
         return min(since, default=None)
@@ -219,7 +219,7 @@ class _ShardedListener(_StreamListener):
     def last_id(self) -> str | None:
         """The id of the last stream entry read; None before the first sync
         (on a cluster, always None: each stream's is in ``stats()``)."""
-        return None if self._cluster else self._last_id
+        return None if self._on_cluster else self._last_id
 
     @property
     def received(self) -> int:
@@ -243,7 +243,7 @@ class _ShardedListener(_StreamListener):
         cluster the sums over the streams, and ``streams``: each stream's
         node, health, position and gaps."""
         stats = super().stats()
-        if not self._cluster:
+        if not self._on_cluster:
             return stats
         stats.update(
             healthy=self.healthy,
