@@ -456,3 +456,41 @@ def test_a_cluster_cache_is_told_of_another_process_writes_and_of_a_gap(
         assert bus.gaps == 1
     finally:
         cache.close()
+
+
+def test_a_cache_on_given_cluster_clients_publishes_after_its_sync_and_async_writes(
+    redis_cluster: Cluster, namespace: str
+) -> None:
+    plain = cluster_url(redis_cluster.url)
+    assert plain is not None
+    listener = TieredCache(
+        MemoryTier(), RedisTier(redis_cluster.url), namespace=namespace, max_stale=None
+    )
+    client = raw_cluster(redis_cluster)
+    async_client = redis.asyncio.cluster.RedisCluster.from_url(plain)
+    writer = TieredCache(
+        MemoryTier(), RedisTier(client, async_client=async_client), namespace=namespace
+    )
+
+    async def write_async() -> None:
+        async with writer.session("k") as s:
+            s["v"] = 2
+
+    async def close_async() -> None:
+        await writer.aclose()
+        await async_client.aclose()
+
+    with asyncio.Runner() as runner:  # one loop: the async client is bound to it
+        try:
+            # The same client for tier and bus: one server by same_connection,
+            # yet no in-script publish on a cluster.
+            assert not writer._s.tier_publishes
+            with writer.session("k") as s:
+                s["v"] = 1
+            assert listener.get("k") == {"v": 1}
+            runner.run(write_async())
+            wait_until(lambda: listener.get("k") == {"v": 2}, what="the async write heard")
+        finally:
+            runner.run(close_async())
+            client.close()
+            listener.close()

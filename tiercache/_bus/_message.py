@@ -113,10 +113,21 @@ def key_slot(key: str) -> int:
             data = data[start + 1 : end]
     crc = 0
     for byte in data:
-        crc ^= byte << 8
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[(crc >> 8) ^ byte]
+    return crc % SLOTS
+
+
+def _crc16_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
         for _ in range(8):
             crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
-    return crc % SLOTS
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC16 = _crc16_table()
 
 
 def cluster_stream_keys(namespace: str, streams: int) -> tuple[str, ...]:
