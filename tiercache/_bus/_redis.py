@@ -97,9 +97,10 @@ class RedisBus(_ShardedListener):
     (default 16, 1..256) spread over the cluster's slots, each key's
     invalidations always in the same one, and the listener is one thread
     and connection per stream, to the master serving it; each stream has
-    its own replay and gaps (see :mod:`._cluster`). Every process of the
-    namespace must use the same ``streams``. On a single server
-    ``streams`` is not used: one stream, as always.
+    its own replay and gaps (see :mod:`._cluster`). ``maxlen`` caps each
+    stream, so the namespace holds up to ``streams * maxlen`` entries.
+    Every process of the namespace must use the same ``streams``. On a
+    single server ``streams`` is not used: one stream, as always.
 
     ``on_messages`` and ``on_gap`` run on the listener thread: keep them
     short and thread-safe.
