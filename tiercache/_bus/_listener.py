@@ -404,7 +404,11 @@ class _StreamListener(_BusBase):
             # Only our own writes came back: under a burst of them, a short
             # pause lets the next read take many at once instead of waking
             # (and taking the GIL from the writers) once per write.
-            self._stop.wait(OWN_PAUSE)
+            self._stop.wait(self._own_pause())
+
+    def _own_pause(self) -> float:
+        """Seconds to wait after a read of only this bus's own entries."""
+        return OWN_PAUSE
 
     def _take(
         self,

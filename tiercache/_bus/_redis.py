@@ -250,12 +250,18 @@ class RedisBus(_ShardedListener):
         try:
             # Inside: a cluster client connects as it is made.
             client = self._client()
-            # Not MULTI: the batch needs one round trip, not isolation. A
-            # cluster client's pipeline sends each node its own XADDs.
-            with client.pipeline(transaction=False) as pipe:
-                for stream, fields in entries:
-                    pipe.xadd(stream, fields, maxlen=self._maxlen, approximate=True)
-                pipe.execute()
+            if self._on_cluster and len(entries) == 1:
+                # The usual case (one write, one key): a cluster pipeline's
+                # bookkeeping costs more than the command (76 us, 59 direct).
+                stream, fields = entries[0]
+                client.xadd(stream, fields, maxlen=self._maxlen, approximate=True)
+            else:
+                # Not MULTI: the batch needs one round trip, not isolation.
+                # A cluster client's pipeline sends each node its own XADDs.
+                with client.pipeline(transaction=False) as pipe:
+                    for stream, fields in entries:
+                        pipe.xadd(stream, fields, maxlen=self._maxlen, approximate=True)
+                    pipe.execute()
         except BACKEND_ERRORS as exc:
             raise self._error(len(entries), exc, client, self._owns_sync) from exc
         self._count_published(len(entries))
@@ -272,10 +278,14 @@ class RedisBus(_ShardedListener):
         entries = self._entries(items)
         entry = await self._aclient()
         try:
-            async with entry.client.pipeline(transaction=False) as pipe:
-                for stream, fields in entries:
-                    pipe.xadd(stream, fields, maxlen=self._maxlen, approximate=True)
-                await pipe.execute()
+            if self._on_cluster and len(entries) == 1:  # as in publish()
+                stream, fields = entries[0]
+                await entry.client.xadd(stream, fields, maxlen=self._maxlen, approximate=True)
+            else:
+                async with entry.client.pipeline(transaction=False) as pipe:
+                    for stream, fields in entries:
+                        pipe.xadd(stream, fields, maxlen=self._maxlen, approximate=True)
+                    await pipe.execute()
         except BACKEND_ERRORS as exc:
             raise self._error(len(entries), exc, entry.client, entry.closer is not None) from exc
         self._count_published(len(entries))
