@@ -54,10 +54,11 @@ MAX_STREAMS = 256
 #: Seconds a follower waits after a read of only its own bus's entries (a
 #: single-server listener: OWN_PAUSE, 5 ms). A process writing to a cluster
 #: wakes each of its followers in turn, so with 5 ms nearly every write
-#: woke one: measured, a mutating scope on a 16-stream bus took 640 us
-#: against 217 us with one stream (the write and the publish, two round
-#: trips); with 20 ms, 217 us; 80 ms did no better. The price: another
-#: process's entry on a stream this one just wrote to may wait up to 20 ms.
+#: woke one. Measured (2-core VM, noisy; medians of 3000 mutating scopes,
+#: 3-master cluster): 16 streams with 5 ms, 630-660 us a scope; with 20 ms
+#: 216-246 us; 80 ms no better; one stream 220 us (the write and the
+#: publish: two round trips). The price: another process's entry on a
+#: stream this one just wrote to may wait up to 20 ms.
 FOLLOWER_OWN_PAUSE = 0.02
 
 
