@@ -5,7 +5,8 @@
     RedisBus(cluster client or redis+cluster:// URL, streams=16)
       publish(items) ──> item for key k ──> XADD streams[crc32(k) % 16]
                          (one cluster pipeline: redis-py groups the XADDs
-                         by node and sends each node its batch)
+                         by node and sends each node its batch; one item:
+                         a plain XADD to its node)
       streams  tiercache:v2:{ns:<tag>}:inv:0/16 ... :inv:15/16
                each tag chosen so the 16 slots spread over the 16384 (_message)
       listening ──> one _StreamFollower per stream, each a thread with its own
