@@ -24,6 +24,7 @@ from tiercache import MemoryTier, RedisTier, TieredCache, TierError, _bus
 from tiercache._bus import LISTENER_NAME, RedisBus
 from tiercache._bus._message import key_slot, stream_index
 from tiercache._redisclient import cluster_url
+from tiercache.testing import RedisServer
 
 from ._cluster import Cluster, cluster
 from .test_bus import Inbox, wait_until
@@ -398,6 +399,25 @@ def test_started_while_the_cluster_is_unreachable_is_unhealthy(namespace: str) -
         started = time.perf_counter()
         bus.close()
         assert time.perf_counter() - started < 3.0
+
+
+def test_start_and_close_are_prompt_while_the_seed_node_hangs(namespace: str) -> None:
+    with RedisServer() as seed:
+        seed.pause()  # accepts connections, answers nothing: 2 s socket timeouts
+        try:
+            bus = RedisBus(f"redis+cluster://127.0.0.1:{seed.port}", namespace=namespace)
+            started = time.perf_counter()
+            bus.start(lambda batch: None, lambda: None)
+            # One follower tries, the other 15 connect in their threads.
+            assert time.perf_counter() - started < 3.5
+            assert not bus.healthy and bus.unhealthy_since is not None
+            started = time.perf_counter()
+            bus.close()
+            # Each follower's attempt runs out on its own, not one after another.
+            assert time.perf_counter() - started < 3.5
+            assert not any(f._thread is not None and f._thread.is_alive() for f in bus._followers)
+        finally:
+            seed.resume()
 
 
 # -- a cache on the cluster ------------------------------------------------------------

@@ -181,20 +181,42 @@ class RedisBus(_ShardedListener):
     def _client(self) -> redis.Redis:
         client = self._sync
         if client is None:
+            if self._on_cluster:
+                return self._open_cluster()
             with self._lock:
                 client = self._sync
                 if client is None:
-                    assert self._url is not None  # no URL means a client was given
-                    # One retry heals a pooled connection that a server
-                    # restart cut. A retried pipeline may add an entry
-                    # twice: harmless, invalidations are idempotent.
-                    client = self._sync = open_sync(
-                        self._url,
-                        self._pool,
-                        socket_timeout=2.0,
-                        socket_connect_timeout=1.0,
-                        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1),
-                    )
+                    client = self._sync = self._open()
+        return client
+
+    def _open(self) -> redis.Redis:
+        assert self._url is not None  # no URL means a client was given
+        # One retry heals a pooled connection that a server restart cut. A
+        # retried pipeline may add an entry twice: harmless, invalidations
+        # are idempotent.
+        return open_sync(
+            self._url,
+            self._pool,
+            socket_timeout=2.0,
+            socket_connect_timeout=1.0,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1),
+        )
+
+    def _open_cluster(self) -> redis.Redis:
+        # A cluster client connects as it is made (it asks for the slots),
+        # so not under the lock: during an outage the followers' attempts
+        # would queue behind one another (2 s each on a hung node), and
+        # close() behind them all. Two made at once: one is kept.
+        new: redis.Redis | None = self._open()
+        with self._lock:
+            client = self._sync
+            if client is None and not self._closed:
+                client = self._sync = new
+                new = None
+        if new is not None:
+            new.close()
+        if client is None:  # closed meanwhile: nothing to use or unblock
+            raise redis.ConnectionError("bus is closed")
         return client
 
     def _new_listener(self) -> redis.Redis:
