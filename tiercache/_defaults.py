@@ -13,7 +13,9 @@ processes (issue #11).
                      silently stops. max_stale=None: no bound
         the bus is on the tier's server ──> tier.publish_into(...): every
                      compare-and-set adds its invalidation to the bus's
-                     stream in the same script (one round trip, atomic)
+                     stream in the same script (one round trip, atomic);
+                     not on a cluster (the stream is in another slot): the
+                     cache publishes after the write (bus.publish)
 
 Each is opted out of explicitly, so a default is told from a choice.
 
@@ -102,11 +104,17 @@ def default_max_stale(persistent: list[PersistentTier]) -> float | None:
 def publish_in_tier(tier: Any, bus: Bus | None, prefix: str) -> bool:
     """Have ``tier`` publish ``bus``'s invalidations inside its writes when
     both are on one Redis server (the same URL, or clients on one pool);
-    whether it does. Called again after a fork: the bus has a new origin."""
+    whether it does. Called again after a fork: the bus has a new origin.
+
+    Never on a Redis Cluster: a script may only touch keys of one slot, and
+    the key written and its stream are in different ones (``CROSSSLOT``).
+    The cache then publishes with ``bus.publish`` after the write is
+    acknowledged, as for a bus on another server: one more round trip.
+    """
     if not (isinstance(tier, RedisTier) and isinstance(bus, RedisBus)):
         return False
-    if tier.cluster:
-        return False  # a session's slot is not its stream's: CROSSSLOT
+    if tier.cluster or bus.cluster:
+        return False
     if not same_connection(tier.connection, bus.connection):
         return False
     tier.publish_into(prefix, bus.stream, bus.origin, bus.maxlen)

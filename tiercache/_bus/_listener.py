@@ -52,6 +52,8 @@ import threading
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .._clock import Clock, SystemClock
 from .._exceptions import ConfigError
@@ -78,6 +80,54 @@ OWN_PAUSE = 0.005
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _listener_settings(block_ms: int) -> dict[str, Any]:
+    """How a listener's connection is set up (see RedisBus._new_listener)."""
+    # The socket timeout exceeds the block so only a dead or hung server
+    # times out; no retries inside redis-py, the listener loop owns them;
+    # RESP2 so the reply shape is fixed; a name so operators (and tests)
+    # can find it in CLIENT LIST.
+    return {
+        "socket_timeout": block_ms / 1000 + 2.0,
+        "socket_connect_timeout": 1.0,
+        "retry": Retry(NoBackoff(), 0),
+        "client_name": LISTENER_NAME,
+        "decode_responses": False,
+        "protocol": 2,
+    }
+
+
+#: Connection settings a listener does not copy from the pool it is made
+#: like: the caller's retry policy, and redis-py's per-pool (or per-cluster)
+#: bookkeeping (maintenance-notification handlers belong to that pool and
+#: need RESP3; a cluster node's connect hook, cache and HIMPORT registry).
+_NOT_COPIED = (
+    "maint_notifications",
+    "oss_cluster_maint_notifications",
+    "orig_",
+    "retry",
+    "redis_connect_func",
+    "himport_registry",
+    "cache",
+)
+
+
+def _listener_like(pool: redis.ConnectionPool, block_ms: int) -> redis.Redis:
+    """A client of one connection, outside every pool, to the server
+    ``pool`` connects to, with its credentials and TLS, set up as a
+    listener's. A pool of one, not single_connection_client, which would
+    connect (and fail) here."""
+    kwargs = {
+        name: value
+        for name, value in pool.connection_kwargs.items()
+        if not name.startswith(_NOT_COPIED)
+    }
+    kwargs.update(_listener_settings(block_ms))
+    new_pool = redis.ConnectionPool(
+        connection_class=pool.connection_class, max_connections=1, **kwargs
+    )
+    return redis.Redis(connection_pool=new_pool)
 
 
 def _resume_gap(last_id: str | None, run_id: str | None, server_run_id: str) -> str | None:
@@ -171,6 +221,7 @@ class _StreamListener(_BusBase):
         self._run_id: str | None = None
         self._rng = random.Random()
         self._callbacks: tuple[OnMessages, OnGap] | None = None
+        self._thread_name = f"tiercache-bus-{namespace}"
 
     def _after_fork(self) -> None:
         """In a forked child: a new origin (the parent and the child must
@@ -200,8 +251,15 @@ class _StreamListener(_BusBase):
         raise NotImplementedError
 
     def _new_listener(self) -> redis.Redis:
-        """A new client, of one connection, for the listener thread."""
+        """A new client, of one connection, for the listener thread (it
+        connects on first use; a cluster's follower may raise a backend
+        error here, while finding its node)."""
         raise NotImplementedError
+
+    def _reconnect(self) -> None:
+        """Before a resync after a lost connection: nothing on one server
+        (the listener's client reconnects itself to the same address); a
+        cluster's follower finds the node now serving its stream."""
 
     # -- listen ----------------------------------------------------------------
 
@@ -218,16 +276,21 @@ class _StreamListener(_BusBase):
         self._callbacks = (on_messages, on_gap)
         self._listen(on_messages, on_gap)
 
-    def _listen(self, on_messages: OnMessages, on_gap: OnGap) -> None:
-        self._listener = self._new_listener()
-        try:
-            self._sync_position(on_messages, on_gap)
-        except BACKEND_ERRORS as exc:
-            self._lost(exc)
+    def _listen(self, on_messages: OnMessages, on_gap: OnGap, *, connect: bool = True) -> None:
+        """Sync the position here (unless ``connect`` is False: then the
+        thread connects, as after an outage), then start the thread."""
+        if not connect:
+            self._mark_unhealthy()
+        else:
+            try:
+                self._listener = self._new_listener()
+                self._sync_position(on_messages, on_gap)
+            except BACKEND_ERRORS as exc:
+                self._lost(exc)
         self._thread = threading.Thread(
             target=self._run,
             args=(on_messages, on_gap),
-            name=f"tiercache-bus-{self._namespace}",
+            name=self._thread_name,
             daemon=True,
         )
         self._thread.start()
@@ -302,6 +365,7 @@ class _StreamListener(_BusBase):
             while not self._stop.is_set():
                 try:
                     if not synced:
+                        self._reconnect()
                         self._sync_position(on_messages, on_gap)
                         synced, attempt = True, 0
                     self._read(on_messages, on_gap)
@@ -340,7 +404,11 @@ class _StreamListener(_BusBase):
             # Only our own writes came back: under a burst of them, a short
             # pause lets the next read take many at once instead of waking
             # (and taking the GIL from the writers) once per write.
-            self._stop.wait(OWN_PAUSE)
+            self._stop.wait(self._own_pause())
+
+    def _own_pause(self) -> float:
+        """Seconds to wait after a read of only this bus's own entries."""
+        return OWN_PAUSE
 
     def _take(
         self,
@@ -379,6 +447,14 @@ class _StreamListener(_BusBase):
             self._call_messages(on_messages, batch)
         return len(entries) - 1
 
+    def _unblock(self, listener_id: int) -> bool:
+        """``CLIENT UNBLOCK`` the listener; False when Redis did not answer."""
+        try:
+            self._client().client_unblock(listener_id)
+        except BACKEND_ERRORS:
+            return False
+        return True
+
     def _stop_listener(self) -> None:
         thread = self._thread
         if thread is None or thread is threading.current_thread():
@@ -390,10 +466,8 @@ class _StreamListener(_BusBase):
             listener_id = self._listener_id
             if can_unblock and listener_id is not None:
                 # Repeated: the first may land before the XREAD blocks.
-                try:
-                    self._client().client_unblock(listener_id)
-                except BACKEND_ERRORS:
-                    can_unblock = False  # Redis is down: the thread is not blocked on it
+                # Redis down: the thread is not blocked on it.
+                can_unblock = self._unblock(listener_id)
             thread.join(0.05)
         if thread.is_alive():
             log.warning("bus %s: listener thread did not stop in time", self._namespace)
