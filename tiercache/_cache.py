@@ -223,8 +223,9 @@ class TieredCache:
     def from_url(
         cls, url: str, *, namespace: str, memory: MemoryTier | None = None, **options: Any
     ) -> TieredCache:
-        """The safe configuration in one line: ``redis://``, ``rediss://`` or
-        ``unix://`` builds memory + :class:`RedisTier` + the default bus and
+        """The safe configuration in one line: ``redis://``, ``rediss://``,
+        ``unix://`` or ``redis+cluster://`` (a Redis Cluster) builds memory +
+        :class:`RedisTier` + the default bus and
         ``max_stale``; ``file:///dir`` the embedded default, memory +
         :class:`DiskTier`. ``options``: this constructor's settings, and the
         tier's (``socket_timeout=``, ``size_limit=``...); ``memory``: a

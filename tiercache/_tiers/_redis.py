@@ -84,6 +84,20 @@ class RedisTier(FieldsCalls, PersistentTier):
     :class:`~tiercache.ConfigError`; a failed handshake (an untrusted
     certificate) is a TierError at first use.
 
+    Redis Cluster: ``redis+cluster://host:port`` (``rediss+cluster://``
+    for TLS; one seed node, the client finds the rest), or a
+    ``redis.cluster.RedisCluster`` (with ``async_client=`` a
+    ``redis.asyncio.cluster.RedisCluster``). Every name stored for one key
+    (value, quarantine, lease, fence) carries the same hash tag, a digest
+    of the key (``tc:{1a2b3c4d}mybot:chat:42``), so each script runs in one
+    slot and keys spread over every shard; a ``{...}`` in ``prefix`` would
+    put them all in one slot instead. Batches run as one pipeline per
+    master: a master that is down or failing over fails only its own keys
+    (journaled where a journal is configured). Redirections (a slot
+    migrating) are followed; ``CLUSTERDOWN`` and ``TRYAGAIN`` are outages.
+    Invalidations cannot ride in the write's script there (the bus's
+    streams are in other slots): the cache publishes them right after.
+
     Timeouts (for clients the tier opens): ``socket_timeout`` (default 2 s)
     bounds each command, ``socket_connect_timeout`` (default 1 s) each
     connect, and a failed command is retried ``retries`` times (default 1,
