@@ -181,6 +181,9 @@ class CacheState:
         self.misses = 0
         self.writes_avoided = 0
         self.invalidated = 0
+        self.invalidations_sent = 0
+        self.invalidations_received = 0
+        self.bus_lag_s = 0.0
         self.gaps = 0
         self.revalidations = 0
         self.served_unconfirmed = 0
