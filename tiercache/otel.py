@@ -29,6 +29,14 @@ never a key.
 Latency: the OpenTelemetry API has no observable histogram, so each tier's
 p50 and p99 are gauges (``tiercache.tier.latency``, attribute
 ``tiercache.quantile``), in seconds.
+
+Spans (off by default: ``spans=True``): ``tiercache.load`` around each
+load from the persistent tiers (a memory hit makes none; attribute
+``tiercache.hit``) and ``tiercache.flush`` around each write of changed
+values (``tiercache.flush.reason``, ``tiercache.entries``), children of
+the span current when they start, with the tier calls' exceptions
+recorded. A span names its key only with ``span_keys=True``: keys are
+often user ids.
 """
 
 from __future__ import annotations
@@ -38,8 +46,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ._cache import TieredCache
 from ._metricnames import CACHE_COUNTERS, TIER_COUNTERS
@@ -61,19 +70,57 @@ def _tier_attrs(namespace: str, t: TierStats) -> dict[str, str]:
     return attrs
 
 
+class _Span:
+    __slots__ = ("_load", "_span")
+
+    def __init__(self, span: trace.Span, load: bool) -> None:
+        self._span = span
+        self._load = load
+
+    def end(self, error: BaseException | None, result: Any) -> None:
+        span = self._span
+        if error is None:
+            if self._load:
+                span.set_attribute("tiercache.hit", result is not None)
+        elif not isinstance(error, GeneratorExit):  # GeneratorExit: abandoned, not failed
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        span.end()
+
+
+class _Spans:
+    """The cache's tracer (tiercache._flow.Tracer) over an OpenTelemetry one."""
+
+    def __init__(self, tracer: trace.Tracer, keys: bool) -> None:
+        self._tracer = tracer
+        self._keys = keys
+
+    def start(self, name: str, attributes: dict[str, Any]) -> _Span:
+        if not self._keys:
+            attributes = {k: v for k, v in attributes.items() if k != "tiercache.key"}
+        span = self._tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
+        return _Span(span, name == "tiercache.load")
+
+
 class Instrumentation:
     """What :func:`instrument` registered; :meth:`close` stops reporting
-    (OpenTelemetry cannot take instruments back; they observe nothing)."""
+    (OpenTelemetry cannot take instruments back; they observe nothing)
+    and tracing."""
 
-    def __init__(self, cache: TieredCache, meter: metrics.Meter) -> None:
+    def __init__(self, cache: TieredCache, meter: metrics.Meter, spans: _Spans | None) -> None:
         self._cache: TieredCache | None = cache
         self._lock = threading.Lock()
         self._snap: CacheStats | None = None
         self._taken = 0.0
+        self._spans = spans
         self._register(meter)
+        if spans is not None:
+            cache._s.tracer = spans
 
     def close(self) -> None:
-        self._cache = None
+        cache, self._cache = self._cache, None
+        if cache is not None and self._spans is not None and cache._s.tracer is self._spans:
+            cache._s.tracer = None
 
     def _stats(self, fresh: bool = False) -> CacheStats | None:
         cache = self._cache
@@ -216,15 +263,26 @@ class Instrumentation:
 
 
 def instrument(
-    cache: TieredCache, meter_provider: metrics.MeterProvider | None = None
+    cache: TieredCache,
+    meter_provider: metrics.MeterProvider | None = None,
+    *,
+    spans: bool = False,
+    tracer_provider: trace.TracerProvider | None = None,
+    span_keys: bool = False,
 ) -> Instrumentation:
     """Report ``cache``'s stats through OpenTelemetry metrics, with
-    ``meter_provider`` (the global one when None). Instrument each cache
-    once; :meth:`Instrumentation.close` stops it."""
+    ``meter_provider`` (the global one when None); with ``spans=True``,
+    also spans of its loads and flushes, with ``tracer_provider`` (the
+    global one when None), naming the key only if ``span_keys``.
+    Instrument each cache once; :meth:`Instrumentation.close` stops it."""
     if not isinstance(cache, TieredCache):
         raise TypeError(f"instrument() takes a TieredCache, got {cache!r}")
-    provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
     from . import __version__
 
+    provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
     meter = provider.get_meter("tiercache", __version__)
-    return Instrumentation(cache, meter)
+    tracing = None
+    if spans:
+        tracers = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+        tracing = _Spans(tracers.get_tracer("tiercache", __version__), span_keys)
+    return Instrumentation(cache, meter, tracing)

@@ -137,6 +137,7 @@ def test_a_scrape_during_a_workload_reports_what_stats_says(
     worker.start()
     seen = []
     while not done.is_set():  # scrapes while the workload runs: counters only grow
+        time.sleep(0.005)
         seen.append(
             scrape(registry)[
                 ("tiercache_tier_writes_total", (("namespace", ns), ("tier", "redis")))
@@ -296,3 +297,82 @@ def test_import_tiercache_loads_no_exporter_nor_the_cli() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_spans_of_loads_and_flushes_are_opt_in_and_children_of_the_handlers_span(
+    tmp_path: Path,
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from tiercache import TierError
+    from tiercache.testing import DictTier, Faults, FaultyTier
+
+    exporter = InMemorySpanExporter()
+    tracing = TracerProvider()
+    tracing.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = tracing.get_tracer("handler")
+    faults = Faults(methods={"compare_and_set"})
+    cache = TieredCache(
+        MemoryTier(), FaultyTier(DictTier(), faults), namespace="spans", max_stale=None
+    )
+    try:
+        quiet = instrument(cache, meter_provider=MeterProvider(), tracer_provider=tracing)
+        with cache.session("k0") as s:
+            s["n"] = 1
+        assert exporter.get_finished_spans() == ()  # metrics only, by default
+        quiet.close()
+
+        handle = instrument(
+            cache, meter_provider=MeterProvider(), spans=True, tracer_provider=tracing
+        )
+        with tracer.start_as_current_span("on_message") as parent:
+            with cache.session("k1") as s:  # a miss: a load, then the exit's flush
+                s["n"] = 1
+            cache.get("k1")  # a memory hit: no span
+        ours = [sp for sp in exporter.get_finished_spans() if sp.name.startswith("tiercache.")]
+        spans = [(sp.name, dict(sp.attributes or {})) for sp in ours]
+        assert spans == [
+            ("tiercache.load", {"tiercache.namespace": "spans", "tiercache.hit": False}),
+            (
+                "tiercache.flush",
+                {
+                    "tiercache.namespace": "spans",
+                    "tiercache.flush.reason": "exit",
+                    "tiercache.entries": 1,
+                },
+            ),
+        ]
+        ctx = parent.get_span_context()
+        for sp in ours:
+            assert sp.parent is not None and sp.parent.span_id == ctx.span_id
+        # close() stops tracing; keys are named only when asked for.
+        handle.close()
+        exporter.clear()
+        with cache.session("k3") as s:
+            s["n"] = 3
+        assert exporter.get_finished_spans() == ()
+        keyed = instrument(
+            cache,
+            meter_provider=MeterProvider(),
+            spans=True,
+            tracer_provider=tracing,
+            span_keys=True,
+        )
+        cache.get("absent")
+        (load,) = exporter.get_finished_spans()
+        assert dict(load.attributes or {})["tiercache.key"] == "absent"
+        # A failed flush is an error span with the exception recorded.
+        exporter.clear()
+        faults.fail_next(1)
+        with pytest.raises(TierError):
+            with cache.session("k2") as s:
+                s["n"] = 2
+        failed = exporter.get_finished_spans()[-1]
+        assert failed.name == "tiercache.flush" and failed.status.status_code is StatusCode.ERROR
+        assert any(e.name == "exception" for e in failed.events)
+        keyed.close()
+    finally:
+        cache.close()
