@@ -105,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
+    except BrokenPipeError:  # `tiercache keys | head`: the reader had enough
+        # Python would complain flushing stdout at exit: point it at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except CliError as exc:
         print(f"tiercache: {exc}", file=sys.stderr)
         return exc.code
@@ -117,9 +121,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tiercache: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `tiercache keys | head`
-        sys.stderr.close()
-        return 0
 
 
 def _backend_errors() -> type[Exception]:

@@ -136,19 +136,22 @@ class RedisStore(Store):
         return repr(self.tier)
 
     def _scan(self, glob: str) -> Iterator[list[str]]:
-        """Batches of stored names (prefix removed) matching ``glob``."""
+        """Batches of stored names (prefix removed) matching ``glob``.
+        ``scan_iter`` walks every node of a cluster client too."""
         match = _redis_glob(self.prefix) + glob
-        cursor = 0
-        while True:
-            cursor, names = self._client.scan(cursor, match=match, count=SCAN_COUNT)
-            if names:
-                yield [n.decode("utf-8", "surrogateescape")[len(self.prefix) :] for n in names]
-            if not cursor:
-                return
+        batch: list[str] = []
+        for name in self._client.scan_iter(match=match, count=SCAN_COUNT):
+            batch.append(name.decode("utf-8", "surrogateescape")[len(self.prefix) :])
+            if len(batch) >= SCAN_COUNT:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
     def scan_from(self, cursor: int, pattern: str = "*") -> Iterator[tuple[int, list[str]]]:
         """(next cursor, user keys) per SCAN step from ``cursor``: a
-        conversion can stop and resume where it was."""
+        conversion can stop and resume where it was (one server's cursor:
+        a cluster resumes by skipping converted entries instead)."""
         match = _redis_glob(self.prefix) + self.names.value_glob(pattern)
         while True:
             cursor, names = self._client.scan(cursor, match=match, count=SCAN_COUNT)
@@ -251,10 +254,10 @@ class DiskStore(Store):
                 yield key
 
     def ttl(self, key: str) -> float | None:
-        name = self.names.value(key)
-        _, expire = self.disk.cache.get(name, default=None, expire_time=True)
-        if name not in self.disk.cache:
+        found = self.disk.cache.get(self.names.value(key), default=None, expire_time=True)
+        if not isinstance(found, tuple) or found[0] is None:
             return -1.0
+        expire = found[1]
         return None if expire is None else max(0.0, expire - time.time())
 
     def quarantined(self, pattern: str = "*") -> Iterator[str]:
