@@ -451,3 +451,50 @@ def test_the_console_script_names_main() -> None:
     assert project["scripts"] == {"tiercache": "tiercache._cli:main"}
     assert callable(main)
     assert "publish_stats" in textwrap.dedent(WORKER) and WriteBehind and publish_stats
+
+
+@pytest.mark.redis
+def test_tls_and_a_password_through_the_url_and_the_option(tmp_path: Path) -> None:
+    import ssl
+    from urllib.parse import urlencode
+
+    import trustme
+
+    from tiercache.testing import RedisServer
+
+    from ._tls_proxy import TlsProxy
+
+    ca = trustme.CA()
+    ca_pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    password = "pw-cli-7-horse"
+    with (
+        RedisServer(password=password) as server,
+        TlsProxy(("127.0.0.1", server.port), context) as proxy,
+    ):
+        query = urlencode({"ssl_ca_certs": str(ca_pem), "ssl_cert_reqs": "required"})
+        bare = f"rediss://127.0.0.1:{proxy.port}/0?{query}"
+        with_password = f"rediss://:{password}@127.0.0.1:{proxy.port}/0?{query}"
+        cache = TieredCache(MemoryTier(), RedisTier(with_password), namespace="tls")
+        cache.set("chat:1", {"over": "tls"})
+        cache.close()
+        got = json.loads(
+            cli("--redis", with_password, "-n", "tls", "--json", "inspect", "chat:1").stdout
+        )
+        assert got["value"] == {"over": "tls"}
+        assert cli("--redis", bare, "--password", password, "-n", "tls", "keys").stdout.split() == [
+            "chat:1"
+        ]
+        env_run = subprocess.run(
+            [sys.executable, "-m", "tiercache", "--redis", bare, "-n", "tls", "keys"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "TIERCACHE_REDIS_PASSWORD": password},
+        )
+        assert env_run.returncode == 0 and env_run.stdout.split() == ["chat:1"]
+        wrong = cli("--redis", bare, "--password", "nope", "-n", "tls", "keys", ok=False)
+        one_line_error(wrong, 1)
+        assert password not in wrong.stderr and "nope" not in wrong.stderr
