@@ -363,9 +363,10 @@ def test_convert_to_fields_and_back_never_overwrites_a_writer(
             cache.set(f"big{i}", {**big, "id": i}, ttl=3600 if i == 0 else None)
         cache.set("small", {"a": 1})
         cache.set("notamap", list(range(3000)))
+        raw.rpush("tc:" + names.value("foreign"), b"x")  # not an entry at all
         versions = {k: _version(raw, names, k) for k in ("big0", "big1")}
         done = json.loads(cli(*base, "--json", "convert").stdout)
-        assert done["converted"] == 5 and done["small"] == 1 and done["skipped"] == 1
+        assert done["converted"] == 5 and done["small"] == 1 and done["skipped"] == 2
         assert raw.type("tc:" + names.value("big0")) == b"hash"
         assert 3500 < raw.pttl("tc:" + names.value("big0")) <= 3600_000
         assert raw.pttl("tc:" + names.value("big1")) == -1

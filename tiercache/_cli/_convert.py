@@ -118,6 +118,8 @@ def _one(
 ) -> str:
     if kind == b"none":
         return "changed"  # gone since the scan
+    if kind not in (b"string", b"hash"):
+        return "skipped"  # a foreign key under the namespace: not ours to touch
     if (kind == b"hash") == to_fields:
         return "already"
     data = tier.get(name)
