@@ -93,11 +93,13 @@ class Invalidations:
         stay within ``max_stale`` through revalidation."""
         if self.s.bus is None or not items:
             return
-        self.s.invalidations_sent += len(items)
         if self.s.tier_publishes:
-            return  # (published by the write's own script)
+            # Published by the write's own script, which succeeded.
+            self.s.invalidations_sent += len(items)
+            return
         try:
             yield Call(self.s.bus, self.s.bus_counters, "publish", (items,))
+            self.s.invalidations_sent += len(items)
         except TierError as exc:
             log.warning("tiercache: publishing %d invalidation(s) failed: %s", len(items), exc)
 
