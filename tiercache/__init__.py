@@ -41,6 +41,7 @@ from ._policy import (
     keep_theirs,
     raise_conflict,
 )
+from ._publish import StatsPublisher, publish_stats
 from ._serializers import MsgpackSerializer, PickleSerializer, Serializer
 from ._session import LazySession, Scope, cached_session
 from ._shutdown import ShutdownSignals, close_on_signals
@@ -100,6 +101,7 @@ __all__ = [
     "Serializer",
     "ShutdownSignals",
     "SignatureError",
+    "StatsPublisher",
     "SystemClock",
     "TierCacheError",
     "TierError",
@@ -119,6 +121,7 @@ __all__ = [
     "keep_ours",
     "keep_theirs",
     "mark_clean",
+    "publish_stats",
     "raise_conflict",
     "to_plain",
     "track",

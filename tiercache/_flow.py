@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Generator, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from ._exceptions import TierError
 from ._stats import TierCounters
 from ._tiers._base import PersistentTier
 
-__all__ = ["Call", "Flow", "Pause", "arun", "run"]
+__all__ = ["Call", "Flow", "Pause", "Tracer", "arun", "run", "traced"]
 
 T = TypeVar("T")
 
@@ -47,6 +47,27 @@ class Pause(NamedTuple):
 
 
 Flow = Generator[Call | Pause, Any, T]
+
+
+class Tracer(Protocol):
+    """What traces a flow (tiercache.otel makes one; None: no tracing):
+    ``start`` opens a span and returns it; the span's ``end(error,
+    result)`` closes it with the flow's exception or result."""
+
+    def start(self, name: str, attributes: dict[str, Any]) -> Any: ...
+
+
+def traced(tracer: Tracer, name: str, attributes: dict[str, Any], flow: Flow[T]) -> Flow[T]:
+    """``flow``, inside a span of ``tracer`` (sync or async alike: the span
+    is started, not made current, so it never crosses a context)."""
+    span = tracer.start(name, attributes)
+    try:
+        result = yield from flow
+    except BaseException as exc:
+        span.end(exc, None)
+        raise
+    span.end(None, result)
+    return result
 
 
 def _account(call: Call, result: Any, micros: float) -> None:

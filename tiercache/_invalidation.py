@@ -34,6 +34,18 @@ log = logging.getLogger("tiercache")
 _ALL_VERSIONS = 2**64
 
 
+def _lag_s(last_id: str | None, now: float) -> float | None:
+    """How long ago the server added stream entry ``last_id`` (Redis ids
+    start with the server's clock in ms); None for ids that do not (the
+    local bus counts)."""
+    if not last_id:
+        return None
+    ms = last_id.partition("-")[0]
+    if not ms.isdigit() or int(ms) < 10**12:
+        return None
+    return max(0.0, now - int(ms) / 1000.0)
+
+
 class Invalidations:
     """The invalidation layer of one cache (see the module docstring)."""
 
@@ -79,10 +91,15 @@ class Invalidations:
         """Tell other processes, after the write was acknowledged. A failed
         publish does not undo the write: it is logged, and readers elsewhere
         stay within ``max_stale`` through revalidation."""
-        if self.s.bus is None or not items or self.s.tier_publishes:
-            return  # (published by the write's own script)
+        if self.s.bus is None or not items:
+            return
+        if self.s.tier_publishes:
+            # Published by the write's own script, which succeeded.
+            self.s.invalidations_sent += len(items)
+            return
         try:
             yield Call(self.s.bus, self.s.bus_counters, "publish", (items,))
+            self.s.invalidations_sent += len(items)
         except TierError as exc:
             log.warning("tiercache: publishing %d invalidation(s) failed: %s", len(items), exc)
 
@@ -94,7 +111,11 @@ class Invalidations:
         write-back is a compare-and-set and merges, and a scope that wrote
         nothing drops it as it ends."""
         newest: dict[str, int] = {}
+        lag = _lag_s(getattr(self.s.bus, "last_id", None), self.s.clock.time())
         with self.s.mlock:
+            self.s.invalidations_received += len(batch)
+            if lag is not None:
+                self.s.bus_lag_s = lag
             memory = self.s.memory
             for inv in batch:
                 key = inv.key

@@ -6,6 +6,7 @@
     quarantine    esc(namespace) "\\0quarantine\\0" key
     lease, fence  esc(namespace) "\\0lease\\0" key, esc(namespace) "\\0fence\\0" key
     probe         esc(namespace) "\\0probe"
+    stats         esc(namespace) "\\0stats\\0" origin   (publish_stats, for ``tiercache top``)
 
 ``esc`` doubles a backslash and escapes a colon (``\\:``), so the namespace
 part always ends at the first unescaped colon: namespace ``x`` with key
@@ -21,11 +22,16 @@ from __future__ import annotations
 
 from ._exceptions import ConfigError, InvalidKeyError
 
-__all__ = ["KeyNames", "check_key", "check_namespace", "session_of"]
+__all__ = ["KeyNames", "check_key", "check_namespace", "glob_escape", "session_of"]
 
 
 def _escape(namespace: str) -> str:
     return namespace.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a Redis glob (SCAN MATCH) that matches only itself."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def check_namespace(namespace: object) -> str:
@@ -121,6 +127,38 @@ class KeyNames:
     def fence(self, key: str) -> str:
         """The fencing-token counter of ``key``'s lease."""
         return self.internal + "fence\x00" + key
+
+    def stats(self, origin: str) -> str:
+        """Where one process publishes its stats snapshot (``tiercache top``)."""
+        return self.internal + "stats\x00" + origin
+
+    # -- stored names back to keys: every reader of stored names (the CLI)
+    # parses them here, so a layout change (a cluster hash tag) is one edit.
+
+    def key_of(self, name: str) -> str | None:
+        """The user key a stored value's name stands for; None when ``name``
+        is not one of this namespace's values.
+
+        >>> KeyNames("x").key_of("x:y:a"), KeyNames("x").key_of("x\\:y:a")
+        ('y:a', None)
+        """
+        return name[len(self.prefix) :] if name.startswith(self.prefix) else None
+
+    def quarantined_key_of(self, name: str) -> str | None:
+        """The user key whose bytes a quarantine name holds, else None."""
+        lead = self.internal + "quarantine\x00"
+        return name[len(lead) :] if name.startswith(lead) else None
+
+    def value_glob(self, pattern: str = "*") -> str:
+        """A Redis glob of the value names whose keys match ``pattern`` (a
+        glob of user keys)."""
+        return glob_escape(self.prefix) + pattern
+
+    def quarantine_glob(self, pattern: str = "*") -> str:
+        return glob_escape(self.internal + "quarantine\x00") + pattern
+
+    def stats_glob(self) -> str:
+        return glob_escape(self.internal + "stats\x00") + "*"
 
     @property
     def probe(self) -> str:

@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from ._core import Loaded
 from ._exceptions import TierError
-from ._flow import Flow, arun, run
+from ._flow import Flow, arun, run, traced
 from ._locks import POLL
 from ._policy import Schema
 from ._state import CacheState, Flight, Pinner
@@ -243,6 +243,13 @@ class Reader:
             task.exception()  # retrieved: every waiter may have gone
 
     def load_flow(self, key: str, schema: Schema | None) -> Flow[Entry | None]:
+        tracer = self.s.tracer
+        if tracer is None:
+            return (yield from self._load_flow(key, schema))
+        attrs = {"tiercache.namespace": self.s.namespace, "tiercache.key": key}
+        return (yield from traced(tracer, "tiercache.load", attrs, self._load_flow(key, schema)))
+
+    def _load_flow(self, key: str, schema: Schema | None) -> Flow[Entry | None]:
         with self.s.mlock:
             if self.s.memory.known_absent(key, self.s.now()):
                 return None

@@ -27,7 +27,7 @@ from ._bus import Bus
 from ._clock import Clock, SystemClock
 from ._core import Core
 from ._exceptions import TierCacheError
-from ._flow import Flow
+from ._flow import Flow, Tracer
 from ._journal import Journal
 from ._keys import check_key
 from ._locks import LockRegistry
@@ -181,12 +181,17 @@ class CacheState:
         self.misses = 0
         self.writes_avoided = 0
         self.invalidated = 0
+        self.invalidations_sent = 0
+        self.invalidations_received = 0
+        self.bus_lag_s = 0.0
         self.gaps = 0
         self.revalidations = 0
         self.served_unconfirmed = 0
         self.journaled = 0
         #: Upward hooks, set by the facade once every layer exists: start
         #: the background flusher; replay the journal before a read or write.
+        #: Spans around loads and flushes (tiercache.otel; None: off).
+        self.tracer: Tracer | None = None
         self.ensure_timer: Callable[..., None] = _no_timer
         self.replay_flow: Callable[..., Flow[int]] = _no_replay
 

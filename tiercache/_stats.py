@@ -30,16 +30,27 @@ class Histogram:
     (True, 4)
     """
 
-    __slots__ = ("buckets", "count")
+    __slots__ = ("buckets", "count", "sum")
+
+    #: How many buckets every histogram has.
+    SIZE = _BUCKETS
 
     def __init__(self) -> None:
         self.buckets = [0] * _BUCKETS
         self.count = 0
+        #: Total microseconds recorded (a metrics histogram's ``_sum``).
+        self.sum = 0.0
 
     def record(self, micros: float) -> None:
         i = 0 if micros <= 1.0 else min(_BUCKETS - 1, int(math.log2(micros) * _PER_OCTAVE) + 1)
         self.buckets[i] += 1
         self.count += 1
+        self.sum += micros
+
+    @staticmethod
+    def upper_edge(index: int) -> float:
+        """Microseconds: the largest value bucket ``index`` holds."""
+        return float(2.0 ** (index / _PER_OCTAVE))
 
     def quantile(self, q: float) -> float:
         """The upper edge of the bucket holding quantile ``q``; 0 when empty."""
@@ -79,6 +90,9 @@ class TierCounters:
                 errors=self.errors,
                 latency_p50_us=self.latency.quantile(0.5),
                 latency_p99_us=self.latency.quantile(0.99),
+                latency_count=self.latency.count,
+                latency_sum_us=self.latency.sum,
+                latency_buckets=tuple(self.latency.buckets),
             )
 
 
@@ -101,6 +115,12 @@ class TierStats:
     #: Memory tier only: live entries and entries pushed out by the policy.
     size: int | None = None
     evictions: int | None = None
+    #: The whole latency histogram, for metrics exporters: calls timed,
+    #: their total microseconds, and the count of each log bucket (bucket
+    #: ``i`` holds calls of at most :meth:`Histogram.upper_edge` ``(i)`` us).
+    latency_count: int = 0
+    latency_sum_us: float = 0.0
+    latency_buckets: tuple[int, ...] = field(default=(), repr=False)
 
     @property
     def hit_ratio(self) -> float:
@@ -137,6 +157,14 @@ class CacheStats:
     #: bus gaps seen; stale copies re-read because of ``max_stale``; whether
     #: the bus is healthy (None: no bus) and for how long it has not been.
     invalidations: int = 0
+    #: Invalidations this process's writes announced, and those it heard
+    #: from other processes (each may drop one copy or none).
+    invalidations_sent: int = 0
+    invalidations_received: int = 0
+    #: Seconds between the server adding the last invalidation heard and
+    #: this process handling it (the Redis server's clock against this
+    #: host's: skew adds to it); 0 before the first.
+    bus_lag_s: float = 0.0
     bus_gaps: int = 0
     revalidations: int = 0
     bus_healthy: bool | None = None
@@ -223,7 +251,9 @@ class CacheStats:
         if self.bus_healthy is not None:
             state = "healthy" if self.bus_healthy else f"DOWN {self.bus_unhealthy_for_s:.1f} s"
             out.append(
-                f"bus {state}  invalidations {self.invalidations}  gaps {self.bus_gaps}"
+                f"bus {state}  invalidations {self.invalidations}"
+                f" (sent {self.invalidations_sent}, heard {self.invalidations_received},"
+                f" lag {self.bus_lag_s * 1000:.1f} ms)  gaps {self.bus_gaps}"
                 f"  revalidations {self.revalidations}"
             )
         if self.degraded or self.journal_depth or self.journaled or self.served_unconfirmed:

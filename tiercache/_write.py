@@ -27,7 +27,7 @@ from typing import Any, cast
 from ._envelope import peek_version
 from ._exceptions import ConflictError, TierCacheError, TierError
 from ._fieldwrites import cas_flow, cas_item, forget_parts, parts_for, stored_as
-from ._flow import Flow
+from ._flow import Flow, traced
 from ._invalidation import Invalidations
 from ._journal import Journal
 from ._journaling import Journaling
@@ -212,6 +212,22 @@ class Writer:
             raise
 
     def write_flow(
+        self, entries: Iterable[Entry], reason: str, *, journal: bool = True
+    ) -> Flow[None]:
+        """:meth:`_write_flow`, in a span when the cache is traced."""
+        tracer = self.s.tracer
+        if tracer is None:
+            return (yield from self._write_flow(entries, reason, journal=journal))
+        entries = list(entries)
+        attrs = {
+            "tiercache.namespace": self.s.namespace,
+            "tiercache.flush.reason": reason,
+            "tiercache.entries": len(entries),
+        }
+        flow = self._write_flow(entries, reason, journal=journal)
+        return (yield from traced(tracer, "tiercache.flush", attrs, flow))
+
+    def _write_flow(
         self, entries: Iterable[Entry], reason: str, *, journal: bool = True
     ) -> Flow[None]:
         """Write the pending bytes of ``entries`` (caller holds their key locks).
