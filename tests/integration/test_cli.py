@@ -122,6 +122,32 @@ def test_keys_inspect_and_delete_on_redis(redis_url: str, namespace: str) -> Non
 
 
 @pytest.mark.redis
+def test_keys_inspect_delete_and_quarantine_on_a_cluster(cluster_url: str, namespace: str) -> None:
+    """The same commands on a Redis Cluster: every master is scanned, and
+    the slot tag in front of each stored name is not part of a key."""
+    tier = RedisTier(cluster_url)
+    cache = TieredCache(MemoryTier(), tier, namespace=namespace)
+    try:
+        for i in range(300):
+            cache.set(f"user:{i}", {"i": i})
+        base = ["--redis", cluster_url, "--namespace", namespace]
+        listed = cli(*base, "keys").stdout.split()
+        assert sorted(listed) == sorted(f"user:{i}" for i in range(300))
+        doc = json.loads(cli(*base, "--json", "inspect", "user:7").stdout)
+        assert doc["value"] == {"i": 7} and doc["layout"] == "string"
+        cli(*base, "delete", "user:7")
+        assert cache.get("user:7") is None
+        names = KeyNames(namespace)
+        raw = tier._client()
+        raw.set(tier._key(names.quarantine("user:8")), b"bad")
+        rows = json.loads(cli(*base, "--json", "quarantine", "list").stdout)
+        assert [r["key"] for r in rows] == ["user:8"]
+        assert "user:7" not in cli(*base, "keys").stdout.split()
+    finally:
+        cache.close()
+
+
+@pytest.mark.redis
 def test_quarantine_list_show_restore_purge_on_redis(redis_url: str, namespace: str) -> None:
     base = ["--redis", redis_url, "--namespace", namespace]
     cache = TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace)

@@ -84,8 +84,8 @@ def convert(store: Store, args: argparse.Namespace) -> int:
             names = [store.names.value(k) for k in keys]
             with client.pipeline(transaction=False) as pipe:
                 for name in names:
-                    pipe.type(store.prefix + name)
-                    pipe.pttl(store.prefix + name)
+                    pipe.type(store._name(name))
+                    pipe.pttl(store._name(name))
                 replies = pipe.execute()
             for i, name in enumerate(names):
                 kind, ms = replies[2 * i], replies[2 * i + 1]

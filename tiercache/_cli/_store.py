@@ -21,7 +21,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from .._cache import TieredCache
 from .._envelope import is_tombstone
@@ -135,13 +135,24 @@ class RedisStore(Store):
     def where(self) -> str:
         return repr(self.tier)
 
+    @property
+    def _redis(self) -> RedisTier:
+        return cast(RedisTier, self.tier)
+
+    def _name(self, name: str) -> str:
+        """The stored name of an internal one (prefix, and a cluster's slot tag)."""
+        return self._redis._key(name)
+
     def _scan(self, glob: str) -> Iterator[list[str]]:
-        """Batches of stored names (prefix removed) matching ``glob``.
-        ``scan_iter`` walks every node of a cluster client too."""
-        match = _redis_glob(self.prefix) + glob
+        """Batches of stored names (prefix and slot tag removed) matching
+        ``glob``. ``scan_iter`` walks every node of a cluster client too."""
+        # On a cluster every name has a slot tag after the prefix: {8 hex}.
+        tag = "{????????}" if self._redis.cluster else ""
+        match = _redis_glob(self.prefix) + tag + glob
+        cut = len(self.prefix) + len(tag)
         batch: list[str] = []
         for name in self._client.scan_iter(match=match, count=SCAN_COUNT):
-            batch.append(name.decode("utf-8", "surrogateescape")[len(self.prefix) :])
+            batch.append(name.decode("utf-8", "surrogateescape")[cut:])
             if len(batch) >= SCAN_COUNT:
                 yield batch
                 batch = []
@@ -152,6 +163,12 @@ class RedisStore(Store):
         """(next cursor, user keys) per SCAN step from ``cursor``: a
         conversion can stop and resume where it was (one server's cursor:
         a cluster resumes by skipping converted entries instead)."""
+        if self._redis.cluster:
+            # Each node has its own cursor: start over and skip what is done.
+            for batch in self._scan(self.names.value_glob(pattern)):
+                keys = [self.names.key_of(n) for n in batch]
+                yield 0, [k for k in keys if k is not None]
+            return
         match = _redis_glob(self.prefix) + self.names.value_glob(pattern)
         while True:
             cursor, names = self._client.scan(cursor, match=match, count=SCAN_COUNT)
@@ -166,7 +183,7 @@ class RedisStore(Store):
             # first bytes of each say which they are, one round trip a batch.
             with self._client.pipeline(transaction=False) as pipe:
                 for name in batch:
-                    pipe.getrange(self.prefix + name, 0, 5)
+                    pipe.getrange(self._name(name), 0, 5)
                 heads = pipe.execute(raise_on_error=False)
             for name, head in zip(batch, heads, strict=True):
                 if isinstance(head, bytes) and (not head or is_tombstone(head + bytes(64))):
@@ -176,11 +193,11 @@ class RedisStore(Store):
                     yield key
 
     def layout(self, key: str) -> str:
-        kind = self._client.type(self.prefix + self.names.value(key))
+        kind = self._client.type(self._name(self.names.value(key)))
         return "fields" if kind == b"hash" else "string"
 
     def ttl(self, key: str) -> float | None:
-        ms = self._client.pttl(self.prefix + self.names.value(key))
+        ms = self._client.pttl(self._name(self.names.value(key)))
         if ms == -2:
             return -1.0
         return None if ms < 0 else ms / 1000.0
@@ -193,14 +210,16 @@ class RedisStore(Store):
                     yield key
 
     def restore(self, key: str, data: bytes) -> bool:
-        name = self.prefix + self.names.value(key)
+        name = self._name(self.names.value(key))
         # SET NX: never over a value written since (nor over a tombstone).
         return bool(self._client.set(name, data, nx=True))
 
     def snapshots(self) -> list[dict[str, Any]]:
         out = []
         for batch in self._scan(self.names.stats_glob()):
-            for data in self._client.mget([self.prefix + n for n in batch]):
+            # One slot a name on a cluster: not one MGET there.
+            mget = self._client.mget_nonatomic if self._redis.cluster else self._client.mget
+            for data in mget([self._name(n) for n in batch]):
                 doc = _snapshot(data)
                 if doc is not None:
                     out.append(doc)
