@@ -38,14 +38,9 @@ from contextlib import contextmanager
 from types import TracebackType
 
 from ._faults import Faults, FaultyBus, FaultySerializer, FaultyTier
-from ._testing_servers import (
-    SLOTS,
-    ClusterNode,
-    LocalCluster,
-    LocalSentinel,
-    find_redis_server,
-    free_port,
-)
+from ._testing_cluster import SLOTS, ClusterNode, LocalCluster
+from ._testing_sentinel import LocalSentinel
+from ._testing_servers import find_redis_server, free_port
 from ._tiers._dict import DictTier
 
 __all__ = [
