@@ -125,7 +125,7 @@ def tiers_from_url(
     scheme = urlsplit(url).scheme.lower()
     shared: PersistentTier
     try:
-        if scheme in ("redis", "rediss", "unix"):
+        if scheme in ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"):
             shared = RedisTier(url, **tier_options)
         elif scheme == "file":
             parts = urlsplit(url)
@@ -134,7 +134,8 @@ def tiers_from_url(
             shared = DiskTier(unquote(parts.path), **tier_options)
         else:
             raise ConfigError(
-                f"from_url takes redis://, rediss://, unix:// or file:///dir, got {url!r}"
+                "from_url takes redis://, rediss://, unix://, redis+sentinel:// or "
+                f"file:///dir, got {url!r}"
             )
     except TypeError as exc:  # an option neither the cache nor the tier takes
         raise ConfigError(f"from_url({url!r}): {exc}") from None

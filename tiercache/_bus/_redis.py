@@ -59,6 +59,7 @@ from .._redisclient import (
     saturated,
     take_connection,
 )
+from .._sentinel import is_sentinel_url, listener_pool
 from ._listener import LISTENER_NAME, _StreamListener
 from ._message import PublishItem, _fields
 
@@ -186,9 +187,17 @@ class RedisBus(_StreamListener):
             "protocol": 2,
         }
         if self._url is not None:
+            if is_sentinel_url(self._url):
+                # The master the sentinels name, rechecked as it reads.
+                return open_sync(self._url, PoolSize(1), **settings)
             return redis.Redis.from_url(self._url, max_connections=1, **settings)
         assert self._sync is not None
         pool = self._sync.connection_pool
+        following = listener_pool(pool, **settings)
+        if following is not None:
+            # A client of Sentinel's master_for: a plain pool made from its
+            # connection_kwargs would stay on today's master forever.
+            return redis.Redis(connection_pool=following)
         # Same server, credentials and TLS; not the caller's retry policy nor
         # redis-py's per-pool bookkeeping (maintenance-notification handlers
         # belong to that pool and need RESP3).

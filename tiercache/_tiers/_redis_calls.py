@@ -44,6 +44,7 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError
 
 from .._exceptions import ConfigError, TierError
 from .._redisclient import (
@@ -284,8 +285,8 @@ class RedisCalls:
         """Whether a failed attempt certainly never reached the server: it
         failed to connect. (Only for clients the tier opened: a client
         passed in may retry inside redis-py, hiding an attempt that did.)"""
-        if isinstance(exc, AuthenticationError):
-            return True  # refused at AUTH, before any command
+        if isinstance(exc, AuthenticationError | MasterNotFoundError):
+            return True  # refused at AUTH, or no sentinel named a master
         if not self._owns_retries:
             return False
         text = str(exc)
