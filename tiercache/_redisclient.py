@@ -58,6 +58,7 @@ from ._exceptions import ConfigError
 from ._sentinel import (
     SENTINEL_SCHEMES,
     check_sentinel_url,
+    demoted,
     is_sentinel_url,
     open_sentinel_async,
     open_sentinel_sync,
@@ -349,8 +350,10 @@ def transient(exc: BaseException) -> bool:
     (False, True)
     """
     if isinstance(exc, ResponseError):
-        return isinstance(exc, ReadOnlyError | OutOfMemoryError) or str(exc).startswith(
-            _FAILOVER_REPLIES
+        return (
+            isinstance(exc, ReadOnlyError | OutOfMemoryError)
+            or str(exc).startswith(_FAILOVER_REPLIES)
+            or demoted(exc)
         )
     # Credentials the server turns down are a refusal too, not an outage
     # (redis-py raises it as a ConnectionError, while connecting).

@@ -296,6 +296,38 @@ def open_sentinel_async(url: str, max_connections: int, **settings: Any) -> redi
     return client
 
 
+def demoted(exc: BaseException) -> bool:
+    """Whether a server refused a write because it is a replica now: a
+    ``READONLY`` reply, which Redis 6.2 wraps in a script's error (redis-py
+    then raises a plain ResponseError, and its sentinel connection, which
+    only watches for ReadOnlyError, stays on the demoted master).
+
+    >>> demoted(redis.ResponseError("Error running script (call to f_1): @user_script:22: "
+    ...     "@user_script: 22: -READONLY You can't write against a read only replica."))
+    True
+    """
+    return isinstance(exc, redis.ResponseError) and "READONLY You can't write" in str(exc)
+
+
+def follow_master(pool: Any) -> None:
+    """After :func:`demoted`: a sentinel pool asks who the master is now
+    (closing its connections to the old one); other pools are left alone."""
+    if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+        try:
+            pool.get_master_address()  # type: ignore[no-untyped-call]
+        except redis.ConnectionError:
+            pass  # no master named yet: the next call asks again
+
+
+async def afollow_master(pool: Any) -> None:
+    """:func:`follow_master` for ``redis.asyncio``."""
+    if isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
+        try:
+            await pool.get_master_address()  # type: ignore[no-untyped-call]
+        except redis.ConnectionError:
+            pass
+
+
 def check_sentinel_url(url: str, redacted: str) -> None:
     """Parse ``url`` and build (without connecting) the connections it
     would open: a bad TLS setting fails here, as for other URLs."""

@@ -62,6 +62,8 @@ from .._redisclient import (
     saturated,
     transient,
 )
+from .._sentinel import afollow_master, demoted, follow_master
+from ._redis_durable import WRITES, ADurable, Durable, NotReplicated
 from ._redis_scripts import CAS_LUA
 
 __all__ = ["RedisCalls"]
@@ -115,7 +117,12 @@ class RedisCalls:
         socket_connect_timeout: float,
         retries: int,
         pool: PoolSize,
+        replicas: int = 0,
+        wait_ms: int = 1,
     ) -> None:
+        #: Replicas each write waits for (WAIT), and for how long (ms).
+        self.replicas = replicas
+        self._wait_ms = wait_ms
         self._timeouts = (float(socket_timeout), float(socket_connect_timeout), retries)
         self._pool = pool
         self._url = url
@@ -236,7 +243,10 @@ class RedisCalls:
         while True:
             client = self._client()
             try:
-                result = call(client)
+                if self.replicas and op in WRITES:
+                    result = call(Durable(client, self.replicas, self._wait_ms))  # type: ignore[arg-type]
+                else:
+                    result = call(client)
             except _RETRYABLE as exc:
                 if saturated(exc):
                     raise self._exhausted(op, key, client, self._owns_sync, maybe_sent) from exc
@@ -246,6 +256,8 @@ class RedisCalls:
                 attempt += 1
                 time.sleep(_retry_delay(attempt))
             except BACKEND_ERRORS as exc:
+                if demoted(exc):
+                    follow_master(client.connection_pool)
                 self._fail(op, key, exc, maybe_sent, size)
             else:
                 if self.max_value_size is None:
@@ -264,7 +276,11 @@ class RedisCalls:
         while True:
             entry = self._loops.get(asyncio.get_running_loop()) or await self._aclient()
             try:
-                result = await call(entry)
+                if self.replicas and op in WRITES:
+                    durable = ADurable(entry.client, self.replicas, self._wait_ms)
+                    result = await call(_LoopClient(durable, entry.script, None))  # type: ignore[arg-type]
+                else:
+                    result = await call(entry)
             except _RETRYABLE as exc:
                 if saturated(exc):
                     own = entry.closer is not None
@@ -275,6 +291,8 @@ class RedisCalls:
                 attempt += 1
                 await asyncio.sleep(_retry_delay(attempt))
             except BACKEND_ERRORS as exc:
+                if demoted(exc):
+                    await afollow_master(entry.client.connection_pool)
                 await self._afail(op, key, exc, maybe_sent, size)
             else:
                 if self.max_value_size is None:
@@ -298,8 +316,9 @@ class RedisCalls:
         err.transient = transient(exc)
         # Whether any attempt may have been applied: a reply that refuses
         # the command (a ResponseError) means the server did not apply that
-        # attempt, a connection lost after sending may have come after.
-        err.sent = sent
+        # attempt, a connection lost after sending may have come after; a
+        # write too few replicas acknowledged is on the master, maybe.
+        err.sent = sent or isinstance(exc, NotReplicated)
         return err
 
     def _exhausted(self, op: str, key: str | None, client: Any, own: bool, sent: bool) -> TierError:
@@ -327,7 +346,8 @@ class RedisCalls:
         self, op: str, key: str | None, exc: BaseException, sent: bool = True, size: int = 0
     ) -> NoReturn:
         err = self._error(op, key, exc, sent)
-        if err.transient and size >= _BIG_COMMAND and self._answers():
+        big = size >= _BIG_COMMAND and not isinstance(exc, NotReplicated)
+        if err.transient and big and self._answers():
             # One command too big for the server is that command's error,
             # never an outage: the circuit stays closed, the rest drains.
             err = self._refused(op, key, exc, size)
@@ -337,7 +357,8 @@ class RedisCalls:
         self, op: str, key: str | None, exc: BaseException, sent: bool, size: int
     ) -> NoReturn:
         err = self._error(op, key, exc, sent)
-        if err.transient and size >= _BIG_COMMAND and await self._aanswers():
+        big = size >= _BIG_COMMAND and not isinstance(exc, NotReplicated)
+        if err.transient and big and await self._aanswers():
             err = self._refused(op, key, exc, size)
         raise err from exc
 

@@ -254,7 +254,8 @@ class FieldsCalls(RedisCalls):
         self._hashes = True
 
         async def call(e: _LoopClient) -> bool:
-            return bool(await e.client.register_script(FIELDS_CAS_LUA)(keys=keys, args=args))
+            script = e.client.register_script(FIELDS_CAS_LUA)
+            return bool(await script(keys=keys, args=args, client=e.client))
 
         return bool(await self._arun("compare_and_set", key, call, delta.size))
 
