@@ -23,6 +23,7 @@ from ._envelope import decode as _envelope_decode
 from ._exceptions import ConflictError, TierError
 from ._fieldwrites import cas_item, cas_method, forget_parts, merged_parts
 from ._flow import Call, Flow, Pause
+from ._mergeable import Counter
 from ._state import CacheState
 from ._tiers._memory import Entry
 from ._tracking import MISSING, detach, mark_clean, root_of, to_plain, track
@@ -214,6 +215,13 @@ class Merger:
         for ours in own:
             for field in base:
                 mine = ours.get(field, MISSING)
+                if type(mine) is Counter:
+                    # A count says nothing about who made it: others'
+                    # increments reach the number ours set as often as ours
+                    # does, and taking theirs for ours drops our delta.
+                    # Counters merge by deltas instead (possibly twice, if
+                    # ours did land: counted over, never lost).
+                    continue
                 if mine is not MISSING and same(theirs.get(field, MISSING), mine):
                     base[field] = mine
 
