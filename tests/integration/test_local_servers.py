@@ -78,12 +78,12 @@ def test_a_killed_master_is_replaced_by_its_replica(cluster_replicated: LocalClu
     cluster = cluster_replicated
     roles = sorted(n.role for n in cluster.nodes)
     assert roles == ["master"] * 3 + ["replica"] * 3
-    client = cluster.client()
-    try:
-        client.set(b"k", b"v")
-        client.wait(1, 1000)  # type: ignore[no-untyped-call]
-    finally:
-        client.close()
+    # Written on the key's master and WAITed for there, on that connection:
+    # the replica has it before its master dies.
+    with cluster.admin(cluster.master_of("k").port).pipeline(transaction=False) as pipe:
+        pipe.set(b"k", b"v")
+        pipe.wait(1, 2000)
+        assert pipe.execute() == [True, 1]
     old = cluster.kill_master_of("k")
     cluster.wait_promoted()
     new = cluster.master_of("k")
