@@ -51,6 +51,11 @@ def test_replicas_settings_are_checked_at_construction(kwargs: dict[str, Any], s
         RedisTier("redis://127.0.0.1:1/0", **kwargs)
 
 
+def test_replicas_is_refused_on_a_cluster() -> None:
+    with pytest.raises(ConfigError, match="not supported on a Redis Cluster"):
+        RedisTier("redis+cluster://127.0.0.1:1", replicas=1)
+
+
 def writes(tier: RedisTier) -> Iterator[tuple[str, Callable[[], Any]]]:
     """Every write path of the tier, once each (sync), in an order where
     each compare-and-set finds what it expects."""
