@@ -1,10 +1,13 @@
 """Fixtures for the Redis Cluster and Sentinel tests (see
 :class:`tiercache.testing.LocalCluster` and :class:`~tiercache.testing.LocalSentinel`).
 
-* ``cluster``: one 3-master cluster for the whole session; every test that
-  takes it starts with all its masters flushed.
-* ``cluster_replicated``: a fresh 3 masters + 3 replicas, for tests that
+* ``flushed_cluster``: one 3-master :class:`LocalCluster` for the whole
+  session; every test that takes it starts with all its masters flushed.
+* ``killable_cluster``: a fresh 3 masters + 3 replicas, for tests that
   kill or restart nodes.
+
+(Not ``cluster``: tests/conftest.py on main has a ``cluster`` fixture of
+its own, made by tests/_cluster.py, until it moves to LocalCluster.)
 * ``sentinel``: a fresh master, replica and three sentinels per test (about
   1 s to start): every Sentinel test fails over or kills something.
 """
@@ -19,21 +22,22 @@ from tiercache.testing import LocalCluster, LocalSentinel
 
 
 @pytest.fixture(scope="session")
-def _session_cluster() -> Iterator[LocalCluster]:
+def _session_local_cluster() -> Iterator[LocalCluster]:
     with LocalCluster(masters=3) as cluster:
         yield cluster
 
 
 @pytest.fixture
-def cluster(_session_cluster: LocalCluster) -> LocalCluster:
-    for node in _session_cluster.nodes:
+def flushed_cluster(_session_local_cluster: LocalCluster) -> LocalCluster:
+    cluster = _session_local_cluster
+    for node in cluster.nodes:
         if node.role == "master":
-            _session_cluster.admin(node.port).flushall()
-    return _session_cluster
+            cluster.admin(node.port).flushall()
+    return cluster
 
 
 @pytest.fixture
-def cluster_replicated() -> Iterator[LocalCluster]:
+def killable_cluster() -> Iterator[LocalCluster]:
     with LocalCluster(masters=3, replicas=1) as cluster:
         yield cluster
 

@@ -14,7 +14,8 @@ from tiercache.testing import SLOTS, LocalCluster, LocalSentinel
 pytestmark = pytest.mark.redis
 
 
-def test_a_cluster_covers_every_slot_on_every_node(cluster: LocalCluster) -> None:
+def test_a_cluster_covers_every_slot_on_every_node(flushed_cluster: LocalCluster) -> None:
+    cluster = flushed_cluster
     for node in cluster.nodes:
         assert node.role == "master" and node.pid is not None
         info = cluster.admin(node.port).cluster("info")
@@ -34,7 +35,8 @@ def test_a_cluster_covers_every_slot_on_every_node(cluster: LocalCluster) -> Non
     assert cluster.seed == ("127.0.0.1", cluster.ports[0])
 
 
-def test_a_slot_moves_while_keys_in_it_are_written(cluster: LocalCluster) -> None:
+def test_a_slot_moves_while_keys_in_it_are_written(flushed_cluster: LocalCluster) -> None:
+    cluster = flushed_cluster
     tag = "{chat:1}"
     slot = key_slot(tag.encode())
     source = cluster.master_of(tag)
@@ -74,8 +76,8 @@ def test_a_slot_moves_while_keys_in_it_are_written(cluster: LocalCluster) -> Non
         client.close()
 
 
-def test_a_killed_master_is_replaced_by_its_replica(cluster_replicated: LocalCluster) -> None:
-    cluster = cluster_replicated
+def test_a_killed_master_is_replaced_by_its_replica(killable_cluster: LocalCluster) -> None:
+    cluster = killable_cluster
     roles = sorted(n.role for n in cluster.nodes)
     assert roles == ["master"] * 3 + ["replica"] * 3
     # Written on the key's master and WAITed for there, on that connection:
