@@ -46,7 +46,17 @@ __all__ = ["Core", "Loaded"]
 
 log = logging.getLogger("tiercache")
 
-FLUSH_REASONS = ("exit", "set", "evict", "timer", "close", "explicit", "migrate", "replay")
+FLUSH_REASONS = (
+    "exit",
+    "set",
+    "evict",
+    "timer",
+    "close",
+    "explicit",
+    "migrate",
+    "replay",
+    "repair",
+)
 
 #: How long a delete's tombstone stays in the shared tier. Past it a
 #: re-created key still starts above every version it had (versions of new
@@ -115,6 +125,7 @@ class Core(Sealing):
         self.conflicts = 0
         self.merges = 0
         self.conflicts_lost = 0
+        self.versions_backwards = 0
         self.flushes = dict.fromkeys(FLUSH_REASONS, 0)
         self._corrupt_logged: set[tuple[str, str]] = set()
         #: Per tier: when (epoch ms) a write or delete to it last failed.

@@ -136,7 +136,7 @@ def tiers_from_url(
     shared: PersistentTier
     try:
         if scheme in ("redis", "rediss", "unix") or scheme.partition("+")[0] in ("redis", "rediss"):
-            # redis+cluster:// and the like: the tier says which it takes.
+            # redis+cluster://, redis+sentinel://: the tier says which it takes.
             shared = RedisTier(url, **tier_options)
         elif scheme == "file":
             parts = urlsplit(url)
@@ -145,7 +145,8 @@ def tiers_from_url(
             shared = DiskTier(unquote(parts.path), **tier_options)
         else:
             raise ConfigError(
-                "from_url takes redis://, rediss://, unix://, redis+cluster:// or "
+                "from_url takes redis://, rediss://, unix://, redis+cluster://, "
+                "redis+sentinel:// or "
                 f"file:///dir, got {url!r}"
             )
     except TypeError as exc:  # an option neither the cache nor the tier takes

@@ -28,7 +28,7 @@ from ._exceptions import TierCacheError, TierError
 from ._flow import Call, Flow, arun
 from ._invalidation import Invalidations
 from ._locks import Hold, owner
-from ._merge import MAX_MERGES, backoff
+from ._merge import MAX_MERGES, backoff, over_rollback, went_back
 from ._policy import Expiry
 from ._read import Reader
 from ._state import CacheState
@@ -176,8 +176,11 @@ class DirectWrites:
         for attempt in range(MAX_MERGES):
             if attempt:
                 yield backoff(attempt)
+            floor = 0
             if tiers:
                 plain, version = yield from self.s.core.read_stored_flow(key, skey, adopt=True)
+                if cas and version:
+                    plain, floor = self.over_rollback(key, plain, version)
             else:
                 with self.s.mlock:
                     current = self.s.memory.lookup(key)
@@ -195,6 +198,7 @@ class DirectWrites:
                 # should this write have to be retried.
                 changed = changes(value) if plain is not MISSING else _changed_fields(plain, value)
             entry = Entry(key, value, version=version, ttl=ttl)
+            entry.version = max(version, floor)  # sealed above both
             entry.schema_version = core.schema.version
             entry.base = None
             entry.checked_at = self.s.clock.monotonic()
@@ -255,6 +259,19 @@ class DirectWrites:
             yield from self.writer.drain_flow()
             return value
         raise TierError(f"gave up updating {key!r}: {MAX_MERGES} other writers won in a row")
+
+    def over_rollback(self, key: str, plain: Any, version: int) -> tuple[Any, int]:
+        """update() read ``version``: when it is below what our memory copy
+        was stored at, the store lost acknowledged writes, and fn runs on
+        our value written back over it (:func:`over_rollback`); with the
+        version to stay above (0: no rollback)."""
+        with self.s.mlock:
+            current = self.s.memory.peek(key)
+        if current is None or current.initial is not None or version >= current.stored:
+            return plain, 0
+        went_back(self.s.core, key, current.stored, version)
+        theirs = to_plain(plain) if plain is not MISSING else {}
+        return track(over_rollback(to_plain(current.value), theirs), label=key), current.stored
 
     def delete_flow(self, key: str) -> Flow[bool]:
         with self.s.mlock:

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any, cast
 
@@ -22,12 +23,15 @@ from ._envelope import decode as _envelope_decode
 from ._exceptions import ConflictError, TierError
 from ._fieldwrites import cas_item, cas_method, forget_parts, merged_parts
 from ._flow import Call, Flow, Pause
+from ._mergeable import Counter
 from ._state import CacheState
 from ._tiers._memory import Entry
 from ._tracking import MISSING, detach, mark_clean, root_of, to_plain, track
 from ._tracking import _same as same
 
-__all__ = ["MAX_MERGES", "UNDECODED", "Merger", "backoff"]
+__all__ = ["MAX_MERGES", "UNDECODED", "Merger", "backoff", "over_rollback", "went_back"]
+
+log = logging.getLogger("tiercache")
 
 #: Merge-and-retry rounds before a write gives up with TierError. Between
 #: rounds a lost writer backs off (jittered, doubling from 1 ms up to 50 ms):
@@ -41,6 +45,34 @@ UNDECODED: Any = object()
 def backoff(attempt: int) -> Pause:
     """The wait before compare-and-set retry ``attempt``."""
     return Pause(random.uniform(0.5, 1.0) * min(0.05, 0.001 * 2**attempt))
+
+
+def went_back(core: Any, key: str, known: int, version: int) -> None:
+    """Count and log a stored version found below ``known``."""
+    core.versions_backwards += 1
+    log.warning(
+        "tiercache: %r went back from version %d to %d in the %s tier: it lost "
+        "acknowledged writes (a failover?); writing this process's value back over it",
+        key,
+        known,
+        version,
+        core.tiers[-1].name,
+    )
+
+
+def over_rollback(ours: Any, theirs: Any) -> Any:
+    """Our value written back over a store that went back to an older one:
+    each top-level field we hold is ours (what we acknowledged is newer
+    than what the store kept); a field only the store holds stays (we
+    cannot tell a deletion it lost from a field another process added, and
+    keeping it loses nothing). Not two dicts: ours, whole.
+
+    >>> over_rollback({"n": 4}, {"n": 1, "tag": "x"})
+    {'n': 4, 'tag': 'x'}
+    """
+    if type(ours) is dict and type(theirs) is dict:
+        return {**theirs, **ours}
+    return ours
 
 
 class Merger:
@@ -71,6 +103,7 @@ class Merger:
                 # retried a command whose first reply was lost, and the
                 # retry found its own version). Never merge with ourselves.
                 return e.pending
+            floor = self.rolled_back(e, theirs, version, raw)
             if e.uncertain is not None and raw in e.uncertain:
                 if e.base is not None and type(theirs) is dict:
                     # A write whose reply we lost did land: the stored value
@@ -109,7 +142,9 @@ class Merger:
                 e.base = {
                     f: (theirs.get(f, MISSING) if type(theirs) is dict else theirs) for f in e.base
                 }
-            e.version = core.next_version(version)
+            # Above every version this key is known to have had, also one a
+            # rollback discarded: a version is never handed out twice.
+            e.version = core.next_version(max(version, floor))
             # Stored as fields: the merged value goes back as fields too,
             # sending only those we changed (theirs are stored already).
             parts = merged_parts(core, e, raw)
@@ -140,6 +175,26 @@ class Merger:
             e.not_sent(data)
         raise TierError(f"gave up writing {e.key!r}: {MAX_MERGES} other writers won in a row")
 
+    def rolled_back(self, e: Entry, theirs: Any, version: int, raw: bytes | None) -> int:
+        """When the stored version is lower than the one this process
+        stored or saw (``e.stored``), the store lost acknowledged writes (a
+        failover discarded them, a backup was restored): count it, log it,
+        and make the merge re-apply our value (see :func:`over_rollback`).
+        Returns the version to stay above (0: not rolled back).
+
+        An absent key is not a rollback: an expiry looks the same.
+        """
+        known = e.stored
+        if raw is None or not known or version >= known:
+            return 0
+        went_back(self.s.core, e.key, known, version)
+        ours = to_plain(e.value)
+        if e.base is not None and type(theirs) is dict and type(ours) is dict:
+            for f, mine in ours.items():
+                if not same(mine, theirs.get(f, MISSING)):
+                    e.base[f] = theirs.get(f, MISSING)  # ours, changed since theirs
+        return known
+
     def own_writes(self, blobs: set[bytes]) -> list[dict[Any, Any]]:
         """The values of our own lost-reply writes that decode to a dict."""
         loads = self.s.core.serializer.loads
@@ -160,6 +215,13 @@ class Merger:
         for ours in own:
             for field in base:
                 mine = ours.get(field, MISSING)
+                if type(mine) is Counter:
+                    # A count says nothing about who made it: others'
+                    # increments reach the number ours set as often as ours
+                    # does, and taking theirs for ours drops our delta.
+                    # Counters merge by deltas instead (possibly twice, if
+                    # ours did land: counted over, never lost).
+                    continue
                 if mine is not MISSING and same(theirs.get(field, MISSING), mine):
                     base[field] = mine
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 from typing import Any, cast
 
 from ._core import Loaded
-from ._exceptions import TierError
+from ._exceptions import ConflictError, TierError
 from ._flow import Flow, arun, run, traced
-from ._locks import POLL
+from ._locks import POLL, Hold, owner
 from ._policy import Schema
 from ._state import CacheState, Flight, Pinner
 from ._tiers._memory import Entry
@@ -33,6 +34,8 @@ from ._tracking import detach
 from ._write import Writer
 
 __all__ = ["Reader"]
+
+log = logging.getLogger("tiercache")
 
 
 class Reader:
@@ -137,6 +140,17 @@ class Reader:
                 self.s.misses += 1
             return None
         _, version = yield from self.s.core.read_stored_flow(entry.key, self.s.core.skey(entry.key))
+        if self.s.core.tiers[-1].supports_cas and 0 < version < entry.stored:
+            # Lower than what we stored: the store lost acknowledged writes.
+            # Ours goes back (merged), and our copy is what is current.
+            yield from self.repair_flow(entry)
+            with self.s.mlock:
+                entry.checked_at = self.s.clock.monotonic()
+                self.s.hits += 1
+                if pin is not None:
+                    entry.pins += 1
+                    pin._entry = entry
+            return entry
         with self.s.mlock:
             if version == entry.stored and not entry.outdated:
                 entry.checked_at = self.s.clock.monotonic()
@@ -150,6 +164,35 @@ class Reader:
                 detach(entry.value)
             self.s.misses += 1
         return None
+
+    def repair_flow(self, entry: Entry) -> Flow[None]:
+        """A read found the shared tier's version of ``entry`` below what
+        this process stored (it lost acknowledged writes): write the memory
+        value back, as a merge over what is stored (see
+        :meth:`~tiercache._merge.Merger.rolled_back`), if the key lock is free or ours. A
+        holder of the lock writes it at its own exit instead (the entry is
+        outdated, so that write merges too). A failure is logged: the entry
+        stays pending, and the timer retries."""
+        me = owner()
+        hold = Hold()
+        with self.s.mlock:
+            mine = self.s.locks.held_by(entry.key, me)
+            entry.outdated = True
+            if not mine and not self.s.locks.take_locked(entry.key, me, hold):
+                return
+        try:
+            if entry.pending is None:
+                self.writer.seal(entry)
+            yield from self.writer.write_flow([entry], "repair")
+        except (TierError, ConflictError) as exc:
+            log.warning("tiercache: writing %r back failed: %s", entry.key, exc)
+            self.s.ensure_timer(retry=True)
+        finally:
+            if not mine:
+                lock = hold._key_lock
+                if lock is not None:
+                    lock.owner = None
+                self.s.locks.release(hold)
 
     def slide(self, entry: Entry, now: float) -> bool:
         """Extend a sliding expiry; whether the persistent tiers are due a touch."""

@@ -62,6 +62,14 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ._exceptions import ConfigError
+from ._sentinel import (
+    SENTINEL_SCHEMES,
+    check_sentinel_url,
+    demoted,
+    is_sentinel_url,
+    open_sentinel_async,
+    open_sentinel_sync,
+)
 
 __all__ = [
     "BACKEND_ERRORS",
@@ -124,7 +132,7 @@ def redact_url(url: str) -> str:
     'rediss://h:6380/0?ssl_keyfile=k.pem&ssl_password=***'
     """
     url = re.sub(r"(?<=[:/])([^:/@]*):([^@]*)@", r"\1:***@", url, count=1)
-    return re.sub(r"(?<=[?&]ssl_password=)[^&#]*", "***", url)
+    return re.sub(r"([?&](?:ssl|sentinel)_password=)[^&#]*", r"\1***", url)
 
 
 def check_url(url: str) -> None:
@@ -144,6 +152,9 @@ def check_url(url: str) -> None:
     ...
     tiercache._exceptions.ConfigError: bad Redis URL 'redis://h:6379/0?ssl_ca_certs=ca.pem': ...
     """
+    if is_sentinel_url(url):
+        check_sentinel_url(url, redact_url(url))
+        return
     plain = cluster_url(url)
     if plain is not None:
         db = urlsplit(plain).path.strip("/")
@@ -201,10 +212,11 @@ def take_connection(
     if isinstance(url_or_client, str):
         redacted = redact_url(url_or_client)
         parts = urlsplit(url_or_client)
-        if parts.scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
+        if parts.scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES, *SENTINEL_SCHEMES):
             raise ConfigError(
                 f"bad Redis URL {redacted!r}: the scheme must be redis://, rediss://, "
-                "unix://, redis+cluster:// or rediss+cluster://"
+                "unix://, redis+cluster://, rediss+cluster://, redis+sentinel:// or "
+                "rediss+sentinel://"
             )
         if "max_connections" in parse_qs(parts.query):
             # redis-py lets the URL's win over the keyword: one setting, one place.
@@ -299,7 +311,13 @@ def open_sync(url: str, size: PoolSize, **settings: Any) -> SyncClient:
 
     For a cluster URL, a ``redis.cluster.RedisCluster`` with such a pool per
     node; ``retry`` is then the cluster client's (redirections are followed
-    whatever it says)."""
+    whatever it says).
+
+    A ``redis+sentinel://`` URL gets the master the sentinels name, on a
+    pool that follows it (:mod:`tiercache._sentinel`; it does not wait for
+    a free connection: a full pool fails the call at once, as saturated)."""
+    if is_sentinel_url(url):
+        return open_sentinel_sync(url, size.max_connections, **settings)
     plain = cluster_url(url)
     if plain is not None:
         cluster = redis.cluster.RedisCluster.from_url(
@@ -322,6 +340,8 @@ def open_async(url: str, size: PoolSize, **settings: Any) -> AsyncClient:
     """:func:`open_sync` for ``redis.asyncio`` (one per event loop). A
     cluster client's nodes do not queue for a free connection: a full one
     fails at once (a saturated TierError)."""
+    if is_sentinel_url(url):
+        return open_sentinel_async(url, size.max_connections, **settings)
     plain = cluster_url(url)
     if plain is not None:
         cluster = redis.asyncio.cluster.RedisCluster.from_url(
@@ -384,6 +404,18 @@ def exhausted_text(pool: Any, owner: str, own: bool) -> str:
     )
 
 
+#: Replies of a server in the middle of a failover: a replica cut off from
+#: its master, a master short of the replicas min-replicas-to-write asks for,
+#: WAIT sent to a master that was just demoted, a blocked command released
+#: by a demotion. Each heals when the failover completes.
+_FAILOVER_REPLIES = (
+    "MASTERDOWN",
+    "NOREPLICAS",
+    "UNBLOCKED",
+    "WAIT cannot be used with replica instances",
+)
+
+
 def transient(exc: BaseException) -> bool:
     """Whether a redis-py error means "unavailable now" rather than "the
     server refused this command": a permission (``NOPERM``), a wrong type
@@ -393,16 +425,20 @@ def transient(exc: BaseException) -> bool:
     >>> from redis.exceptions import ConnectionError, NoPermissionError, ReadOnlyError
     >>> transient(ConnectionError()), transient(ReadOnlyError()), transient(NoPermissionError())
     (True, True, False)
-    >>> from redis.exceptions import AuthenticationError
-    >>> transient(AuthenticationError())
-    False
+    >>> from redis.exceptions import AuthenticationError, ResponseError
+    >>> transient(AuthenticationError()), transient(ResponseError("MASTERDOWN link down"))
+    (False, True)
     """
     if isinstance(exc, ClusterError | ClusterDownError | TryAgainError | AskError):
         # CLUSTERDOWN, MASTERDOWN, TRYAGAIN (a slot mid-migration), a
         # redirection not followed: the cluster is re-forming, not refusing.
         return True
     if isinstance(exc, ResponseError):
-        return isinstance(exc, ReadOnlyError | OutOfMemoryError)
+        return (
+            isinstance(exc, ReadOnlyError | OutOfMemoryError)
+            or str(exc).startswith(_FAILOVER_REPLIES)
+            or demoted(exc)
+        )
     # Credentials the server turns down are a refusal too, not an outage
     # (redis-py raises it as a ConnectionError, while connecting).
     return not isinstance(exc, AuthenticationError)

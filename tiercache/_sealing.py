@@ -31,9 +31,10 @@ from ._tracking import track
 
 __all__ = ["Sealing"]
 
-#: New keys start at ``ms since the epoch << 20``: above every version a key
-#: of that name had before (a delete, an expiry, a quarantine, a lost store),
-#: with room for 2**20 writes a millisecond, until the year 2248.
+#: Versions are at least ``ms since the epoch << 20``: above every version a
+#: key of that name had before (a delete, an expiry, a quarantine, a lost
+#: store, a failover that discarded writes), with room for 2**20 writes a
+#: millisecond, until the year 2248.
 _TIME_SHIFT = 20
 _U64 = 2**64 - 1
 
@@ -58,12 +59,23 @@ class Sealing:
         self._writes = itertools.count(1)
 
     def next_version(self, version: int) -> int:
-        """The version a write over ``version`` gets: the next one, or, for
-        a key nothing is known to be stored under (0), one from the clock,
-        so versions of a key never repeat across deletes and expiries."""
-        if version:
-            return version + 1
-        return max(1, int(self.clock.time() * 1000)) << _TIME_SHIFT
+        """The version a write over ``version`` gets: above it, and at least
+        the clock's (ms << 20).
+
+        Versions of a key are strictly increasing, and they never repeat,
+        also after a store lost writes (a failover that discarded
+        acknowledged ones, a restore): a write after that starts from the
+        clock, above every version handed out before now, instead of from
+        the older version the store went back to, which would hand out
+        versions once used for other content. Clock skew between processes
+        only matters for that case: a process whose clock is behind by more
+        than the time since the lost write was made counts on from the
+        version the store went back to (``+ 1``), and may repeat one. A
+        process that saw the lost version itself stays above it (see
+        :meth:`~tiercache._merge.Merger.rolled_back`).
+        """
+        clock = max(1, int(self.clock.time() * 1000)) << _TIME_SHIFT
+        return max(version + 1, clock)
 
     def ttl_for(self, ttl: float | None) -> float | None:
         """The TTL in seconds for a key: its own, else the cache default."""

@@ -56,6 +56,7 @@ def stats_of(s: CacheState) -> CacheStats:
         merges=core.merges,
         conflicts=core.conflicts,
         conflicts_lost=core.conflicts_lost,
+        versions_backwards=core.versions_backwards,
         dirty=len(pending),
         oldest_dirty_age_s=max(0.0, oldest),
     )

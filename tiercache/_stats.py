@@ -153,6 +153,11 @@ class CacheStats:
     merges: int = 0
     conflicts: int = 0
     conflicts_lost: int = 0
+    #: Stored versions found lower than one this process stored or saw for
+    #: the key: the store lost acknowledged writes (a failover, a restore).
+    #: Each was logged and, where this process still held its value,
+    #: written back as a merge over what is stored.
+    versions_backwards: int = 0
     #: Memory copies dropped because another process wrote (or a bus gap);
     #: bus gaps seen; stale copies re-read because of ``max_stale``; whether
     #: the bus is healthy (None: no bus) and for how long it has not been.
@@ -247,6 +252,7 @@ class CacheStats:
         out.append(
             f"merges {self.merges}  conflicts {self.conflicts}"
             f"  conflicts lost {self.conflicts_lost}"
+            f"  versions backwards {self.versions_backwards}"
         )
         if self.bus_healthy is not None:
             state = "healthy" if self.bus_healthy else f"DOWN {self.bus_unhealthy_for_s:.1f} s"

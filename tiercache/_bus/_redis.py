@@ -63,6 +63,7 @@ from .._redisclient import (
     saturated,
     take_connection,
 )
+from .._sentinel import is_sentinel_url, listener_pool
 from ._cluster import DEFAULT_STREAMS, _ShardedListener, check_streams
 from ._listener import _listener_like, _listener_settings
 from ._message import PublishItem, _fields, stream_index
@@ -223,10 +224,19 @@ class RedisBus(_ShardedListener):
         # Its own connection: XREAD BLOCK holds a connection for block_ms.
         if self._url is not None:
             settings = _listener_settings(self._block_ms)
+            if is_sentinel_url(self._url):
+                # The master the sentinels name, rechecked as it reads.
+                return open_sync(self._url, PoolSize(1), **settings)
             return redis.Redis.from_url(self._url, max_connections=1, **settings)
         assert self._sync is not None
+        pool = self._sync.connection_pool
+        following = listener_pool(pool, **_listener_settings(self._block_ms))
+        if following is not None:
+            # A client of Sentinel's master_for: a plain pool made from its
+            # connection_kwargs would stay on today's master forever.
+            return redis.Redis(connection_pool=following)
         # Same server, credentials and TLS, not the pool's retries.
-        return _listener_like(self._sync.connection_pool, self._block_ms)
+        return _listener_like(pool, self._block_ms)
 
     async def _aclient(self) -> _LoopClient:
         if self._given_async is not None:

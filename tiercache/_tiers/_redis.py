@@ -23,6 +23,8 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 
 from .._envelope import is_tombstone, peek_version
 from .._exceptions import ConfigError
@@ -42,6 +44,7 @@ from .._redisclient import redact_url as redact_url
 from .._redisclient import transient as transient
 from ._base import PersistentTier, SetItem
 from ._redis_cluster import arun_by_node, run_by_node
+from ._redis_durable import wait_ms
 from ._redis_fields import FieldsCalls, _first_error, _px
 from ._redis_scripts import (
     ACQUIRE_LUA,
@@ -54,6 +57,8 @@ from ._redis_scripts import (
 __all__ = ["RedisTier"]
 
 _U64 = struct.Struct("<Q")
+#: Seconds a write waits for ``replicas=`` acknowledgements (WAIT).
+DEFAULT_REPLICAS_TIMEOUT = 0.5
 
 
 def _lease_ms(ttl: float) -> int:
@@ -115,6 +120,29 @@ class RedisTier(FieldsCalls, PersistentTier):
     since Redis was never asked. A client passed in keeps its own pool
     (give it a ``BlockingConnectionPool`` for the same behaviour).
 
+    Sentinel: ``redis+sentinel://[user:pass@]host:port[,host:port...]/service[/db]``
+    (``rediss+sentinel://`` for TLS, with the ``ssl_*`` options above;
+    ``sentinel_username=`` / ``sentinel_password=`` to authenticate to the
+    sentinels, ``user:pass@`` to the master) connects to the master the
+    sentinels name. The pools opened for it ask them again at most every
+    second, so after a failover no write keeps going to the old master
+    (which stays writable until the sentinels demote it); a call made
+    during the switch fails as an outage (transient). These pools do not
+    wait for a free connection (redis-py has no blocking sentinel pool): a
+    full one fails the call at once, as ``saturated``. A
+    ``Sentinel(...).master_for(service)`` client (and ``redis.asyncio``'s,
+    as ``async_client=``) works too; the bus's listener then follows the
+    master the same way.
+
+    Durability: ``replicas=n`` (default 0) makes every write wait, in the
+    same round trip (``WAIT n``), until ``n`` replicas have it, for at
+    most ``replicas_timeout`` seconds (default 0.5, shorter than
+    ``socket_timeout``). A write fewer replicas acknowledged is not
+    acknowledged: TierError, ``transient`` and ``sent`` (it may be on the
+    master alone, and a failover would lose it), which the cache handles as
+    an outage (a journal keeps it). Without it, a failover can discard
+    acknowledged writes; the cache then counts ``versions_backwards``.
+
     >>> tier = RedisTier("redis://127.0.0.1:6379/0", prefix="tc:doc:")  # doctest: +SKIP
     >>> tier.set("mybot:chat:42", b"envelope", ttl=60)                   # doctest: +SKIP
     >>> tier.get_many(["mybot:chat:42", "nope"])                          # doctest: +SKIP
@@ -136,6 +164,8 @@ class RedisTier(FieldsCalls, PersistentTier):
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
         fields: int | None = FIELDS_MIN_BYTES,
+        replicas: int = 0,
+        replicas_timeout: float = DEFAULT_REPLICAS_TIMEOUT,
     ) -> None:
         if not isinstance(prefix, str):
             raise ConfigError(f"prefix must be a str, got {type(prefix).__name__}")
@@ -153,6 +183,9 @@ class RedisTier(FieldsCalls, PersistentTier):
             isinstance(fields, bool) or not isinstance(fields, int) or fields < 0
         ):
             raise ConfigError(f"fields must be None or an int >= 0 (bytes), got {fields!r}")
+        wait = _check_replicas(replicas, replicas_timeout, socket_timeout)
+        if replicas:
+            _no_cluster(url_or_client, async_client)
         pool = PoolSize(max_connections, pool_timeout)
         url, sync, async_client = take_connection("RedisTier", url_or_client, async_client)
         for client in (sync, async_client):
@@ -168,6 +201,8 @@ class RedisTier(FieldsCalls, PersistentTier):
             socket_connect_timeout=socket_connect_timeout,
             retries=retries,
             pool=pool,
+            replicas=replicas,
+            wait_ms=wait,
         )
         self._prefix = prefix
         #: Values whose envelope is at least this many bytes are stored as
@@ -284,7 +319,10 @@ class RedisTier(FieldsCalls, PersistentTier):
         keys, args = self._cas_args(key, value, ttl, expected)
         script = self._script()
         return self._run(
-            "compare_and_set", key, lambda c: bool(script(keys=keys, args=args)), len(value)
+            "compare_and_set",
+            key,
+            lambda c: bool(script(keys=keys, args=args, client=c)),
+            len(value),
         )
 
     # -- quarantine ------------------------------------------------------------
@@ -441,6 +479,38 @@ def _queue_set(pipe: Any, skey: str, value: bytes, ttl: float | None) -> Any:
 def _queue_sets(pipe: Any, skey: Callable[[str], str], items: Sequence[SetItem]) -> None:
     for key, value, ttl in items:
         _queue_set(pipe, skey(key), value, ttl)
+
+
+def _check_replicas(replicas: Any, timeout: Any, socket_timeout: float) -> int:
+    """Validate ``replicas=`` and ``replicas_timeout=``; WAIT's timeout in ms."""
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+        raise ConfigError(f"replicas must be an int >= 0, got {replicas!r}")
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ConfigError(f"replicas_timeout must be a number of seconds > 0, got {timeout!r}")
+    if replicas and timeout >= socket_timeout:
+        # WAIT holds the reply that long: the socket must not give up first.
+        raise ConfigError(
+            f"replicas_timeout ({timeout!r} s) must be shorter than socket_timeout "
+            f"({socket_timeout!r} s)"
+        )
+    return wait_ms(timeout)
+
+
+def _no_cluster(url_or_client: Any, async_client: Any) -> None:
+    """``replicas=`` waits on the connection that wrote (WAIT), which a
+    cluster client does not expose: refused there, for now."""
+    cluster = isinstance(url_or_client, str) and url_or_client.partition("://")[0].lower() in (
+        "redis+cluster",
+        "rediss+cluster",
+    )
+    clients = (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster)
+    if cluster or isinstance(url_or_client, clients) or isinstance(async_client, clients):
+        raise ConfigError("replicas= is not supported on a Redis Cluster yet (WAIT per node)")
 
 
 def _decodes(client: Any) -> bool:

@@ -44,6 +44,7 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError
 
 from .._exceptions import ConfigError, TierError
 from .._redisclient import (
@@ -63,6 +64,8 @@ from .._redisclient import (
     saturated,
     transient,
 )
+from .._sentinel import afollow_master, demoted, follow_master
+from ._redis_durable import WRITES, ADurable, Durable, NotReplicated
 from ._redis_scripts import CAS_LUA
 
 __all__ = ["RedisCalls"]
@@ -125,7 +128,12 @@ class RedisCalls:
         socket_connect_timeout: float,
         retries: int,
         pool: PoolSize,
+        replicas: int = 0,
+        wait_ms: int = 1,
     ) -> None:
+        #: Replicas each write waits for (WAIT), and for how long (ms).
+        self.replicas = replicas
+        self._wait_ms = wait_ms
         self._timeouts = (float(socket_timeout), float(socket_connect_timeout), retries)
         self._pool = pool
         self._url = url
@@ -256,7 +264,10 @@ class RedisCalls:
         while True:
             client = self._client()
             try:
-                result = call(client)
+                if self.replicas and op in WRITES:
+                    result = call(Durable(client, self.replicas, self._wait_ms))  # type: ignore[arg-type]
+                else:
+                    result = call(client)
             except _RETRYABLE as exc:
                 if saturated(exc):
                     raise self._exhausted(op, key, client, self._owns_sync, maybe_sent) from exc
@@ -266,6 +277,8 @@ class RedisCalls:
                 attempt += 1
                 time.sleep(_retry_delay(attempt))
             except BACKEND_ERRORS as exc:
+                if demoted(exc):
+                    follow_master(getattr(client, "connection_pool", None))
                 self._fail(op, key, exc, maybe_sent, size)
             else:
                 if self.max_value_size is None:
@@ -286,7 +299,11 @@ class RedisCalls:
             try:
                 # Opening a cluster client connects (see _initialized): in here.
                 entry = entry or await self._aclient()
-                result = await call(entry)
+                if self.replicas and op in WRITES:
+                    durable = ADurable(entry.client, self.replicas, self._wait_ms)
+                    result = await call(_LoopClient(durable, entry.script, None))  # type: ignore[arg-type]
+                else:
+                    result = await call(entry)
             except _RETRYABLE as exc:
                 if saturated(exc) and entry is not None:
                     own = entry.closer is not None
@@ -297,8 +314,11 @@ class RedisCalls:
                 attempt += 1
                 await asyncio.sleep(_retry_delay(attempt))
             except BACKEND_ERRORS as exc:
+                if demoted(exc) and entry is not None:
+                    await afollow_master(getattr(entry.client, "connection_pool", None))
                 await self._afail(op, key, exc, maybe_sent, size)
             else:
+                assert entry is not None
                 if self.max_value_size is None:
                     await self._alearn_limits(entry.client)
                 return result
@@ -307,8 +327,8 @@ class RedisCalls:
         """Whether a failed attempt certainly never reached the server: it
         failed to connect. (Only for clients the tier opened: a client
         passed in may retry inside redis-py, hiding an attempt that did.)"""
-        if isinstance(exc, AuthenticationError):
-            return True  # refused at AUTH, before any command
+        if isinstance(exc, AuthenticationError | MasterNotFoundError):
+            return True  # refused at AUTH, or no sentinel named a master
         if not self._owns_retries:
             return False
         text = str(exc)
@@ -320,8 +340,9 @@ class RedisCalls:
         err.transient = transient(exc)
         # Whether any attempt may have been applied: a reply that refuses
         # the command (a ResponseError) means the server did not apply that
-        # attempt, a connection lost after sending may have come after.
-        err.sent = sent
+        # attempt, a connection lost after sending may have come after; a
+        # write too few replicas acknowledged is on the master, maybe.
+        err.sent = sent or isinstance(exc, NotReplicated)
         return err
 
     def _exhausted(self, op: str, key: str | None, client: Any, own: bool, sent: bool) -> TierError:
@@ -349,7 +370,8 @@ class RedisCalls:
         self, op: str, key: str | None, exc: BaseException, sent: bool = True, size: int = 0
     ) -> NoReturn:
         err = self._error(op, key, exc, sent)
-        if err.transient and size >= _BIG_COMMAND and self._answers():
+        big = size >= _BIG_COMMAND and not isinstance(exc, NotReplicated)
+        if err.transient and big and self._answers():
             # One command too big for the server is that command's error,
             # never an outage: the circuit stays closed, the rest drains.
             err = self._refused(op, key, exc, size)
@@ -359,7 +381,8 @@ class RedisCalls:
         self, op: str, key: str | None, exc: BaseException, sent: bool, size: int
     ) -> NoReturn:
         err = self._error(op, key, exc, sent)
-        if err.transient and size >= _BIG_COMMAND and await self._aanswers():
+        big = size >= _BIG_COMMAND and not isinstance(exc, NotReplicated)
+        if err.transient and big and await self._aanswers():
             err = self._refused(op, key, exc, size)
         raise err from exc
 

@@ -315,7 +315,8 @@ class FieldsCalls(RedisCalls):
         """Run one of the tier's scripts on this loop's client."""
         if not self.cluster:
             script = e.script if text is CAS_LUA else e.client.register_script(text)
-            return await script(keys=keys, args=args)
+            # client=: with replicas=, this loop's client wrapped to WAIT.
+            return await script(keys=keys, args=args, client=e.client)
         # Not redis-py's AsyncScript: it answers NOSCRIPT with a SCRIPT LOAD
         # on every node, which races with concurrent calls on an asyncio
         # cluster client (a connection's writer gone mid-command). EVAL
