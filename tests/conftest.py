@@ -16,7 +16,6 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -47,18 +46,16 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Any]:
+def cluster() -> Iterator[testing.LocalCluster]:
     """A Redis Cluster of 3 masters for the session (tests use their own
-    namespaces; a test that stops a node resumes it)."""
-    from tests._cluster import local_cluster
-
-    with local_cluster() as started:
+    namespaces; a test that pauses a node resumes it)."""
+    with testing.LocalCluster(masters=3) as started:
         yield started
 
 
 @pytest.fixture(scope="session")
-def cluster_url(cluster: Any) -> str:
-    return str(cluster.url)
+def cluster_url(cluster: testing.LocalCluster) -> str:
+    return cluster.url
 
 
 @pytest.fixture

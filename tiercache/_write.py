@@ -180,14 +180,8 @@ class Writer:
         """Seal an entry :meth:`seal_later` left unsealed (its key lock
         held). A flush inside the scope that holds the key seals what
         earlier scopes committed, not the open scope's changes."""
-        root = entry.root
-        if root is not None and not root.detached and is_dirty(entry.value):
-            committed = dict(entry.value)
-            for field, old in changes(entry.value).items():
-                if old is MISSING:
-                    committed.pop(field, None)
-                else:
-                    committed[field] = old
+        committed = _committed(entry)
+        if committed is not None:
             data = self.s.core.seal(
                 entry.key,
                 committed,
@@ -318,9 +312,7 @@ class Writer:
                     if not ok.sent:
                         e.not_sent(data)
                     if journaling and ok.transient:
-                        # Its own node is down (a cluster): journaled, as
-                        # a whole batch is when the one server is.
-                        unreached.append(e)
+                        unreached.append(e)  # its own node is down (a cluster)
                     else:
                         failures.append((e, ok))  # refused: this entry's own error
                     continue
@@ -450,3 +442,18 @@ class Writer:
                     lock.owner = None  # first, and inline: nothing can skip it
             for hold in holds:
                 self.s.locks.release(hold)
+
+
+def _committed(entry: Entry) -> dict[Any, Any] | None:
+    """What the scopes that exited left in ``entry``'s value (the open
+    scope's changes taken back), or None when no scope holds changes."""
+    root = entry.root
+    if root is None or root.detached or not is_dirty(entry.value):
+        return None
+    committed = dict(entry.value)
+    for field, old in changes(entry.value).items():
+        if old is MISSING:
+            committed.pop(field, None)
+        else:
+            committed[field] = old
+    return committed

@@ -6,8 +6,8 @@
 * ``killable_cluster``: a fresh 3 masters + 3 replicas, for tests that
   kill or restart nodes.
 
-(Not ``cluster``: tests/conftest.py on main has a ``cluster`` fixture of
-its own, made by tests/_cluster.py, until it moves to LocalCluster.)
+The session's cluster itself is ``cluster`` (and ``cluster_url``), in
+tests/conftest.py.
 * ``sentinel``: a fresh master, replica and three sentinels per test (about
   1 s to start): every Sentinel test fails over or kills something.
 """
@@ -21,15 +21,9 @@ import pytest
 from tiercache.testing import LocalCluster, LocalSentinel
 
 
-@pytest.fixture(scope="session")
-def _session_local_cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(masters=3) as cluster:
-        yield cluster
-
-
 @pytest.fixture
-def flushed_cluster(_session_local_cluster: LocalCluster) -> LocalCluster:
-    cluster = _session_local_cluster
+def flushed_cluster(cluster: LocalCluster) -> LocalCluster:
+    """The session's cluster (tests/conftest.py), every master flushed."""
     for node in cluster.nodes:
         if node.role == "master":
             cluster.admin(node.port).flushall()

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from typing import Any
 
 import pytest
 import redis.asyncio.cluster
@@ -27,6 +26,7 @@ from tiercache import (
 )
 from tiercache._keys import session_of
 from tiercache._tiers._redis_cluster import slot_tag
+from tiercache.testing import LocalCluster
 
 from ._helpers import wait_until
 
@@ -150,7 +150,7 @@ async def test_async_scopes_and_a_given_asyncio_cluster_client(
 
 
 def test_a_batched_flush_over_a_stopped_node_writes_the_other_nodes_keys(
-    cluster: Any, namespace: str
+    cluster: LocalCluster, namespace: str
 ) -> None:
     """One node that does not answer holds back only its own keys: the
     flush writes the rest, says the others failed (they stay pending), and
@@ -163,18 +163,17 @@ def test_a_batched_flush_over_a_stopped_node_writes_the_other_nodes_keys(
             s["v"] = key
     client = _client(cluster.url)
     node = client.get_node_from_key(tier._key(f"{namespace}:k0"))
-    paused = next(
-        p for p, port in zip(cluster.procs, cluster.ports, strict=True) if port == node.port
-    )
+    paused = cluster.node(node.port).pid
+    assert paused is not None
     on_paused = [k for k in keys if client.get_node_from_key(tier._key(f"{namespace}:{k}")) == node]
     assert 0 < len(on_paused) < len(keys)
-    os.kill(paused.pid, signal.SIGSTOP)
+    os.kill(paused, signal.SIGSTOP)
     try:
         with pytest.raises(TierError) as failed:
             cache.flush()
         direct = {k: client.get(tier._key(f"{namespace}:{k}")) for k in keys if k not in on_paused}
     finally:
-        os.kill(paused.pid, signal.SIGCONT)
+        os.kill(paused, signal.SIGCONT)
     assert failed.value.transient
     assert all(v is not None for v in direct.values()), "the other nodes' keys were written"
     assert cache.stats().tiers[0].size == len(keys)

@@ -1,0 +1,128 @@
+"""A Redis Cluster changing under load: slots migrated by a reshard while
+real worker processes count with ``update()``; every increment a worker
+saw acknowledged is stored, and nothing beyond what may have landed
+unacknowledged."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tiercache import MemoryTier, RedisTier, TieredCache
+from tiercache.testing import LocalCluster
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys, time
+    from tiercache import Journal, MemoryTier, RedisTier, TieredCache, TierError
+
+    import os
+    url, namespace, stop, keys, replicas, journal = sys.argv[1:7]
+    tier = RedisTier(url, socket_timeout=0.5, replicas=int(replicas))
+    cache = TieredCache(MemoryTier(), tier, namespace=namespace, journal=Journal(journal))
+    acked, maybe, failed = {}, {}, 0
+
+    def bump(s):
+        s["n"] = s.get("n", 0) + 1
+
+    print("ready", flush=True)
+    deadline = time.monotonic() + 60
+    i = 0
+    while not os.path.exists(stop) and time.monotonic() < deadline:
+        key = f"k{i % int(keys)}"
+        try:
+            cache.update(key, bump)
+        except TierError as exc:
+            failed += 1
+            if exc.sent:
+                maybe[key] = maybe.get(key, 0) + 1
+            time.sleep(0.02)
+            continue
+        acked[key] = acked.get(key, 0) + 1
+        i += 1
+    cache.close()
+    print(json.dumps({"acked": acked, "maybe": maybe, "failed": failed, "done": i}), flush=True)
+    """
+)
+
+
+def _stored_name(url: str, namespace: str, key: str) -> str:
+    return RedisTier(url)._key(f"{namespace}:{key}")
+
+
+def _start(url: str, namespace: str, stop: Path, keys: int, replicas: int, journal: Path) -> Any:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            WORKER,
+            url,
+            namespace,
+            str(stop),
+            str(keys),
+            str(replicas),
+            str(journal),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def _results(procs: list[Any], stop: Path) -> tuple[Counter[str], Counter[str], int, int]:
+    """Let the workers run one more second, stop them, and sum their reports."""
+    time.sleep(1.0)
+    stop.touch()
+    acked: Counter[str] = Counter()
+    maybe: Counter[str] = Counter()
+    done = failed = 0
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        report = json.loads(out.strip().splitlines()[-1])
+        acked.update(report["acked"])
+        maybe.update(report["maybe"])
+        done += report["done"]
+        failed += report["failed"]
+    return acked, maybe, done, failed
+
+
+def _check(url: str, namespace: str, keys: int, acked: Counter[str], maybe: Counter[str]) -> None:
+    reader = TieredCache(MemoryTier(), RedisTier(url), namespace=namespace, bus=None)
+    for i in range(keys):
+        key = f"k{i}"
+        stored = (reader.get(key) or {}).get("n", 0)
+        assert acked[key] <= stored <= acked[key] + maybe[key], (key, stored, acked[key])
+    reader.close()
+
+
+def test_a_reshard_under_load_loses_nothing(
+    killable_cluster: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    cluster = killable_cluster
+    stop = tmp_path / "stop"
+    procs = [_start(cluster.url, namespace, stop, 30, 0, tmp_path / f"j{w}") for w in range(3)]
+    time.sleep(0.5)
+    name = _stored_name(cluster.url, namespace, "k0")
+    client = cluster.client()
+    source = cluster.master_of(name)
+    target = next(n for n in cluster.nodes if n.role == "master" and n.port != source.port)
+    cluster.move_slot(client.keyslot(name), target)
+    acked, maybe, done, _ = _results(procs, stop)
+    assert done > 100
+    _check(cluster.url, namespace, 30, acked, maybe)
+    assert cluster.master_of(name).port == target.port
+    client.close()
