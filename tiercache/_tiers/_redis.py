@@ -184,8 +184,6 @@ class RedisTier(FieldsCalls, PersistentTier):
         ):
             raise ConfigError(f"fields must be None or an int >= 0 (bytes), got {fields!r}")
         wait = _check_replicas(replicas, replicas_timeout, socket_timeout)
-        if replicas:
-            _no_cluster(url_or_client, async_client)
         pool = PoolSize(max_connections, pool_timeout)
         url, sync, async_client = take_connection("RedisTier", url_or_client, async_client)
         for client in (sync, async_client):
@@ -499,18 +497,6 @@ def _check_replicas(replicas: Any, timeout: Any, socket_timeout: float) -> int:
             f"({socket_timeout!r} s)"
         )
     return wait_ms(timeout)
-
-
-def _no_cluster(url_or_client: Any, async_client: Any) -> None:
-    """``replicas=`` waits on the connection that wrote (WAIT), which a
-    cluster client does not expose: refused there, for now."""
-    cluster = isinstance(url_or_client, str) and url_or_client.partition("://")[0].lower() in (
-        "redis+cluster",
-        "rediss+cluster",
-    )
-    clients = (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster)
-    if cluster or isinstance(url_or_client, clients) or isinstance(async_client, clients):
-        raise ConfigError("replicas= is not supported on a Redis Cluster yet (WAIT per node)")
 
 
 def _decodes(client: Any) -> bool:

@@ -65,6 +65,7 @@ from .._redisclient import (
     transient,
 )
 from .._sentinel import afollow_master, demoted, follow_master
+from ._redis_cluster import AClusterDurable, ClusterDurable
 from ._redis_durable import WRITES, ADurable, Durable, NotReplicated
 from ._redis_scripts import CAS_LUA
 
@@ -265,7 +266,8 @@ class RedisCalls:
             client = self._client()
             try:
                 if self.replicas and op in WRITES:
-                    result = call(Durable(client, self.replicas, self._wait_ms))  # type: ignore[arg-type]
+                    kind = ClusterDurable if self.cluster else Durable
+                    result = call(kind(client, self.replicas, self._wait_ms))  # type: ignore[arg-type]
                 else:
                     result = call(client)
             except _RETRYABLE as exc:
@@ -300,7 +302,8 @@ class RedisCalls:
                 # Opening a cluster client connects (see _initialized): in here.
                 entry = entry or await self._aclient()
                 if self.replicas and op in WRITES:
-                    durable = ADurable(entry.client, self.replicas, self._wait_ms)
+                    akind = AClusterDurable if self.cluster else ADurable
+                    durable = akind(entry.client, self.replicas, self._wait_ms)
                     result = await call(_LoopClient(durable, entry.script, None))  # type: ignore[arg-type]
                 else:
                     result = await call(entry)

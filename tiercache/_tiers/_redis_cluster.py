@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from redis.exceptions import (
     AskError,
@@ -39,6 +39,7 @@ from redis.exceptions import (
 
 from .._keys import session_of
 from .._redisclient import BACKEND_ERRORS
+from ._redis_durable import Durable, NotReplicated
 
 __all__ = ["Outcome", "arun_by_node", "by_node", "run_by_node", "slot_tag"]
 
@@ -172,3 +173,215 @@ async def arun_by_node(
     await client.initialize()
     await asyncio.gather(*(node(g) for _, g in by_node(client, skeys)))
     return out
+
+
+# -- replicas= on a cluster: WAIT on the connection that wrote -------------------
+
+
+class ClusterDurable:
+    """:class:`~._redis_durable.Durable` for a cluster client: each write
+    goes, with its WAIT, in one pipeline on the connection of the master
+    serving the key it writes (a cluster client picks a connection per
+    command, and WAIT counts what that one connection wrote). A slot that
+    moved answers MOVED: an outage for this call (the next one asks the
+    refreshed slot table)."""
+
+    def __init__(self, cluster: Any, wanted: int, timeout_ms: int) -> None:
+        self.cluster = cluster
+        self.wanted = wanted
+        self.timeout_ms = timeout_ms
+
+    def _on(self, key: Any) -> Any:
+        node = self.cluster.get_node_from_key(key)
+        if node is None:
+            raise SlotNotCoveredError(f"no node serves the slot of {key!r}")
+        return self.get_redis_connection(node)
+
+    # What a batch (run_by_node) asks of its client.
+    def get_node_from_key(self, key: Any) -> Any:
+        return self.cluster.get_node_from_key(key)
+
+    def get_redis_connection(self, node: Any) -> Any:
+        return Durable(self.cluster.get_redis_connection(node), self.wanted, self.timeout_ms)
+
+    # What the tier's single writes ask of it (the key is the first argument).
+    def set(self, key: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._on(key).set(key, *args, **kwargs)
+
+    def delete(self, key: Any) -> Any:
+        return self._on(key).delete(key)
+
+    def pexpire(self, key: Any, *args: Any) -> Any:
+        return self._on(key).pexpire(key, *args)
+
+    def eval(self, script: Any, numkeys: int, *keys_and_args: Any) -> Any:
+        return self._on(keys_and_args[0]).eval(script, numkeys, *keys_and_args)
+
+    def evalsha(self, sha: Any, numkeys: int, *keys_and_args: Any) -> Any:
+        return self._on(keys_and_args[0]).evalsha(sha, numkeys, *keys_and_args)
+
+    def script_load(self, script: Any) -> Any:
+        return self.cluster.script_load(script)
+
+    def pipeline(self, transaction: bool = True) -> _Deferred:
+        return _Deferred(self, transaction)
+
+
+class _Deferred:
+    """A pipeline whose node is known once its first command names a key
+    (touch's EXISTS + PERSIST, both on one key)."""
+
+    def __init__(self, durable: ClusterDurable, transaction: bool) -> None:
+        self._durable = durable
+        self._transaction = transaction
+        self._queued: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __enter__(self) -> _Deferred:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._queued = []
+
+    def __getattr__(self, name: str) -> Callable[..., _Deferred]:
+        def queue(*args: Any, **kwargs: Any) -> _Deferred:
+            self._queued.append((name, args, kwargs))
+            return self
+
+        return queue
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        if not self._queued:
+            return []
+        with self._durable._on(self._queued[0][1][0]).pipeline(self._transaction) as pipe:
+            for name, args, kwargs in self._queued:
+                getattr(pipe, name)(*args, **kwargs)
+            return list(pipe.execute(raise_on_error))
+
+
+class AClusterDurable:
+    """:class:`ClusterDurable` for ``redis.asyncio``: the commands and their
+    WAIT are written on one connection of the key's master (taken from the
+    cluster client's own node, so it is closed with the client) and read
+    back in order. A connection an error left half-read is dropped."""
+
+    def __init__(self, cluster: Any, wanted: int, timeout_ms: int) -> None:
+        self.cluster = cluster
+        self.wanted = wanted
+        self.timeout_ms = timeout_ms
+
+    def get_node_from_key(self, key: Any) -> Any:
+        return self.cluster.get_node_from_key(key)
+
+    async def initialize(self) -> None:
+        await self.cluster.initialize()
+
+    async def send(
+        self, key: Any, commands: list[tuple[Any, ...]], transaction: bool, raise_on_error: bool
+    ) -> list[Any]:
+        """``commands`` on ``key``'s master, then WAIT; their replies."""
+        node = self.cluster.get_node_from_key(key)
+        if node is None:
+            raise SlotNotCoveredError(f"no node serves the slot of {key!r}")
+        sent = [("MULTI",), *commands, ("EXEC",)] if transaction else list(commands)
+        sent.append(("WAIT", self.wanted, self.timeout_ms))
+        conn = node.acquire_connection()
+        try:
+            await conn.send_packed_command(conn.pack_commands(sent))
+            replies: list[Any] = []
+            for _ in sent:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            node.release(conn)
+        acked = replies.pop()
+        if isinstance(acked, BaseException):
+            raise acked
+        if int(acked) < self.wanted:
+            raise NotReplicated(int(acked), self.wanted, self.timeout_ms)
+        if transaction:
+            # OK, QUEUED..., then EXEC's list (or its error).
+            if isinstance(replies[-1], BaseException):
+                raise replies[-1]
+            replies = list(replies[-1])
+        if raise_on_error:
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+        return replies
+
+    async def _one(self, key: Any, *command: Any) -> Any:
+        return (await self.send(key, [command], False, True))[0]
+
+    async def set(self, key: Any, value: Any, px: int | None = None) -> Any:
+        return await self._one(key, "SET", key, value, *(("PX", px) if px else ()))
+
+    async def delete(self, key: Any) -> Any:
+        return await self._one(key, "DEL", key)
+
+    async def pexpire(self, key: Any, ms: int) -> Any:
+        return await self._one(key, "PEXPIRE", key, ms)
+
+    async def eval(self, script: Any, numkeys: int, *keys_and_args: Any) -> Any:
+        return await self._one(keys_and_args[0], "EVAL", script, numkeys, *keys_and_args)
+
+    async def evalsha(self, sha: Any, numkeys: int, *keys_and_args: Any) -> Any:
+        return await self._one(keys_and_args[0], "EVALSHA", sha, numkeys, *keys_and_args)
+
+    async def script_load(self, script: Any) -> Any:
+        return await self.cluster.script_load(script)
+
+    def register_script(self, script: Any) -> Any:
+        return self.cluster.register_script(script)
+
+    def pipeline(self, transaction: bool = True) -> _ADeferred:
+        return _ADeferred(self, transaction)
+
+
+class _ADeferred:
+    """:class:`_Deferred` for :class:`AClusterDurable`: commands are queued
+    by name (``get``, ``set``, ``exists``...) or by ``execute_command``."""
+
+    _NAMES: ClassVar[dict[str, str]] = {
+        "get": "GET",
+        "delete": "DEL",
+        "exists": "EXISTS",
+        "persist": "PERSIST",
+        "pexpire": "PEXPIRE",
+    }
+
+    def __init__(self, durable: AClusterDurable, transaction: bool) -> None:
+        self._durable = durable
+        self._transaction = transaction
+        self._queued: list[tuple[Any, ...]] = []
+
+    async def __aenter__(self) -> _ADeferred:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._queued = []
+
+    def execute_command(self, *command: Any) -> _ADeferred:
+        self._queued.append(command)
+        return self
+
+    def set(self, key: Any, value: Any, px: int | None = None) -> _ADeferred:
+        return self.execute_command("SET", key, value, *(("PX", px) if px else ()))
+
+    def __getattr__(self, name: str) -> Callable[..., _ADeferred]:
+        command = self._NAMES.get(name)
+        if command is None:
+            raise AttributeError(name)
+        return lambda *args: self.execute_command(command, *args)
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        if not self._queued:
+            return []
+        # Every command of a tier pipeline is on one slot's key: its master.
+        first = self._queued[0]
+        key = first[3] if first[0] in ("EVAL", "EVALSHA") else first[1]
+        return await self._durable.send(key, self._queued, self._transaction, raise_on_error)
