@@ -11,12 +11,15 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import redis.asyncio.cluster
 import redis.cluster
 
 from tiercache import (
+    Expiry,
+    Journal,
     Lease,
     MemoryTier,
     RedisTier,
@@ -241,3 +244,41 @@ def test_four_processes_update_fifty_keys_over_every_shard_exactly(
     cache = TieredCache(MemoryTier(), RedisTier(cluster_url), namespace=namespace, bus=None)
     assert [cache.get(f"k{i}") for i in range(50)] == [{"n": 24}] * 50
     cache.close()
+
+
+def test_journal_replay_and_sliding_expiry_on_a_cluster(
+    cluster_url: str, namespace: str, tmp_path: Path
+) -> None:
+    """Write-behind with a journal (every change journaled, the timer's
+    replay writes them as merging compare-and-sets) and a sliding TTL
+    (reads refresh it with PEXPIRE) across the masters."""
+    tier = RedisTier(cluster_url)
+    cache = TieredCache(
+        MemoryTier(),
+        tier,
+        namespace=namespace,
+        flush=WriteBehind(60),
+        journal=Journal(tmp_path / "journal"),
+        ttl=Expiry(30, sliding=True, touch_every=0.05),
+    )
+    keys = [f"u:{i}" for i in range(20)]
+    for key in keys:
+        with cache.session(key) as s:
+            s["n"] = 1
+    assert cache.stats().journal_depth > 0
+    cache.flush()  # the journal's records go to the cluster
+    assert cache.stats().journal_depth == 0
+    client = _client(cluster_url)
+    names = [tier._key(f"{namespace}:{k}") for k in keys]
+    assert all(0 < client.pttl(n) <= 30_000 for n in names)
+    for n in names:
+        client.pexpire(n, 5_000)  # as if 25 s had passed
+    time.sleep(0.1)
+    for key in keys:
+        assert cache.get(key) == {"n": 1}  # a read: the TTL slides back
+    wait_until(lambda: all(client.pttl(n) > 20_000 for n in names), "every key's TTL to slide", 5)
+    reader = TieredCache(MemoryTier(), RedisTier(cluster_url), namespace=namespace, bus=None)
+    assert [reader.get(k) for k in keys] == [{"n": 1}] * len(keys)
+    reader.close()
+    cache.close()
+    client.close()
