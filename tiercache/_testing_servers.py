@@ -150,6 +150,20 @@ def wait(predicate: Callable[[], bool], what: str, timeout: float) -> None:
         time.sleep(0.02)
 
 
+def terminate(proc: subprocess.Popen[bytes] | None) -> None:
+    """Stop a server process of ours by its PID: SIGTERM (after SIGCONT:
+    a paused server cannot act on it), then SIGKILL after 5 s; reaped."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGCONT)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Process:
     """One ``redis-server`` child on 127.0.0.1:``port``, stopped by its PID."""
 
@@ -202,15 +216,7 @@ class Process:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 5 s."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
 
 class Deployment:

@@ -40,7 +40,7 @@ from types import TracebackType
 from ._faults import Faults, FaultyBus, FaultySerializer, FaultyTier
 from ._testing_cluster import SLOTS, ClusterNode, LocalCluster
 from ._testing_sentinel import LocalSentinel
-from ._testing_servers import find_redis_server, free_port
+from ._testing_servers import find_redis_server, free_port, terminate
 from ._tiers._dict import DictTier
 
 __all__ = [
@@ -215,15 +215,7 @@ class RedisServer:
     def stop(self) -> None:
         """Terminate the server (SIGTERM, then SIGKILL) and wait for it."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
     def kill(self) -> None:
         """SIGKILL the server, as a crash would."""
