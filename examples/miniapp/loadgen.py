@@ -1,0 +1,377 @@
+"""Load on the Mini App backend and the bot at once, as real processes on
+one Redis; counts what each acknowledged change became.
+
+    python examples/miniapp/loadgen.py --redis redis://127.0.0.1:6379/0 \\
+        [--store tiercache|naive|naive-lock] [--seconds 20] [--web 16] [--bot 6]
+
+It starts backend.py and bot.py (``TELEGRAM_OFFLINE=1``: no Bot API call
+leaves the machine) on free loopback ports, then for ``--seconds``:
+
+* ``--web`` clients, each in a loop: ``POST /api/note`` (its own note
+  name, the next number) and ``POST /api/balance`` (+1);
+* ``--bot`` senders posting Telegram updates to the webhook, each in a
+  loop: ``/memo <its own name> <next number>``, ``/bonus`` (+1) and
+  ``/session`` (what the bot process reads, with the version).
+
+A change counts as acknowledged when its response said so (200; a
+409 is a refused change). At the end: lost increments (acknowledged +1s
+missing from the final balance), notes and memos whose last acknowledged
+value is missing, and, with tiercache, the staleness of the bot's reads:
+for each ``/session`` read, how long before it the oldest web write it
+does not show had been acknowledged (0 when it shows every one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import hashlib
+import hmac
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+
+HERE = Path(__file__).resolve().parent
+#: Telegram's token format; the processes never call the Bot API with it.
+TEST_TOKEN = "123456789:TEST-tiercache-miniapp-token-0123456789"
+USER_ID = 4242
+
+
+def sign_init_data(
+    token: str, user_id: int = USER_ID, *, auth_date: int | None = None, **fields: str
+) -> str:
+    """initData as Telegram signs it for ``token`` (HMAC-SHA256 keyed by
+    ``HMAC("WebAppData", token)`` over the sorted ``key=value`` lines)."""
+    data = {
+        "auth_date": str(int(time.time()) if auth_date is None else auth_date),
+        "query_id": "AAH-tiercache",
+        "user": json.dumps({"id": user_id, "first_name": "Ann"}, separators=(",", ":")),
+        **fields,
+    }
+    check = "\n".join(f"{k}={v}" for k, v in sorted(data.items()))
+    secret = hmac.new(b"WebAppData", token.encode(), hashlib.sha256).digest()
+    data["hash"] = hmac.new(secret, check.encode(), hashlib.sha256).hexdigest()
+    return urlencode(data)
+
+
+_update_ids = itertools.count(1)
+
+
+def update(text: str, user_id: int = USER_ID) -> dict[str, Any]:
+    """A Telegram Update of a private message ``text`` from ``user_id``."""
+    n = next(_update_ids)
+    sender = {"id": user_id, "is_bot": False, "first_name": "Ann"}
+    message = {
+        "message_id": n,
+        "date": int(time.time()),
+        "chat": {"id": user_id, "type": "private"},
+        "from": sender,
+        "text": text,
+    }
+    if text.startswith("/"):
+        length = len(text.split()[0])
+        message["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
+    return {"update_id": n, "message": message}
+
+
+async def send_update(
+    http: aiohttp.ClientSession, bot_url: str, text: str, user_id: int = USER_ID
+) -> str | None:
+    """Post an update to the webhook; the text of the bot's reply (it
+    comes back in the response body as a sendMessage call), None if none."""
+    async with http.post(f"{bot_url}/webhook", json=update(text, user_id)) as resp:
+        resp.raise_for_status()
+        if not resp.content_type.startswith("multipart/"):
+            return None
+        fields = {}
+        reader = aiohttp.MultipartReader.from_response(resp)
+        async for part in reader:
+            assert isinstance(part, aiohttp.BodyPartReader)
+            fields[part.name] = await part.text()
+        assert fields.get("method") == "sendMessage", fields
+        return fields["text"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Apps:
+    backend_url: str
+    bot_url: str
+    procs: list[subprocess.Popen[bytes]]
+
+    def stop(self) -> list[str]:
+        """SIGTERM both (each closes its cache on the way out); the stderr
+        of any that did not exit 0."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        failures = []
+        for p in self.procs:
+            try:
+                _, err = p.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                _, err = p.communicate()
+            if p.returncode != 0:
+                failures.append(f"{p.args}: exit {p.returncode}\n{err.decode()}")
+        return failures
+
+
+@contextmanager
+def running_apps(
+    redis_url: str, namespace: str, store: str = "tiercache", token: str = TEST_TOKEN
+) -> Iterator[Apps]:
+    """backend.py and bot.py as subprocesses on free loopback ports, ready;
+    stopped (SIGTERM, by PID) on exit, which raises if one failed."""
+    env = {
+        **os.environ,
+        "BOT_TOKEN": token,
+        "REDIS_URL": redis_url,
+        "MINIAPP_STORE": store,
+        "MINIAPP_NAMESPACE": namespace,
+        "TELEGRAM_OFFLINE": "1",
+    }
+    ports = {"backend": free_port(), "bot": free_port()}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / f"{name}.py"), "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for name, port in ports.items()
+    ]
+    apps = Apps(f"http://127.0.0.1:{ports['backend']}", f"http://127.0.0.1:{ports['bot']}", procs)
+    try:
+        wait_ready(apps)
+        yield apps
+    except BaseException:
+        apps.stop()
+        raise
+    failures = apps.stop()
+    if failures:
+        raise RuntimeError("\n".join(failures))
+
+
+def wait_ready(apps: Apps, timeout: float = 30) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    for url in (apps.backend_url, apps.bot_url):
+        while True:
+            for p in apps.procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"{p.args} exited {p.returncode}")
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} not up after {timeout} s")
+            time.sleep(0.05)
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+@dataclass
+class Result:
+    store: str
+    seconds: float
+    acked_increments: int = 0
+    final_balance: int = 0
+    web_acks: int = 0
+    bot_acks: int = 0
+    conflicts: int = 0  # 409s: refused, not acknowledged
+    errors: int = 0
+    fields: int = 0  # note and memo names written
+    fields_lost: list[str] = field(default_factory=list)
+    reads: int = 0
+    staleness_ms: list[float] = field(default_factory=list)
+
+    @property
+    def lost_increments(self) -> int:
+        return self.acked_increments - self.final_balance
+
+    @property
+    def lost_pct(self) -> float:
+        return 100 * self.lost_increments / max(1, self.acked_increments)
+
+    def summary(self) -> dict[str, Any]:
+        st = self.staleness_ms
+        return {
+            "store": self.store,
+            "seconds": round(self.seconds, 1),
+            "requests_acknowledged": self.web_acks + self.bot_acks,
+            "conflicts_409": self.conflicts,
+            "errors": self.errors,
+            "acknowledged_increments": self.acked_increments,
+            "final_balance": self.final_balance,
+            "lost_increments": self.lost_increments,
+            "lost_pct": round(self.lost_pct, 1),
+            "fields_lost": f"{len(self.fields_lost)} of {self.fields}",
+            "bot_reads": self.reads,
+            "stale_reads": sum(1 for x in st if x > 0),
+            "staleness_ms_p50": round(percentile(st, 50), 2),
+            "staleness_ms_p99": round(percentile(st, 99), 2),
+            "staleness_ms_max": round(max(st, default=float("nan")), 2),
+        }
+
+
+async def load(apps: Apps, store: str, seconds: float, web: int, bots: int) -> Result:
+    """Run the mixed load for ``seconds``; the counts and the staleness."""
+    result = Result(store, seconds)
+    auth = {"Authorization": f"tma {sign_init_data(TEST_TOKEN)}"}
+    last_note: dict[str, str] = {}
+    last_memo: dict[str, str] = {}
+    web_acks: list[tuple[float, int]] = []  # (acknowledged at, version written)
+    reads: list[tuple[float, int]] = []  # (bot read at, version read)
+    max_version = 0
+    deadline = time.monotonic() + seconds
+
+    async def web_client(http: aiohttp.ClientSession, i: int) -> None:
+        nonlocal max_version
+        name = f"w{i}"
+        for n in itertools.count():
+            if time.monotonic() > deadline:
+                return
+            note = n % 2 == 0
+            path, body = ("/api/note", {"slot": name, "text": str(n)}) if note else ("/api/balance", {})
+            async with http.post(apps.backend_url + path, json=body, headers=auth) as resp:
+                if resp.status == 409:
+                    result.conflicts += 1
+                    continue
+                if resp.status != 200:
+                    result.errors += 1
+                    continue
+                reply = await resp.json()
+            at = time.monotonic()
+            result.web_acks += 1
+            version = reply["version"]
+            if version is not None:
+                web_acks.append((at, version))
+                max_version = max(max_version, version)
+            if note:
+                last_note[name] = str(n)
+            else:
+                result.acked_increments += 1
+
+    async def bot_sender(http: aiohttp.ClientSession, j: int) -> None:
+        nonlocal max_version
+        name = f"b{j}"
+        for n in itertools.count():
+            if time.monotonic() > deadline:
+                return
+            kind = n % 3
+            text = (f"/memo {name} {n}", "/bonus", "/session")[kind]
+            try:
+                reply = await send_update(http, apps.bot_url, text)
+            except aiohttp.ClientResponseError:
+                result.errors += 1  # a 500: the handler raised, nothing applied
+                continue
+            result.bot_acks += 1
+            if kind == 0:
+                assert reply == f"saved memo {name}", reply
+                last_memo[name] = str(n)
+            elif kind == 1:
+                assert reply is not None and reply.startswith("balance: "), reply
+                result.acked_increments += 1
+            else:
+                assert reply is not None
+                seen = json.loads(reply)
+                if seen["version"] is not None:
+                    reads.append((seen["read_at"], seen["version"]))
+                    max_version = max(max_version, seen["version"])
+
+    connector = aiohttp.TCPConnector(limit=web + bots + 4)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        await asyncio.gather(
+            *(web_client(http, i) for i in range(web)), *(bot_sender(http, j) for j in range(bots))
+        )
+        # The final state, as the backend reads it once it has seen every
+        # acknowledged write (at_least: the newest version acknowledged).
+        query = f"?at_least={max_version}" if max_version else ""
+        async with http.get(f"{apps.backend_url}/api/session{query}", headers=auth) as resp:
+            assert resp.status == 200, await resp.text()
+            final = (await resp.json())["session"]
+    result.final_balance = int(final.get("balance", 0))
+    for kind, last in (("notes", last_note), ("memos", last_memo)):
+        stored = final.get(kind, {})
+        result.fields += len(last)
+        result.fields_lost += [f"{kind}[{k}]" for k, v in last.items() if stored.get(k) != v]
+    result.reads = len(reads)
+    result.staleness_ms = staleness(web_acks, reads)
+    return result
+
+
+def staleness(acks: list[tuple[float, int]], reads: list[tuple[float, int]]) -> list[float]:
+    """For each read (time, version), how long before it the oldest
+    acknowledged write newer than what it read had been acknowledged
+    (milliseconds; 0 when the read shows every acknowledged write).
+    Versions of one key only grow, so "newer" is a bigger version."""
+    acks = sorted(acks)
+    # The newest version acknowledged so far, at each acknowledgement: the
+    # first one above a read's version is the oldest write it misses.
+    newest = list(itertools.accumulate((v for _, v in acks), max))
+    out = []
+    for read_at, version in reads:
+        i = bisect.bisect_right(newest, version)
+        missed = i < len(acks) and acks[i][0] < read_at
+        out.append(1000 * (read_at - acks[i][0]) if missed else 0.0)
+    return out
+
+
+def run(
+    redis_url: str,
+    store: str = "tiercache",
+    seconds: float = 6,
+    web: int = 16,
+    bots: int = 6,
+    namespace: str | None = None,
+) -> Result:
+    """Start both processes, run the load, stop them (each must exit 0).
+    A fresh namespace unless one is given: every run starts from nothing."""
+    namespace = namespace or f"miniapp-load-{uuid.uuid4().hex[:8]}"
+    with running_apps(redis_url, namespace, store) as apps:
+        return asyncio.run(load(apps, store, seconds, web, bots))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--store", choices=["tiercache", "naive", "naive-lock"], default="tiercache")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--web", type=int, default=16)
+    parser.add_argument("--bot", type=int, default=6)
+    args = parser.parse_args()
+    result = run(args.redis, args.store, args.seconds, args.web, args.bot)
+    print(json.dumps(result.summary()))
+
+
+if __name__ == "__main__":
+    main()
