@@ -113,7 +113,10 @@ class OfflineSession(BaseSession):
         pass
 
     async def make_request(
-        self, bot: Bot, method: TelegramMethod[Any], timeout: int | None = None
+        self,
+        bot: Bot,
+        method: TelegramMethod[Any],
+        timeout: int | None = None,  # noqa: ASYNC109
     ) -> Any:
         raise RuntimeError(f"TELEGRAM_OFFLINE: refused {type(method).__name__}")
 
@@ -121,7 +124,7 @@ class OfflineSession(BaseSession):
         self,
         url: str,
         headers: dict[str, Any] | None = None,
-        timeout: int = 30,
+        timeout: int = 30,  # noqa: ASYNC109 (the signature is aiogram's)
         chunk_size: int = 65536,
         raise_for_status: bool = True,
     ) -> AsyncGenerator[bytes, None]:
@@ -164,7 +167,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
     args = parser.parse_args()
-    app = create_app(os.environ["BOT_TOKEN"], os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    app = create_app(
+        os.environ["BOT_TOKEN"], os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
     web.run_app(app, host=args.host, port=args.port, print=None)
 
 

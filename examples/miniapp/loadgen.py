@@ -261,7 +261,9 @@ async def load(apps: Apps, store: str, seconds: float, web: int, bots: int) -> R
             if time.monotonic() > deadline:
                 return
             note = n % 2 == 0
-            path, body = ("/api/note", {"slot": name, "text": str(n)}) if note else ("/api/balance", {})
+            path, body = (
+                ("/api/note", {"slot": name, "text": str(n)}) if note else ("/api/balance", {})
+            )
             async with http.post(apps.backend_url + path, json=body, headers=auth) as resp:
                 if resp.status == 409:
                     result.conflicts += 1
@@ -364,7 +366,9 @@ def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    parser.add_argument("--store", choices=["tiercache", "naive", "naive-lock"], default="tiercache")
+    parser.add_argument(
+        "--store", choices=["tiercache", "naive", "naive-lock"], default="tiercache"
+    )
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--web", type=int, default=16)
     parser.add_argument("--bot", type=int, default=6)

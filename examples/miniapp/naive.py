@@ -23,7 +23,9 @@ class NaiveCache:
     def __init__(self, url: str, *, namespace: str, lock: bool) -> None:
         self.redis = aioredis.from_url(url)
         self.prefix = f"naive:{namespace}:"
-        self.locks: defaultdict[str, asyncio.Lock] | None = defaultdict(asyncio.Lock) if lock else None
+        self.locks: defaultdict[str, asyncio.Lock] | None = (
+            defaultdict(asyncio.Lock) if lock else None
+        )
 
     def session(self, key: str, *, at_least: int | None = None) -> NaiveScope:
         return NaiveScope(self, key)
