@@ -46,15 +46,16 @@ DEFAULT_MAX_AGE = 3600.0
 
 CACHE: web.AppKey[Any] = web.AppKey("cache", object)
 SETTINGS: web.AppKey[dict[str, Any]] = web.AppKey("settings", dict)
+USER: web.RequestKey[int] = web.RequestKey("user", int)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def make_cache(redis_url: str) -> Any:
+def make_cache(redis_url: str, namespace: str | None = None) -> Any:
     """The session store: tiercache (memory + Redis + the invalidation bus),
     or the naive baseline for benchmarks (``MINIAPP_STORE``)."""
     store = os.environ.get("MINIAPP_STORE", "tiercache")
-    namespace = os.environ.get("MINIAPP_NAMESPACE", "miniapp")
+    namespace = namespace or os.environ.get("MINIAPP_NAMESPACE", "miniapp")
     if store == "tiercache":
         return TieredCache.from_url(redis_url, namespace=namespace)
     sys.path.insert(0, str(Path(__file__).parent))
@@ -91,7 +92,7 @@ def user_id_from(request: web.Request) -> int:
 async def api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate every /api/ call; map the cache's errors to statuses."""
     if request.path.startswith("/api/"):
-        request["user_id"] = user_id_from(request)
+        request[USER] = user_id_from(request)
     try:
         return await handler(request)
     except ConflictError:
@@ -108,19 +109,25 @@ def view(session: Any, version: int | None) -> dict[str, Any]:
     return {"session": plain, "balance": int(plain.get("balance", 0)), "version": version}
 
 
+async def written(cache: Any, key: str, version: int | None) -> web.Response:
+    """The answer to a write: the version it committed, and the session as
+    stored after it (what the scope saw, merged with what the bot wrote
+    meanwhile; a memory hit)."""
+    return web.json_response(view(await cache.aget(key), version))
+
+
 async def get_session(request: web.Request) -> web.Response:
     """The user's session; ``?at_least=V`` (a version the bot reported)
     waits until this process sees that write (read-your-writes)."""
     cache = request.app[CACHE]
     at_least = request.query.get("at_least")
     scope = cache.session(
-        SESSION_KEY.format(request["user_id"]),
+        SESSION_KEY.format(request[USER]),
         at_least=int(at_least) if at_least else None,
     )
     async with scope as s:  # reads only: writes nothing
-        body = view(s, None)
-    body["version"] = scope.version
-    return web.json_response(body)
+        plain = to_plain(s)
+    return web.json_response(view(plain, scope.version))
 
 
 async def post_note(request: web.Request) -> web.Response:
@@ -131,25 +138,23 @@ async def post_note(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="slot: 1-32 characters")
     if not isinstance(text, str) or len(text) > 500:
         raise web.HTTPBadRequest(text="text: a string of at most 500 characters")
-    scope = request.app[CACHE].session(SESSION_KEY.format(request["user_id"]))
+    cache, key = request.app[CACHE], SESSION_KEY.format(request[USER])
+    scope = cache.session(key)
     async with scope as s:
         # Different slots are different keys of one nested dict: writes
         # from several processes merge instead of overwriting each other.
         s.setdefault("notes", {})[slot] = text
-        body = view(s, None)
-    body["version"] = scope.version
-    return web.json_response(body)
+    return await written(cache, key, scope.version)
 
 
 async def post_balance(request: web.Request) -> web.Response:
     """+1 on the balance the bot's /bonus also increments."""
-    scope = request.app[CACHE].session(SESSION_KEY.format(request["user_id"]))
+    cache, key = request.app[CACHE], SESSION_KEY.format(request[USER])
+    scope = cache.session(key)
     async with scope as s:
         s.setdefault("balance", Counter())
         s["balance"] += 1  # a Counter: the bot's concurrent +1s are kept too
-        body = view(s, None)
-    body["version"] = scope.version
-    return web.json_response(body)
+    return await written(cache, key, scope.version)
 
 
 async def index(request: web.Request) -> web.Response:
@@ -166,10 +171,16 @@ async def close_cache(app: web.Application) -> None:
     await app[CACHE].aclose()
 
 
-def create_app(token: str, redis_url: str, *, max_age: float = DEFAULT_MAX_AGE) -> web.Application:
+def create_app(
+    token: str,
+    redis_url: str,
+    *,
+    max_age: float = DEFAULT_MAX_AGE,
+    namespace: str | None = None,
+) -> web.Application:
     app = web.Application(middlewares=[api_errors])
     app[SETTINGS] = {"token": token, "max_age": max_age}
-    app[CACHE] = make_cache(redis_url)
+    app[CACHE] = make_cache(redis_url, namespace)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/session", get_session)

@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -118,6 +119,25 @@ class Apps:
     bot_url: str
     procs: list[subprocess.Popen[bytes]]
 
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until both answer /healthz (importing aiogram takes seconds)."""
+        deadline = time.monotonic() + timeout
+        for url in (self.backend_url, self.bot_url):
+            while True:
+                for p in self.procs:
+                    if p.poll() is not None:
+                        _, err = p.communicate()
+                        raise RuntimeError(f"{p.args} exited {p.returncode}\n{err.decode()}")
+                try:
+                    with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
+                        if resp.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{url} not up after {timeout} s")
+                time.sleep(0.05)
+
     def stop(self) -> list[str]:
         """SIGTERM both (each closes its cache on the way out); the stderr
         of any that did not exit 0."""
@@ -136,12 +156,11 @@ class Apps:
         return failures
 
 
-@contextmanager
-def running_apps(
+def start_apps(
     redis_url: str, namespace: str, store: str = "tiercache", token: str = TEST_TOKEN
-) -> Iterator[Apps]:
-    """backend.py and bot.py as subprocesses on free loopback ports, ready;
-    stopped (SIGTERM, by PID) on exit, which raises if one failed."""
+) -> Apps:
+    """backend.py and bot.py as subprocesses on free loopback ports (not
+    waited for: see :meth:`Apps.wait_ready`)."""
     env = {
         **os.environ,
         "BOT_TOKEN": token,
@@ -160,9 +179,17 @@ def running_apps(
         )
         for name, port in ports.items()
     ]
-    apps = Apps(f"http://127.0.0.1:{ports['backend']}", f"http://127.0.0.1:{ports['bot']}", procs)
+    return Apps(f"http://127.0.0.1:{ports['backend']}", f"http://127.0.0.1:{ports['bot']}", procs)
+
+
+@contextmanager
+def running_apps(
+    redis_url: str, namespace: str, store: str = "tiercache", token: str = TEST_TOKEN
+) -> Iterator[Apps]:
+    """:func:`start_apps`, ready; stopped on exit, which raises if one failed."""
+    apps = start_apps(redis_url, namespace, store, token)
     try:
-        wait_ready(apps)
+        apps.wait_ready()
         yield apps
     except BaseException:
         apps.stop()
@@ -170,26 +197,6 @@ def running_apps(
     failures = apps.stop()
     if failures:
         raise RuntimeError("\n".join(failures))
-
-
-def wait_ready(apps: Apps, timeout: float = 30) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    for url in (apps.backend_url, apps.bot_url):
-        while True:
-            for p in apps.procs:
-                if p.poll() is not None:
-                    raise RuntimeError(f"{p.args} exited {p.returncode}")
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} not up after {timeout} s")
-            time.sleep(0.05)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -243,10 +250,13 @@ class Result:
         }
 
 
-async def load(apps: Apps, store: str, seconds: float, web: int, bots: int) -> Result:
-    """Run the mixed load for ``seconds``; the counts and the staleness."""
+async def load(
+    apps: Apps, store: str, seconds: float, web: int, bots: int, user_id: int = USER_ID
+) -> Result:
+    """Run the mixed load on ``user_id``'s session for ``seconds``; the
+    counts and the staleness."""
     result = Result(store, seconds)
-    auth = {"Authorization": f"tma {sign_init_data(TEST_TOKEN)}"}
+    auth = {"Authorization": f"tma {sign_init_data(TEST_TOKEN, user_id)}"}
     last_note: dict[str, str] = {}
     last_memo: dict[str, str] = {}
     web_acks: list[tuple[float, int]] = []  # (acknowledged at, version written)
@@ -292,7 +302,7 @@ async def load(apps: Apps, store: str, seconds: float, web: int, bots: int) -> R
             kind = n % 3
             text = (f"/memo {name} {n}", "/bonus", "/session")[kind]
             try:
-                reply = await send_update(http, apps.bot_url, text)
+                reply = await send_update(http, apps.bot_url, text, user_id)
             except aiohttp.ClientResponseError:
                 result.errors += 1  # a 500: the handler raised, nothing applied
                 continue
