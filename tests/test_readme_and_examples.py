@@ -3,6 +3,7 @@ the public surface is what ``__all__`` says, sorted."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -101,6 +102,19 @@ def test_async_example_with_and_without_redis(tmp_path: Path, redis_url: str) ->
     out = run_py([script, "--dir", str(tmp_path / "d2"), "--redis", redis_url], cwd=tmp_path)
     assert "memory + disk + redis" in out
     assert "50 concurrent updates" in out
+
+
+@pytest.mark.redis
+def test_miniapp_example_runs_backend_and_bot_under_load(tmp_path: Path, redis_url: str) -> None:
+    """examples/miniapp: loadgen.py starts backend.py and bot.py as scripts
+    (both exit 0 on SIGTERM) and reports; tests/integration/test_miniapp.py
+    tests them in depth."""
+    script = str(ROOT / "examples" / "miniapp" / "loadgen.py")
+    args = [script, "--redis", redis_url, "--seconds", "1", "--web", "2", "--bot", "1"]
+    report = json.loads(run_py(args, cwd=tmp_path))
+    assert report["store"] == "tiercache"
+    assert report["requests_acknowledged"] > 0
+    assert report["lost_increments"] == 0 and report["errors"] == 0
 
 
 def test_public_all_is_sorted_and_complete() -> None:
