@@ -109,6 +109,22 @@ def view(session: Any, version: int | None) -> dict[str, Any]:
     return {"session": plain, "balance": int(plain.get("balance", 0)), "version": version}
 
 
+def add_one(session: Any) -> None:
+    """+1 on the balance, here and in the bot's /bonus.
+
+    A :class:`tiercache.Counter`: concurrent increments from both processes
+    are added up, no lock, no conflict. ``MINIAPP_BALANCE=int`` (for the
+    measurements in README.md) keeps a plain int instead: a race with the
+    other process is then a same-leaf :class:`ConflictError` (409 here),
+    refused rather than lost.
+    """
+    if os.environ.get("MINIAPP_BALANCE") == "int":
+        session["balance"] = int(session.get("balance", 0)) + 1
+    else:
+        session.setdefault("balance", Counter())
+        session["balance"] += 1
+
+
 async def written(cache: Any, key: str, version: int | None) -> web.Response:
     """The answer to a write: the version it committed, and the session as
     stored after it (what the scope saw, merged with what the bot wrote
@@ -152,8 +168,7 @@ async def post_balance(request: web.Request) -> web.Response:
     cache, key = request.app[CACHE], SESSION_KEY.format(request[USER])
     scope = cache.session(key)
     async with scope as s:
-        s.setdefault("balance", Counter())
-        s["balance"] += 1  # a Counter: the bot's concurrent +1s are kept too
+        add_one(s)
     return await written(cache, key, scope.version)
 
 

@@ -40,9 +40,9 @@ from aiogram.methods import SendMessage, TelegramMethod
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, Message, WebAppInfo
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
 from aiohttp import web
-from backend import SESSION_KEY, make_cache
+from backend import SESSION_KEY, add_one, make_cache
 
-from tiercache import Counter, to_plain
+from tiercache import to_plain
 
 WEBHOOK_PATH = "/webhook"
 
@@ -83,8 +83,7 @@ async def memo(message: Message, command: CommandObject) -> SendMessage:
 @router.message(Command("bonus"))
 async def bonus(message: Message) -> SendMessage:
     async with user_session(message) as s:
-        s.setdefault("balance", Counter())
-        s["balance"] += 1  # a Counter: adds to the Mini App's +1s, never overwrites them
+        add_one(s)  # a Counter: adds to the Mini App's +1s, never overwrites them
         balance = int(s["balance"])
     return message.answer(f"balance: {balance}")
 

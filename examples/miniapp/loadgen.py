@@ -34,6 +34,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -41,7 +42,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -118,16 +119,23 @@ class Apps:
     backend_url: str
     bot_url: str
     procs: list[subprocess.Popen[bytes]]
+    #: Each process's stderr. A file, not a pipe: a pipe nobody reads fills
+    #: up with logged tracebacks (a 500 logs two) and blocks the process.
+    logs: list[IO[bytes]]
+
+    def stderr(self, i: int, tail: int = 4000) -> str:
+        log = self.logs[i]
+        log.seek(0)
+        return log.read().decode(errors="replace")[-tail:]
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Until both answer /healthz (importing aiogram takes seconds)."""
         deadline = time.monotonic() + timeout
         for url in (self.backend_url, self.bot_url):
             while True:
-                for p in self.procs:
+                for i, p in enumerate(self.procs):
                     if p.poll() is not None:
-                        _, err = p.communicate()
-                        raise RuntimeError(f"{p.args} exited {p.returncode}\n{err.decode()}")
+                        raise RuntimeError(f"{p.args} exited {p.returncode}\n{self.stderr(i)}")
                 try:
                     with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
                         if resp.status == 200:
@@ -145,19 +153,25 @@ class Apps:
             if p.poll() is None:
                 p.terminate()
         failures = []
-        for p in self.procs:
+        for i, p in enumerate(self.procs):
             try:
-                _, err = p.communicate(timeout=15)
+                p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
-                _, err = p.communicate()
+                p.wait()
             if p.returncode != 0:
-                failures.append(f"{p.args}: exit {p.returncode}\n{err.decode()}")
+                failures.append(f"{p.args}: exit {p.returncode}\n{self.stderr(i)}")
+        for log in self.logs:
+            log.close()
         return failures
 
 
 def start_apps(
-    redis_url: str, namespace: str, store: str = "tiercache", token: str = TEST_TOKEN
+    redis_url: str,
+    namespace: str,
+    store: str = "tiercache",
+    token: str = TEST_TOKEN,
+    balance: str = "counter",
 ) -> Apps:
     """backend.py and bot.py as subprocesses on free loopback ports (not
     waited for: see :meth:`Apps.wait_ready`)."""
@@ -167,27 +181,30 @@ def start_apps(
         "REDIS_URL": redis_url,
         "MINIAPP_STORE": store,
         "MINIAPP_NAMESPACE": namespace,
+        "MINIAPP_BALANCE": balance,
         "TELEGRAM_OFFLINE": "1",
     }
     ports = {"backend": free_port(), "bot": free_port()}
+    logs = [tempfile.TemporaryFile() for _ in ports]
     procs = [
         subprocess.Popen(
             [sys.executable, str(HERE / f"{name}.py"), "--port", str(port)],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=log,
         )
-        for name, port in ports.items()
+        for (name, port), log in zip(ports.items(), logs, strict=True)
     ]
-    return Apps(f"http://127.0.0.1:{ports['backend']}", f"http://127.0.0.1:{ports['bot']}", procs)
+    urls = [f"http://127.0.0.1:{port}" for port in ports.values()]
+    return Apps(*urls, procs, logs)
 
 
 @contextmanager
 def running_apps(
-    redis_url: str, namespace: str, store: str = "tiercache", token: str = TEST_TOKEN
+    redis_url: str, namespace: str, store: str = "tiercache", balance: str = "counter"
 ) -> Iterator[Apps]:
     """:func:`start_apps`, ready; stopped on exit, which raises if one failed."""
-    apps = start_apps(redis_url, namespace, store, token)
+    apps = start_apps(redis_url, namespace, store, balance=balance)
     try:
         apps.wait_ready()
         yield apps
@@ -214,7 +231,8 @@ class Result:
     final_balance: int = 0
     web_acks: int = 0
     bot_acks: int = 0
-    conflicts: int = 0  # 409s: refused, not acknowledged
+    conflicts: int = 0  # 409s from the backend: refused, not acknowledged
+    bot_refused: int = 0  # 500s from the webhook: the handler raised, nothing applied
     errors: int = 0
     fields: int = 0  # note and memo names written
     fields_lost: list[str] = field(default_factory=list)
@@ -236,6 +254,7 @@ class Result:
             "seconds": round(self.seconds, 1),
             "requests_acknowledged": self.web_acks + self.bot_acks,
             "conflicts_409": self.conflicts,
+            "bot_500": self.bot_refused,
             "errors": self.errors,
             "acknowledged_increments": self.acked_increments,
             "final_balance": self.final_balance,
@@ -303,8 +322,10 @@ async def load(
             text = (f"/memo {name} {n}", "/bonus", "/session")[kind]
             try:
                 reply = await send_update(http, apps.bot_url, text, user_id)
-            except aiohttp.ClientResponseError:
-                result.errors += 1  # a 500: the handler raised, nothing applied
+            except aiohttp.ClientResponseError as exc:
+                if exc.status != 500:
+                    raise
+                result.bot_refused += 1  # the handler raised (a ConflictError)
                 continue
             result.bot_acks += 1
             if kind == 0:
@@ -326,7 +347,12 @@ async def load(
             *(web_client(http, i) for i in range(web)), *(bot_sender(http, j) for j in range(bots))
         )
         # The final state, as the backend reads it once it has seen every
-        # acknowledged write (at_least: the newest version acknowledged).
+        # acknowledged write: at_least the newest version the web clients
+        # were told and the bot reads now (its own writes included; its
+        # /bonus and /memo replies do not say their version).
+        reply = await send_update(http, apps.bot_url, "/session", user_id)
+        bot_version = json.loads(reply or "{}").get("version")
+        max_version = max(max_version, bot_version or 0)
         query = f"?at_least={max_version}" if max_version else ""
         async with http.get(f"{apps.backend_url}/api/session{query}", headers=auth) as resp:
             assert resp.status == 200, await resp.text()
@@ -365,11 +391,12 @@ def run(
     web: int = 16,
     bots: int = 6,
     namespace: str | None = None,
+    balance: str = "counter",
 ) -> Result:
     """Start both processes, run the load, stop them (each must exit 0).
     A fresh namespace unless one is given: every run starts from nothing."""
     namespace = namespace or f"miniapp-load-{uuid.uuid4().hex[:8]}"
-    with running_apps(redis_url, namespace, store) as apps:
+    with running_apps(redis_url, namespace, store, balance) as apps:
         return asyncio.run(load(apps, store, seconds, web, bots))
 
 
@@ -382,8 +409,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--web", type=int, default=16)
     parser.add_argument("--bot", type=int, default=6)
+    parser.add_argument(
+        "--balance",
+        choices=["counter", "int"],
+        default="counter",
+        help="the balance: a tiercache.Counter, or a plain int (races are 409s)",
+    )
     args = parser.parse_args()
-    result = run(args.redis, args.store, args.seconds, args.web, args.bot)
+    result = run(args.redis, args.store, args.seconds, args.web, args.bot, balance=args.balance)
     print(json.dumps(result.summary()))
 
 
