@@ -24,7 +24,7 @@ from typing import Any, TypeVar, cast
 
 from ._core import TOMBSTONE_SECONDS
 from ._envelope import is_tombstone, safe_version
-from ._exceptions import TierCacheError, TierError
+from ._exceptions import ConflictError, TierCacheError, TierError
 from ._flow import Call, Flow, arun
 from ._invalidation import Invalidations
 from ._locks import Hold, owner
@@ -58,6 +58,13 @@ def _changed_fields(before: Any, after: Any) -> dict[Any, Any]:
             if not same(was.get(f, MISSING), plain.get(f, MISSING))
         }
     return {WHOLE: before}
+
+
+def _moved(key: str, expected: int, found: int) -> ConflictError:
+    return ConflictError(
+        f"key {key!r} is no longer at version {expected or 'none'} "
+        f"(found {found or 'none'}): not written"
+    )
 
 
 class DirectWrites:
@@ -165,8 +172,18 @@ class DirectWrites:
         yield from self.writer.drain_flow()
 
     def update_flow(
-        self, key: str, fn: Callable[[Any], Any], initial: Callable[[], Any], ttl: float | None
+        self,
+        key: str,
+        fn: Callable[[Any], Any],
+        initial: Callable[[], Any],
+        ttl: float | None,
+        expected: int | None = None,
+        replace: bool = False,
     ) -> Flow[Any]:
+        """``expected``: the version the stored value must still be at (0:
+        absent), else :class:`ConflictError` and nothing written (a
+        version-checked set); None: ``fn`` runs again on a newer value.
+        ``replace``: what ``fn`` returns is the new value, even ``None``."""
         core = self.s.core
         tiers = core.tiers
         skey = core.skey(key)
@@ -188,9 +205,11 @@ class DirectWrites:
                     plain, version = MISSING, 0
                 else:
                     plain, version = to_plain(current.value), current.version
+            if expected is not None and version != expected:
+                raise _moved(key, expected, version)
             value = track(initial() if plain is MISSING else plain, label=key)
             result = fn(value)
-            if result is not None and result is not value:
+            if replace or (result is not None and result is not value):
                 value = track(result, label=key)
                 changed = _changed_fields(plain, value)  # a replacement
             else:
@@ -232,6 +251,8 @@ class DirectWrites:
                     return value
                 if not ok:
                     core.conflicts += 1
+                    if expected is not None:
+                        raise _moved(key, expected, version)  # another write landed between
                     continue
                 yield from core.write_flow([(skey, data, core.ttl_for(ttl))], range(len(tiers) - 1))
                 entry.stored = entry.version
@@ -259,6 +280,22 @@ class DirectWrites:
             yield from self.writer.drain_flow()
             return value
         raise TierError(f"gave up updating {key!r}: {MAX_MERGES} other writers won in a row")
+
+    def versioned_flow(self, key: str) -> Flow[tuple[Any, int]]:
+        """``(plain copy or MISSING, version)`` as :meth:`update_flow` would
+        see it: fresh from the shared tier (our journaled changes first),
+        else from memory when there is no persistent tier."""
+        core = self.s.core
+        if key in self.s.journal_keys:
+            yield from self.s.replay_flow()
+        if not core.tiers:
+            with self.s.mlock:
+                current = self.s.memory.lookup(key)
+            if current is None or current.initial is not None:
+                return MISSING, 0
+            return to_plain(current.value), current.version
+        plain, version = yield from core.read_stored_flow(key, core.skey(key))
+        return (MISSING if plain is MISSING else to_plain(plain)), version
 
     def over_rollback(self, key: str, plain: Any, version: int) -> tuple[Any, int]:
         """update() read ``version``: when it is below what our memory copy
