@@ -398,15 +398,16 @@ class TieredCache(Queries):
         d = self._direct
         return await d.alocked(key, ttl, lambda: d.update_flow(key, fn, initial, ttl))
 
-    def delete(self, key: str) -> bool:
-        """Remove ``key`` from every tier; whether any tier had it."""
-        d = self._direct
-        return run(d.locked(key, None, lambda: d.delete_flow(key)))
+    def delete(self, key: str, *, expected_version: int | None = None) -> bool:
+        """Remove ``key`` from every tier; whether any tier had it.
+        ``expected_version``: as in :meth:`set` (ConflictError, nothing deleted)."""
+        d, v = self._direct, self._checked(expected_version)
+        return run(d.locked(key, None, lambda: d.delete_flow(key, v)))
 
-    async def adelete(self, key: str) -> bool:
+    async def adelete(self, key: str, *, expected_version: int | None = None) -> bool:
         """Async :meth:`delete`."""
-        d = self._direct
-        return await d.alocked(key, None, lambda: d.delete_flow(key))
+        d, v = self._direct, self._checked(expected_version)
+        return await d.alocked(key, None, lambda: d.delete_flow(key, v))
 
     def touch(self, key: str, ttl: float | None = None) -> bool:
         """Restart the expiry of ``key``; whether it exists.

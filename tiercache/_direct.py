@@ -205,8 +205,8 @@ class DirectWrites:
                     plain, version = MISSING, 0
                 else:
                     plain, version = to_plain(current.value), current.version
-            if expected is not None and version != expected:
-                raise _moved(key, expected, version)
+            if expected is not None and version != expected and (expected or plain is not MISSING):
+                raise _moved(key, expected, version)  # 0 is any absence (a tombstone too)
             value = track(initial() if plain is MISSING else plain, label=key)
             result = fn(value)
             if replace or (result is not None and result is not value):
@@ -295,7 +295,9 @@ class DirectWrites:
                 return MISSING, 0
             return to_plain(current.value), current.version
         plain, version = yield from core.read_stored_flow(key, core.skey(key))
-        return (MISSING if plain is MISSING else to_plain(plain)), version
+        if plain is MISSING:
+            return MISSING, 0  # absent, deleted or unreadable: expected_version=0 fits
+        return to_plain(plain), version
 
     def over_rollback(self, key: str, plain: Any, version: int) -> tuple[Any, int]:
         """update() read ``version``: when it is below what our memory copy
@@ -310,13 +312,21 @@ class DirectWrites:
         theirs = to_plain(plain) if plain is not MISSING else {}
         return track(over_rollback(to_plain(current.value), theirs), label=key), current.stored
 
-    def delete_flow(self, key: str) -> Flow[bool]:
+    def delete_flow(self, key: str, expected: int | None = None) -> Flow[bool]:
+        """``expected``: delete only if the shared tier still holds that
+        version (0: absent), else :class:`ConflictError`, nothing deleted."""
+        if expected is not None:
+            yield from self.check_delete_flow(key, expected)
         with self.s.mlock:
             entry = self.s.memory.remove(key)
         if entry is not None:
             detach(entry.value)
         core = self.s.core
-        if core.tiers and core.tiers[-1].supports_cas:
+        if expected is not None:  # the tombstone is written: the local copies go
+            existed = bool(expected)
+            if core.tiers:
+                yield from core.delete_flow(key, range(len(core.tiers) - 1))
+        elif core.tiers and core.tiers[-1].supports_cas:
             known = entry.stored if entry is not None and not entry.outdated else 0
             existed = yield from self.tombstone_flow(key, known)
             existed = (yield from core.delete_flow(key, range(len(core.tiers) - 1))) or existed
@@ -326,6 +336,35 @@ class DirectWrites:
             self.s.memory.absent[key] = self.reader.absent_until()
         yield from self.inval.publish_flow([(key, "del", 0)])
         return existed or (entry is not None and entry.initial is None)
+
+    def check_delete_flow(self, key: str, expected: int) -> Flow[None]:
+        """For a version-checked delete: write the tombstone over exactly
+        ``expected`` now (the rest of :meth:`delete_flow` then finds it
+        written), or raise without having changed anything."""
+        core = self.s.core
+        if key in self.s.journal_keys:
+            yield from self.s.replay_flow()
+        if not core.tiers:
+            with self.s.mlock:
+                entry = self.s.memory.lookup(key)
+            found = entry.version if entry is not None and entry.initial is None else 0
+            if found != expected:
+                raise _moved(key, expected, found)
+            return
+        tier, counters = core.tiers[-1], core.counters[-1]
+        if not tier.supports_cas:
+            raise TierCacheError(f"a version-checked delete needs compare-and-set of {tier.name}")
+        skey = core.skey(key)
+        if not expected:
+            raw = yield Call(tier, counters, "get", (skey,))
+            if raw is not None and not is_tombstone(raw):
+                raise _moved(key, 0, safe_version(raw))
+            return
+        tomb = core.tombstone(core.next_version(expected))
+        args = (skey, tomb, TOMBSTONE_SECONDS, expected)
+        if not (yield Call(tier, counters, "compare_and_set", args)):
+            raw = yield Call(tier, counters, "get", (skey,))
+            raise _moved(key, expected, 0 if raw is None else safe_version(raw))
 
     def tombstone_flow(self, key: str, known: int) -> Flow[bool]:
         """Delete ``key`` from the shared tier by writing its tombstone: the

@@ -199,6 +199,10 @@ class Queries:
 
     # -- a version-checked write ------------------------------------------------------------
 
+    @staticmethod
+    def _checked(expected: int | None) -> int | None:
+        return None if expected is None else check_version(expected)
+
     def _set_flow(
         self, key: str, value: Any, ttl: float | None, expected: int | None
     ) -> Callable[[], Flow[Any]]:

@@ -383,3 +383,35 @@ def test_versioned_writes_from_threads_lose_nothing(pair: Pair) -> None:
     for t in threads:
         t.join()
     assert cache.get_versioned("n")[0] == {"n": 100}
+
+
+def test_a_version_checked_delete(pair: Pair) -> None:
+    cache, other = pair()
+    cache.set("u:1", {"n": 1})
+    _, version = other.get_versioned("u:1")
+    cache.set("u:1", {"n": 2})
+    with pytest.raises(ConflictError):
+        other.delete("u:1", expected_version=version)
+    assert cache.get_versioned("u:1")[0] == {"n": 2}  # nothing deleted
+    with pytest.raises(ConflictError):
+        other.delete("u:1", expected_version=0)  # "absent": it is not
+    _, version = other.get_versioned("u:1")
+    assert other.delete("u:1", expected_version=version) is True
+    assert cache.get_versioned("u:1") == (None, 0)
+    assert other.get("u:1") is None and "u:1" not in other.keys()
+    other.set("u:1", {"again": 1}, expected_version=0)  # absent again: 0 fits
+    _, version = other.get_versioned("u:1")
+    other.delete("u:1", expected_version=version)
+    assert other.delete("u:1", expected_version=0) is False  # absent, as expected
+
+
+async def test_async_version_checked_delete(pair: Pair) -> None:
+    cache, other = pair()
+    await cache.aset("u:1", 1)
+    _, version = await other.aget_versioned("u:1")
+    await cache.aset("u:1", 2)
+    with pytest.raises(ConflictError):
+        await other.adelete("u:1", expected_version=version)
+    _, version = await other.aget_versioned("u:1")
+    assert await other.adelete("u:1", expected_version=version)
+    assert await other.akeys() == []
