@@ -8,8 +8,9 @@ Run: ``pytest benchmarks/bench_aiogram.py --benchmark-only -s``.
   ``get_data``; ``update_data`` of a new key; ``set_state`` +
   ``update_data``, as a conversation step), 60% read-only (``get_state``
   + ``get_data``), fed through a real ``Dispatcher`` with a mocked Bot
-  session. Redis write commands are counted under ``MONITOR`` as the clients send them (a script's own
-  commands, marked ``lua``, are left out: an ``EVALSHA`` is one write).
+  session. Redis write commands are counted under ``MONITOR`` as the
+  clients send them (a script's own commands, marked ``lua``, are left
+  out: an ``EVALSHA`` is one write).
   Variants: ``TierCacheStorage`` + its isolation over memory + Redis
   (``TieredCache.from_url`` defaults), aiogram's ``RedisStorage`` with
   aiogram's default isolation, and ``RedisStorage`` + ``RedisEventIsolation``.
