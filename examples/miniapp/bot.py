@@ -14,9 +14,13 @@ reply costs no extra request to the Bot API. Commands:
   the version read (what this process sees);
 * ``/start``: a button that opens the Mini App (``WEBAPP_URL``).
 
-A handler that raises (a :class:`tiercache.ConflictError` when the Mini App
-changed the same leaf at once; nothing of the update was applied) makes
-the webhook answer 500, and Telegram delivers the update again.
+The handlers get the sender's session from
+``tiercache.aiogram.SessionMiddleware(cache, key="user")``: the live value
+of ``user:{id}``, the key the backend uses, one scope per update, written
+when the handler returns and before its reply is sent. A write that fails
+(a :class:`tiercache.ConflictError` when the Mini App changed the same
+leaf at once; nothing of the update was applied) makes the webhook answer
+500, and Telegram delivers the update again.
 
 ``WEBHOOK_URL`` set: the webhook is registered at startup. ``TELEGRAM_OFFLINE=1``:
 the bot never calls the Bot API (tests; replies still come back in the
@@ -33,7 +37,7 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from aiogram import Bot, Dispatcher, Router
+from aiogram import BaseMiddleware, Bot, Dispatcher, Router
 from aiogram.client.session.base import BaseSession
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.methods import SendMessage, TelegramMethod
@@ -42,20 +46,28 @@ from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_applicati
 from aiohttp import web
 from backend import SESSION_KEY, add_one, make_cache
 
-from tiercache import to_plain
+from tiercache import TieredCache, to_plain
+from tiercache.aiogram import SessionMiddleware
 
 WEBHOOK_PATH = "/webhook"
 
+#: Handlers that change or show the session: each gets the sender's live
+#: session as ``session``, one scope per update (SessionMiddleware, added
+#: by create_app), written once when the handler returns.
 router = Router()
+#: /session opens its own scope, to report the version it read.
+reports = Router()
 cache: Any = None  # set by create_app(): TieredCache.from_url(REDIS_URL, namespace="miniapp")
 
 
-def user_session(message: Message) -> Any:
-    """The scope of the sender's session: the same ``user:{id}`` key the
-    Mini App backend uses. (With ``tiercache.aiogram.SessionMiddleware``
-    this becomes the ``session`` argument of every handler.)"""
-    assert message.from_user is not None
-    return cache.session(SESSION_KEY.format(message.from_user.id))
+def session_middleware(cache: Any) -> BaseMiddleware:
+    """``session=`` for the handlers: the sender's session, keyed
+    ``user:{id}`` as in the backend; the baseline's own for naive.py."""
+    if isinstance(cache, TieredCache):
+        return SessionMiddleware(cache, key="user", arg="session")
+    from naive import NaiveSessionMiddleware
+
+    return NaiveSessionMiddleware(cache)
 
 
 @router.message(CommandStart())
@@ -69,36 +81,35 @@ async def start(message: Message) -> SendMessage:
 
 
 @router.message(Command("memo"))
-async def memo(message: Message, command: CommandObject) -> SendMessage:
+async def memo(message: Message, command: CommandObject, session: dict[str, Any]) -> SendMessage:
     name, _, text = (command.args or "").partition(" ")
     if not name or not text or len(name) > 32 or len(text) > 500:
         return message.answer("usage: /memo <name> <text>")
-    async with user_session(message) as s:
-        # Different memo names are different keys of one nested dict:
-        # merged with whatever the Mini App wrote meanwhile.
-        s.setdefault("memos", {})[name] = text
+    # Different memo names are different keys of one nested dict: merged
+    # with whatever the Mini App wrote meanwhile.
+    session.setdefault("memos", {})[name] = text
     return message.answer(f"saved memo {name}")
 
 
 @router.message(Command("bonus"))
-async def bonus(message: Message) -> SendMessage:
-    async with user_session(message) as s:
-        add_one(s)  # a Counter: adds to the Mini App's +1s, never overwrites them
-        balance = int(s["balance"])
-    return message.answer(f"balance: {balance}")
+async def bonus(message: Message, session: dict[str, Any]) -> SendMessage:
+    add_one(session)  # a Counter: adds to the Mini App's +1s, never overwrites them
+    return message.answer(f"balance: {int(session['balance'])}")
 
 
 @router.message(Command("balance"))
-async def balance(message: Message) -> SendMessage:
-    async with user_session(message) as s:
-        return message.answer(f"balance: {int(s.get('balance', 0))}")
+async def balance(message: Message, session: dict[str, Any]) -> SendMessage:
+    return message.answer(f"balance: {int(session.get('balance', 0))}")
 
 
-@router.message(Command("session"))
-async def session(message: Message) -> SendMessage:
-    read_at = time.monotonic()  # staleness measurements compare it with acknowledgements
-    scope = user_session(message)
-    async with scope as s:
+@reports.message(Command("session"))
+async def report(message: Message) -> SendMessage:
+    """The session as this process reads it, with the version read and
+    when (staleness measurements compare it with acknowledgements)."""
+    assert message.from_user is not None
+    read_at = time.monotonic()
+    scope = cache.session(SESSION_KEY.format(message.from_user.id))
+    async with scope as s:  # reads only: writes nothing
         plain = to_plain(s)
     body = {"version": scope.version, "read_at": read_at, "session": plain}
     return message.answer(json.dumps(body, sort_keys=True))
@@ -137,7 +148,10 @@ def create_app(token: str, redis_url: str) -> web.Application:
     offline = os.environ.get("TELEGRAM_OFFLINE") == "1"
     bot = Bot(token, session=OfflineSession() if offline else None)
     dp = Dispatcher()
-    dp.include_router(router)
+    # The reply a handler returns goes out only after its scope has written
+    # (the middleware's exit); a write that fails is a 500 instead.
+    router.message.middleware(session_middleware(cache))
+    dp.include_routers(router, reports)
 
     @dp.startup()
     async def register_webhook() -> None:

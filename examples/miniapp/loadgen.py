@@ -2,7 +2,8 @@
 one Redis; counts what each acknowledged change became.
 
     python examples/miniapp/loadgen.py --redis redis://127.0.0.1:6379/0 \\
-        [--store tiercache|naive|naive-lock] [--seconds 20] [--web 16] [--bot 6]
+        [--store tiercache|naive|naive-lock] [--balance counter|int] \\
+        [--seconds 20] [--web 16] [--bot 6]
 
 It starts backend.py and bot.py (``TELEGRAM_OFFLINE=1``: no Bot API call
 leaves the machine) on free loopback ports, then for ``--seconds``:
@@ -13,10 +14,12 @@ leaves the machine) on free loopback ports, then for ``--seconds``:
   loop: ``/memo <its own name> <next number>``, ``/bonus`` (+1) and
   ``/session`` (what the bot process reads, with the version).
 
-A change counts as acknowledged when its response said so (200; a
-409 is a refused change). At the end: lost increments (acknowledged +1s
-missing from the final balance), notes and memos whose last acknowledged
-value is missing, and, with tiercache, the staleness of the bot's reads:
+A change counts as acknowledged when its response said so (200 with the
+reply; a 409 from the backend or a 500 from the webhook is a refused
+change). At the end, the session as the backend reads it once it has seen
+every acknowledged write: lost increments (acknowledged +1s missing from
+the final balance), notes and memos whose last acknowledged value is
+missing, and, with tiercache, the staleness of the bot's reads:
 for each ``/session`` read, how long before it the oldest web write it
 does not show had been acknowledged (0 when it shows every one).
 """

@@ -5,7 +5,9 @@ a per-process, per-key ``asyncio.Lock``, which serialises the requests of
 one process but not the two processes against each other.
 
 It has the few methods of :class:`tiercache.TieredCache` that backend.py
-and bot.py use, so the same handlers run on either (``MINIAPP_STORE``).
+and bot.py use, and :class:`NaiveSessionMiddleware` stands in for
+``tiercache.aiogram.SessionMiddleware``, so the same handlers run on
+either (``MINIAPP_STORE``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from types import TracebackType
 from typing import Any
 
 import redis.asyncio as aioredis
+from aiogram import BaseMiddleware
 
 
 class NaiveCache:
@@ -75,3 +78,17 @@ class NaiveScope:
     def _release(self) -> None:
         if self.lock is not None:
             self.lock.release()
+
+
+class NaiveSessionMiddleware(BaseMiddleware):
+    """``session=`` for aiogram handlers from a :class:`NaiveCache`:
+    ``user:{id}`` loaded before the handler, saved after it."""
+
+    def __init__(self, cache: NaiveCache) -> None:
+        self.cache = cache
+
+    async def __call__(self, handler: Any, event: Any, data: dict[str, Any]) -> Any:
+        user = data["event_from_user"]
+        async with self.cache.session(f"user:{user.id}") as session:
+            data["session"] = session
+            return await handler(event, data)
