@@ -3,7 +3,7 @@ one Redis; counts what each acknowledged change became.
 
     python examples/miniapp/loadgen.py --redis redis://127.0.0.1:6379/0 \\
         [--store tiercache|naive|naive-lock] [--balance counter|int] \\
-        [--seconds 20] [--web 16] [--bot 6]
+        [--seconds 20] [--web 16] [--bot 6] [--pause 0]
 
 It starts backend.py and bot.py (``TELEGRAM_OFFLINE=1``: no Bot API call
 leaves the machine) on free loopback ports, then for ``--seconds``:
@@ -273,7 +273,13 @@ class Result:
 
 
 async def load(
-    apps: Apps, store: str, seconds: float, web: int, bots: int, user_id: int = USER_ID
+    apps: Apps,
+    store: str,
+    seconds: float,
+    web: int,
+    bots: int,
+    user_id: int = USER_ID,
+    pause: float = 0.0,
 ) -> Result:
     """Run the mixed load on ``user_id``'s session for ``seconds``; the
     counts and the staleness."""
@@ -292,6 +298,8 @@ async def load(
         for n in itertools.count():
             if time.monotonic() > deadline:
                 return
+            if pause:
+                await asyncio.sleep(pause)
             note = n % 2 == 0
             path, body = (
                 ("/api/note", {"slot": name, "text": str(n)}) if note else ("/api/balance", {})
@@ -321,6 +329,8 @@ async def load(
         for n in itertools.count():
             if time.monotonic() > deadline:
                 return
+            if pause:
+                await asyncio.sleep(pause)
             kind = n % 3
             text = (f"/memo {name} {n}", "/bonus", "/session")[kind]
             try:
@@ -395,12 +405,13 @@ def run(
     bots: int = 6,
     namespace: str | None = None,
     balance: str = "counter",
+    pause: float = 0.0,
 ) -> Result:
     """Start both processes, run the load, stop them (each must exit 0).
     A fresh namespace unless one is given: every run starts from nothing."""
     namespace = namespace or f"miniapp-load-{uuid.uuid4().hex[:8]}"
     with running_apps(redis_url, namespace, store, balance) as apps:
-        return asyncio.run(load(apps, store, seconds, web, bots))
+        return asyncio.run(load(apps, store, seconds, web, bots, pause=pause))
 
 
 def main() -> None:
@@ -418,8 +429,19 @@ def main() -> None:
         default="counter",
         help="the balance: a tiercache.Counter, or a plain int (races are 409s)",
     )
+    parser.add_argument(
+        "--pause", type=float, default=0.0, help="seconds each client waits between requests"
+    )
     args = parser.parse_args()
-    result = run(args.redis, args.store, args.seconds, args.web, args.bot, balance=args.balance)
+    result = run(
+        args.redis,
+        args.store,
+        args.seconds,
+        args.web,
+        args.bot,
+        balance=args.balance,
+        pause=args.pause,
+    )
     print(json.dumps(result.summary()))
 
 
