@@ -37,7 +37,14 @@ from typing import Any
 from aiogram.utils.web_app import safe_parse_webapp_init_data
 from aiohttp import web
 
-from tiercache import ConflictError, Counter, TieredCache, TierError, to_plain
+from tiercache import (
+    ConflictError,
+    Counter,
+    TieredCache,
+    TierError,
+    VersionNotReachedError,
+    to_plain,
+)
 
 #: The key both processes use for one Telegram user's session.
 SESSION_KEY = "user:{}"
@@ -99,6 +106,8 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         # Both processes changed the same leaf at once: this request's
         # change was not applied (the stored value is kept). The page retries.
         return web.json_response({"error": "conflict, retry"}, status=409)
+    except VersionNotReachedError:  # ?at_least= a version no write reached (yet)
+        return web.json_response({"error": "version not reached"}, status=404)
     except TierError:
         return web.json_response({"error": "storage unavailable"}, status=503)
 
@@ -136,10 +145,11 @@ async def get_session(request: web.Request) -> web.Response:
     """The user's session; ``?at_least=V`` (a version the bot reported)
     waits until this process sees that write (read-your-writes)."""
     cache = request.app[CACHE]
-    at_least = request.query.get("at_least")
+    at_least = request.query.get("at_least", "")
+    if at_least and not at_least.isdigit():
+        raise web.HTTPBadRequest(text="at_least: a version (digits)")
     scope = cache.session(
-        SESSION_KEY.format(request[USER]),
-        at_least=int(at_least) if at_least else None,
+        SESSION_KEY.format(request[USER]), at_least=int(at_least) if at_least else None
     )
     async with scope as s:  # reads only: writes nothing
         plain = to_plain(s)

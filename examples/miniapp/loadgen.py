@@ -219,11 +219,11 @@ def running_apps(
         raise RuntimeError("\n".join(failures))
 
 
-def percentile(values: list[float], p: float) -> float:
+def percentile(values: list[float], p: float) -> float | None:
     if not values:
-        return float("nan")
+        return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+    return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 2)
 
 
 @dataclass
@@ -266,9 +266,9 @@ class Result:
             "fields_lost": f"{len(self.fields_lost)} of {self.fields}",
             "bot_reads": self.reads,
             "stale_reads": sum(1 for x in st if x > 0),
-            "staleness_ms_p50": round(percentile(st, 50), 2),
-            "staleness_ms_p99": round(percentile(st, 99), 2),
-            "staleness_ms_max": round(max(st, default=float("nan")), 2),
+            "staleness_ms_p50": percentile(st, 50),
+            "staleness_ms_p99": percentile(st, 99),
+            "staleness_ms_max": percentile(st, 100),
         }
 
 

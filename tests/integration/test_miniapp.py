@@ -78,6 +78,10 @@ async def test_init_data_is_checked_on_every_api_call(redis_url: str, namespace:
                 assert resp.status == 401, (what, method, path, resp.status)
         resp = await client.post("/api/note", headers=tma(valid), json={"text": 5})
         assert resp.status == 400
+        resp = await client.get(f"/api/session?at_least={body['version']}", headers=tma(valid))
+        assert resp.status == 200  # read-your-writes: a version the bot reported
+        resp = await client.get("/api/session?at_least=soon", headers=tma(valid))
+        assert resp.status == 400
         page = await client.get("/")  # the page itself needs no initData
         assert page.status == 200 and "Telegram.WebApp" in await page.text()
         # Nothing refused was applied.
