@@ -169,6 +169,24 @@ class Apps:
         return failures
 
 
+def app_env(
+    redis_url: str,
+    namespace: str,
+    store: str = "tiercache",
+    token: str = TEST_TOKEN,
+    balance: str = "counter",
+) -> dict[str, str]:
+    """The environment backend.py and bot.py read (both the same)."""
+    return {
+        "BOT_TOKEN": token,
+        "REDIS_URL": redis_url,
+        "MINIAPP_STORE": store,
+        "MINIAPP_NAMESPACE": namespace,
+        "MINIAPP_BALANCE": balance,
+        "TELEGRAM_OFFLINE": "1",
+    }
+
+
 def start_apps(
     redis_url: str,
     namespace: str,
@@ -178,15 +196,7 @@ def start_apps(
 ) -> Apps:
     """backend.py and bot.py as subprocesses on free loopback ports (not
     waited for: see :meth:`Apps.wait_ready`)."""
-    env = {
-        **os.environ,
-        "BOT_TOKEN": token,
-        "REDIS_URL": redis_url,
-        "MINIAPP_STORE": store,
-        "MINIAPP_NAMESPACE": namespace,
-        "MINIAPP_BALANCE": balance,
-        "TELEGRAM_OFFLINE": "1",
-    }
+    env = {**os.environ, **app_env(redis_url, namespace, store, token, balance)}
     ports = {"backend": free_port(), "bot": free_port()}
     logs = [tempfile.TemporaryFile() for _ in ports]
     procs = [

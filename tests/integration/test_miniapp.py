@@ -15,8 +15,13 @@ processes on one real redis-server, editing one user's session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,7 +34,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "examples" / "miniapp"))
+MINIAPP = ROOT / "examples" / "miniapp"
+sys.path.insert(0, str(MINIAPP))
 
 import backend  # noqa: E402
 import loadgen  # noqa: E402
@@ -156,22 +162,84 @@ async def test_the_same_leaf_changed_by_both_processes_is_a_409(
         await bot.aclose()
 
 
+#: Starts each backend and bot of the module's fixture as a forked child of
+#: one process that imported them once: importing aiogram (its pydantic
+#: types) costs a process 4-5 s of CPU, six of them most of this file's
+#: time. Each child is a real OS process with its own environment, event
+#: loop and cache, running the script's main(); the fork server prints each
+#: child's PID, then "exit PID CODE" as each one ends.
+FORK_SERVER = """
+import json, os, sys, traceback
+sys.path.insert(0, sys.argv[1])
+import backend, bot
+
+for spec in json.loads(sys.argv[2]):
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.environ.update(spec["env"])
+            sys.argv = [spec["role"] + ".py", "--port", str(spec["port"])]
+            (backend if spec["role"] == "backend" else bot).main()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    print(pid, flush=True)
+sys.stdout.flush()
+while True:
+    try:
+        pid, status = os.wait()
+    except ChildProcessError:
+        break
+    print("exit", pid, os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
 @pytest.fixture(scope="module")
 def apps(redis_url: str) -> Iterator[dict[str, loadgen.Apps]]:
-    """A backend and a bot for each store, started together (importing
-    aiogram takes each process seconds) and stopped together: each must
-    exit 0 on SIGTERM, its cache closed."""
-    started = {
-        store: loadgen.start_apps(redis_url, f"miniapp-{store}-{uuid.uuid4().hex[:8]}", store)
-        for store in ("tiercache", "naive", "naive-lock")
-    }
+    """A backend and a bot for each store, on free loopback ports, started
+    together and stopped together (SIGTERM, by PID): each must exit 0, its
+    cache closed."""
+    specs, pairs = [], {}
+    for store in ("tiercache", "naive", "naive-lock"):
+        env = loadgen.app_env(redis_url, f"miniapp-{store}-{uuid.uuid4().hex[:8]}", store)
+        ports = {"backend": loadgen.free_port(), "bot": loadgen.free_port()}
+        specs += [{"role": role, "port": port, "env": env} for role, port in ports.items()]
+        urls = [f"http://127.0.0.1:{port}" for port in ports.values()]
+        pairs[store] = loadgen.Apps(*urls, procs=[], logs=[])
+    log = tempfile.TemporaryFile()
+    server = subprocess.Popen(
+        [sys.executable, "-c", FORK_SERVER, str(MINIAPP), json.dumps(specs)],
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    assert server.stdout is not None
+    pids = []
     try:
-        for pair in started.values():
+        pids = [int(server.stdout.readline()) for _ in specs]
+        for pair in pairs.values():
             pair.wait_ready()
-        yield started
+        yield pairs
     finally:
-        failures = [f for pair in started.values() for f in pair.stop()]
-    assert not failures, "\n".join(failures)
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        try:
+            out, _ = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            out, _ = server.communicate()
+        log.seek(0)
+        errors = log.read().decode(errors="replace")[-4000:]
+        log.close()
+    exits = [line.split() for line in out.decode().splitlines() if line.startswith("exit ")]
+    assert sorted(int(pid) for _, pid, _ in exits) == sorted(pids), errors
+    assert all(code == "0" for _, _, code in exits), errors
 
 
 def test_every_acknowledged_change_survives_bot_and_web_under_load(
