@@ -1,8 +1,9 @@
 """examples/miniapp: a Mini App backend and an aiogram webhook bot, real OS
-processes on one real redis-server, editing one user's session.
+processes (forked from one that imported them: see FORK_SERVER) on one
+real redis-server, editing one user's session.
 
 * initData is checked on every API call: valid 200; forged, expired,
-  signed with another token, or missing 401.
+  signed with another token, or missing 401. A same-leaf race is a 409.
 * Under load from 16 web clients and 6 update senders (different fields
   and one shared ``Counter``), every acknowledged change survives; the
   staleness of the bot's reads after the web's acknowledgements is printed.
@@ -53,7 +54,7 @@ def tma(init_data: str) -> dict[str, str]:
 async def test_init_data_is_checked_on_every_api_call(redis_url: str, namespace: str) -> None:
     app = backend.create_app(TEST_TOKEN, redis_url, max_age=60, namespace=namespace)
     valid = sign_init_data(TEST_TOKEN)
-    forged = valid.replace("hash=", "hash=0")[: len(valid)]  # the hash's first digit changed
+    forged = valid.replace("hash=", "hash=0")[: len(valid)]  # a hash, not the signature
     tampered = sign_init_data(TEST_TOKEN).replace("Ann", "Bob")  # the user, after signing
     old = sign_init_data(TEST_TOKEN, auth_date=int(time.time()) - 61)
     other_bot = sign_init_data("987654321:another-bot-token")
