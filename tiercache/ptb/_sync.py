@@ -1,0 +1,219 @@
+"""Keeping PTB's in-RAM dicts and the cache in step, one key at a time.
+
+::
+
+    get_*()      ──> load: a plain copy for PTB, another kept as the baseline
+    update_*(d)  ──> diff(baseline, d): nothing? no I/O at all
+                     else, in cache.session(key) (s: the stored value)
+                         rebase(baseline, d, s): our changes onto theirs
+                         apply them to s  ─ the scope writes only those paths
+                     baseline = what was written
+    refresh_*(d) ──> stored value (a memory hit) equals the baseline? done
+                     else d becomes rebase(baseline, d, stored), in place:
+                     their changes pulled in, our unwritten ones kept
+
+PTB hands back whole dicts, changed or not: the baseline is what turns
+them into changes. A path both sides changed goes to the cache's conflict
+resolver (``cache.conflict``); Counters add both deltas. With the default
+resolver (``raise_conflict``) the stored value is kept, the dropped local
+value is logged on the ``tiercache.ptb`` logger (and counted), and the
+next ``refresh_*`` puts the stored value into PTB's dict: never a silent
+overwrite. A write that loses a race to another process's write of the
+same path inside the scope (the scope's own compare-and-set merge raises
+ConflictError) writes nothing and stays pending: the next ``refresh_*``
+settles the paths through the resolver, and the next hand-back (or
+``flush()``) writes what remains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import MISSING, ConflictError, TieredCache, to_plain
+from . import _api
+from ._diff import Change, Conflict, apply, diff, get_path, rebase, same
+
+__all__ = ["DictSync"]
+
+log = logging.getLogger("tiercache.ptb")
+
+#: Conflicts remembered for inspection (:attr:`DictSync.recent_conflicts`).
+RECENT = 100
+
+
+@dataclass
+class _Known:
+    """What this process knows of one key."""
+
+    #: A plain copy of the value as this process last loaded or wrote it.
+    base: Any
+    #: Paths where a conflict kept the stored value: the next refresh puts
+    #: it into PTB's dict; until then PTB's value there is never written.
+    stale: list[tuple[Any, ...]] = field(default_factory=list)
+    #: The last hand-back not written yet (a lost race, a tier error).
+    pending: Any = MISSING
+
+
+class DictSync:
+    """The baselines of one adapter, and the writes and refreshes driven
+    by them (see the module docstring). ``max_concurrency`` bounds the
+    cache calls in flight at once: PTB gathers one write per user and chat.
+    """
+
+    def __init__(self, cache: TieredCache, max_concurrency: int) -> None:
+        self.cache = cache
+        self._max = max_concurrency
+        self._known: dict[str, _Known] = {}
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self._sem: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+        #: Local values dropped for a stored one (the resolver refused).
+        self.conflicts = 0
+        #: The last :data:`RECENT` of them, newest last: ``(key, Conflict)``.
+        self.recent_conflicts: deque[tuple[str, Conflict]] = deque(maxlen=RECENT)
+        #: Writes skipped because the hand-back equalled the baseline.
+        self.unchanged = 0
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One of ``max_concurrency`` places for a call to the cache."""
+        loop = asyncio.get_running_loop()
+        if self._sem is None or self._sem[0] is not loop:
+            self._sem = (loop, asyncio.Semaphore(self._max))
+        async with self._sem[1]:
+            yield
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    def loaded(self, key: str, value: Any) -> None:
+        """Remember ``value`` (a plain copy PTB will not get) as the baseline."""
+        self._known[key] = _Known(copy.deepcopy(value))
+
+    def forget(self, key: str) -> None:
+        self._known.pop(key, None)
+
+    def pending_keys(self) -> list[str]:
+        return [k for k, v in self._known.items() if v.pending is not MISSING]
+
+    def _resolver(self, key: str) -> Any:
+        resolve = self.cache.conflict
+        return lambda fld, base, ours, theirs: resolve(key, fld, base, ours, theirs)
+
+    def _dropped(self, key: str, conflicts: list[Conflict], known: _Known, *, stale: bool) -> None:
+        for c in conflicts:
+            self.conflicts += 1
+            self.recent_conflicts.append((key, c))
+            if stale and c.path not in known.stale:
+                known.stale.append(c.path)
+            log.warning(
+                "tiercache.ptb: %r: %r was changed here (%r -> %r) and by another "
+                "process (-> %r); the stored value is kept and this process's change "
+                "dropped (%s). Use tiercache.Counter for counters, or pass the cache "
+                "conflict=keep_ours / keep_theirs / a resolver.",
+                key,
+                list(c.path),
+                c.base,
+                c.ours,
+                c.theirs,
+                c.error,
+            )
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def write(self, key: str, data: Any) -> None:
+        """Store what changed in PTB's hand-back ``data`` (ours to keep)."""
+        known = self._known.get(key)
+        if not isinstance(data, dict):
+            await self._write_whole(key, data, known)
+            return
+        base = {} if known is None else known.base
+        if known is not None and known.stale:
+            # PTB's values at these paths lost a conflict: not ours to write.
+            apply(data, [(p, get_path(base, p)) for p in known.stale])
+        if not diff(base, data) and (known is None or known.pending is MISSING):
+            self.unchanged += 1
+            return
+        async with self.slot(), self._lock(key):
+            await self._commit(key, data)
+
+    async def _commit(self, key: str, data: Any) -> None:
+        known = self._known.setdefault(key, _Known({}))
+        known.pending = MISSING
+        base = known.base
+        try:
+            async with self.cache.session(key) as s:
+                theirs = to_plain(s)
+                changes, conflicts = rebase(base, data, theirs, self._resolver(key))
+                # Copies: the scope adopts what it is given into tracked values.
+                apply(s, copy.deepcopy(changes))
+        except ConflictError as exc:
+            # Another process wrote one of these paths while the scope was
+            # open: nothing was written. The next refresh settles it.
+            known.pending = data
+            log.info("tiercache.ptb: %r: write deferred to the next refresh: %s", key, exc)
+            return
+        except BaseException:
+            known.pending = data
+            raise
+        known.base = apply(theirs, changes)
+        self._dropped(key, conflicts, known, stale=True)
+
+    async def _write_whole(self, key: str, data: Any, known: _Known | None) -> None:
+        # Not a dict (a custom context type): stored whole, last writer wins.
+        if known is not None and same(known.base, data) and known.pending is MISSING:
+            self.unchanged += 1
+            return
+        async with self.slot(), self._lock(key):
+            await self.cache.aset(key, data)
+        self._known[key] = _Known(copy.deepcopy(data))
+
+    async def retry(self) -> None:
+        """Write every pending hand-back again (after lost races or errors)."""
+        for key in self.pending_keys():
+            known = self._known[key]
+            data, known.pending = known.pending, MISSING
+            await self.write(key, data)
+
+    # -- refreshing ----------------------------------------------------------------------
+
+    async def refresh(self, key: str, live: Any) -> None:
+        """Pull other processes' changes into PTB's ``live`` dict, in place,
+        keeping its unwritten changes."""
+        if not isinstance(live, dict):
+            return
+        stored = await _api.get_live(self.cache, key)
+        known = self._known.get(key)
+        if known is None:
+            if stored is MISSING:
+                return  # nothing stored, nothing known: PTB's dict is all there is
+            known = self._known[key] = _Known({})
+        elif not known.stale and same(known.base, {} if stored is MISSING else stored):
+            return  # the common case: nothing changed elsewhere (a memory hit)
+        async with self._lock(key):
+            stored = await _api.get_copy(self.cache, key)
+            theirs = {} if stored is MISSING or not isinstance(stored, dict) else stored
+            base = known.base
+            if known.stale:
+                apply(live, [(p, get_path(base, p)) for p in known.stale])
+                known.stale = []
+            changes, conflicts = rebase(base, live, theirs, self._resolver(key))
+            merged = apply(copy.deepcopy(theirs), changes)
+            to_live: list[Change] = diff(live, merged)
+            apply(live, to_live)
+            known.base = theirs
+            self._dropped(key, conflicts, known, stale=False)  # live holds theirs there now
