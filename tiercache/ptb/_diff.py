@@ -194,14 +194,34 @@ def rebase(
     >>> base, ours, theirs = {"a": 1, "b": 1}, {"a": 2, "b": 1}, {"a": 1, "b": 5}
     >>> rebase(base, ours, theirs, lambda *_: None)
     ([(('a',), 2)], [])
+
+    A dict both sides created where there was none merges key by key, as
+    if it had been there, empty:
+
+    >>> rebase({}, {"p": {"lang": "de"}}, {"p": {"city": "Rome"}}, lambda *_: None)
+    ([(('p', 'lang'), 'de')], [])
     """
-    mine = diff(base, ours)
+    changes: list[Change] = []
+    conflicts: list[Conflict] = []
+    _rebase(base, ours, theirs, resolve, (), changes, conflicts)
+    return changes, conflicts
+
+
+def _rebase(
+    base: Any,
+    ours: Any,
+    theirs: Any,
+    resolve: Resolve,
+    at: tuple[Any, ...],
+    changes: list[Change],
+    conflicts: list[Conflict],
+) -> None:
+    """:func:`rebase` of the values at path ``at``, into the two lists."""
+    mine = diff(base, ours, at)
     if not mine:
-        return [], []
-    other = [p for p, _ in diff(base, theirs)]
-    if not other:
-        return mine, []
-    # The regions both changed: for each overlapping pair, the shorter path.
+        return
+    other = [p for p, _ in diff(base, theirs, at)]
+    # The regions both changed: for each overlapping pair, the shorter path...
     found: list[tuple[Any, ...]] = []
     for p, _ in mine:
         for q in other:
@@ -209,14 +229,13 @@ def rebase(
                 found.append(r)
     # ... minus those inside another region: one resolver call per region.
     regions = [r for r in found if not any(len(s) < len(r) and r[: len(s)] == s for s in found)]
-    if not regions:
-        return mine, []
-    changes: list[Change] = [
-        (p, v) for p, v in mine if not any(_overlap(p, r) for r in regions)
-    ]
-    conflicts: list[Conflict] = []
+    changes.extend((p, v) for p, v in mine if not any(_overlap(p, r) for r in regions))
+    n = len(at)
     for r in regions:
-        b, o, t = get_path(base, r), get_path(ours, r), get_path(theirs, r)
+        b, o, t = get_path(base, r[n:]), get_path(ours, r[n:]), get_path(theirs, r[n:])
+        if b is MISSING and _is_dict(o) and _is_dict(t) and len(r) < DEPTH:
+            _rebase({}, o, t, resolve, r, changes, conflicts)
+            continue
         merged = _counted(b, o, t)
         if merged is MISSING:
             try:
@@ -226,4 +245,3 @@ def rebase(
                 continue
         if not same(merged, t):
             changes.append((r, merged))
-    return changes, conflicts

@@ -28,6 +28,10 @@ log = logging.getLogger("tiercache.ptb")
 
 Data = dict[Any, Any]
 
+#: Rounds of retries ``flush()`` gives pending writes: each lost race
+#: reloads what is stored, so the next round settles it (or logs it).
+FLUSH_ROUNDS = 5
+
 
 def _glob_escape(text: str) -> str:
     """``text`` matched literally by a Redis-style glob."""
@@ -225,5 +229,8 @@ class TierCachePersistence(BasePersistence[Data, Data, Data]):
     async def flush(self) -> None:
         """Write what is pending (PTB calls this when it stops); the cache
         stays open: close it in ``post_shutdown``."""
-        await self._sync.retry()
+        for _ in range(FLUSH_ROUNDS):
+            if not self._sync.pending_keys():
+                break
+            await self._sync.retry()
         await self.cache.aflush()
