@@ -31,6 +31,7 @@ async def main(url: str, namespace: str, mode: str, n: int, start: str) -> None:
     for _ in range(n):
         await ptb.send(app, ptb.message(1, mode))
         await app.update_persistence()
+        await asyncio.sleep(0.001)  # let the other process in between
     await app.shutdown()
     await cache.aclose()
     dropped = sum(

@@ -39,7 +39,7 @@ from typing import Any
 
 from .. import MISSING, ConflictError, TieredCache, to_plain
 from . import _api
-from ._diff import Change, Conflict, apply, diff, get_path, rebase, same
+from ._diff import Conflict, apply, diff, rebase, same
 
 __all__ = ["DictSync"]
 
@@ -51,14 +51,14 @@ RECENT = 100
 
 @dataclass
 class _Known:
-    """What this process knows of one key."""
+    """What this process knows of one key. The invariant: PTB's dict minus
+    ``base`` is exactly this process's changes not yet stored."""
 
-    #: A plain copy of the value as this process last loaded or wrote it.
+    #: A plain copy of the value PTB's dict was equal to when this process
+    #: last loaded it, refreshed it or wrote it (as PTB handed it back).
     base: Any
-    #: Paths where a conflict kept the stored value: the next refresh puts
-    #: it into PTB's dict; until then PTB's value there is never written.
-    stale: list[tuple[Any, ...]] = field(default_factory=list)
-    #: The last hand-back not written yet (a lost race, a tier error).
+    #: A hand-back not written yet (a lost race, a tier error), or after a
+    #: refresh PTB's dict itself: written by :meth:`DictSync.retry`.
     pending: Any = MISSING
 
 
@@ -114,12 +114,10 @@ class DictSync:
         resolve = self.cache.conflict
         return lambda fld, base, ours, theirs: resolve(key, fld, base, ours, theirs)
 
-    def _dropped(self, key: str, conflicts: list[Conflict], known: _Known, *, stale: bool) -> None:
+    def _dropped(self, key: str, conflicts: list[Conflict]) -> None:
         for c in conflicts:
             self.conflicts += 1
             self.recent_conflicts.append((key, c))
-            if stale and c.path not in known.stale:
-                known.stale.append(c.path)
             log.warning(
                 "tiercache.ptb: %r: %r was changed here (%r -> %r) and by another "
                 "process (-> %r); the stored value is kept and this process's change "
@@ -142,9 +140,6 @@ class DictSync:
             await self._write_whole(key, data, known)
             return
         base = {} if known is None else known.base
-        if known is not None and known.stale:
-            # PTB's values at these paths lost a conflict: not ours to write.
-            apply(data, [(p, get_path(base, p)) for p in known.stale])
         if not diff(base, data) and (known is None or known.pending is MISSING):
             self.unchanged += 1
             return
@@ -170,8 +165,10 @@ class DictSync:
         except BaseException:
             known.pending = data
             raise
-        known.base = apply(theirs, changes)
-        self._dropped(key, conflicts, known, stale=True)
+        # Not what was stored (theirs merged with ours): what PTB's dict
+        # holds. The next refresh pulls the difference, theirs, into it.
+        known.base = data
+        self._dropped(key, conflicts)
 
     async def _write_whole(self, key: str, data: Any, known: _Known | None) -> None:
         # Not a dict (a custom context type): stored whole, last writer wins.
@@ -186,7 +183,8 @@ class DictSync:
         """Write every pending hand-back again (after lost races or errors)."""
         for key in self.pending_keys():
             known = self._known[key]
-            data, known.pending = known.pending, MISSING
+            # A copy: the pending value may be PTB's own dict.
+            data, known.pending = copy.deepcopy(known.pending), MISSING
             await self.write(key, data)
 
     # -- refreshing ----------------------------------------------------------------------
@@ -202,18 +200,17 @@ class DictSync:
             if stored is MISSING:
                 return  # nothing stored, nothing known: PTB's dict is all there is
             known = self._known[key] = _Known({})
-        elif not known.stale and same(known.base, {} if stored is MISSING else stored):
+        elif same(known.base, {} if stored is MISSING else stored):
             return  # the common case: nothing changed elsewhere (a memory hit)
         async with self._lock(key):
             stored = await _api.get_copy(self.cache, key)
             theirs = {} if stored is MISSING or not isinstance(stored, dict) else stored
-            base = known.base
-            if known.stale:
-                apply(live, [(p, get_path(base, p)) for p in known.stale])
-                known.stale = []
-            changes, conflicts = rebase(base, live, theirs, self._resolver(key))
+            changes, conflicts = rebase(known.base, live, theirs, self._resolver(key))
             merged = apply(copy.deepcopy(theirs), changes)
-            to_live: list[Change] = diff(live, merged)
-            apply(live, to_live)
+            apply(live, diff(live, merged))
             known.base = theirs
-            self._dropped(key, conflicts, known, stale=False)  # live holds theirs there now
+            if known.pending is not MISSING:
+                # The unwritten hand-back was relative to the old base; PTB's
+                # dict now holds what is left of it, relative to the new one.
+                known.pending = live
+            self._dropped(key, conflicts)  # live holds theirs there now
