@@ -19,15 +19,20 @@ from tiercache import MemoryTier, RedisTier, TieredCache
 from tiercache.ptb import TierCachePersistence
 
 
+def wait_for(path: str) -> None:
+    """Until the test says go: both processes start counting together."""
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+
+
 async def main(url: str, namespace: str, mode: str, n: int, start: str) -> None:
     cache = TieredCache(MemoryTier(), RedisTier(url), namespace=namespace)
     persistence = TierCachePersistence(cache)
     app = ptb.build(persistence)
     await app.initialize()
-    deadline = time.monotonic() + 20
-    while not os.path.exists(start):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.005)
+    await asyncio.to_thread(wait_for, start)
     for _ in range(n):
         await ptb.send(app, ptb.message(1, mode))
         await app.update_persistence()

@@ -98,10 +98,10 @@ async def running(
         await app.shutdown()
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
+async def eventually(check: Callable[[], Any], within: float = 5.0) -> None:
     """Wait until ``check()`` is true (bus deliveries over Redis are not
     instant); a LocalBus delivers before the writer returns."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while not await check():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.01)
@@ -364,6 +364,7 @@ async def test_shutdown_writes_pending_and_post_shutdown_closes(make_cache: Fact
 # -- real processes ------------------------------------------------------------------------
 
 WORKER = ROOT / "tests" / "integration" / "_ptb_worker.py"
+PYTHON = [sys.executable, "-W", "error::RuntimeWarning"]
 
 
 @pytest.mark.redis
@@ -379,8 +380,7 @@ def test_two_processes_increment_one_user_counter(
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-W", "error::RuntimeWarning", str(WORKER)]
-            + [redis_url, namespace, mode, str(n), str(start), str(i)],
+            [*PYTHON, str(WORKER), redis_url, namespace, mode, str(n), str(start), str(i)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -401,7 +401,6 @@ def test_two_processes_increment_one_user_counter(
     finally:
         cache.close()
     dropped = sum(r["dropped"] for r in results)
-    print("two processes:", mode, "final", final, "results", results)
     if mode == "counter":
         assert (final, dropped) == (2 * n, 0)
     else:

@@ -27,9 +27,7 @@ leaves = st.one_of(
     st.tuples(st.integers(0, 2)),
     st.frozensets(st.integers(0, 2), max_size=2),
 )
-values = st.recursive(
-    leaves, lambda inner: st.dictionaries(keys, inner, max_size=4), max_leaves=12
-)
+values = st.recursive(leaves, lambda inner: st.dictionaries(keys, inner, max_size=4), max_leaves=12)
 records = st.dictionaries(keys, values, max_size=5)
 
 
@@ -42,7 +40,7 @@ def merged(base: Any, ours: Any, theirs: Any) -> tuple[Any, list[Any]]:
     return apply(copy.deepcopy(theirs), changes), conflicts
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(records, records)
 def test_diff_applied_to_a_gives_b(a: dict[Any, Any], b: dict[Any, Any]) -> None:
     changes = diff(a, b)
@@ -56,14 +54,14 @@ def test_nothing_changed_is_no_change(a: dict[Any, Any]) -> None:
     assert rebase(a, copy.deepcopy(a), {"other": 1}, resolve_raises) == ([], [])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(records, records)
 def test_rebase_onto_an_unchanged_store_is_ours(base: dict[Any, Any], ours: dict[Any, Any]) -> None:
     value, conflicts = merged(base, ours, copy.deepcopy(base))
     assert same(value, ours) and conflicts == []
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(records, records, records)
 def test_changes_under_different_top_level_keys_both_survive(
     base: dict[Any, Any], x: dict[Any, Any], y: dict[Any, Any]
@@ -75,7 +73,7 @@ def test_changes_under_different_top_level_keys_both_survive(
     assert same(value, {**theirs, **ours})
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(records, records, records)
 def test_a_conflict_keeps_theirs_and_is_reported(
     base: dict[Any, Any], ours: dict[Any, Any], theirs: dict[Any, Any]

@@ -186,7 +186,7 @@ class TierCachePersistence(BasePersistence[Data, Data, Data]):
             return None
         self._sync.loaded(key, value)
         keyboards = [tuple(k) for k in value.get("keyboards", [])]
-        return keyboards, dict(value.get("buttons", {}))  # type: ignore[return-value]
+        return keyboards, dict(value.get("buttons", {}))
 
     async def update_callback_data(self, data: CDCData) -> None:
         keyboards, buttons = data

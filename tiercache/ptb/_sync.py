@@ -34,7 +34,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .. import MISSING, ConflictError, TieredCache, to_plain
@@ -72,9 +72,7 @@ class DictSync:
         self.cache = cache
         self._max = max_concurrency
         self._known: dict[str, _Known] = {}
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._sem: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         #: Local values dropped for a stored one (the resolver refused).
         self.conflicts = 0
