@@ -5,6 +5,7 @@ would send them, and handlers that count."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import itertools
 import json
@@ -81,6 +82,14 @@ def message(user_id: int, text: str, chat_id: int | None = None) -> dict[str, An
     }
 
 
+@dataclasses.dataclass
+class Cart:
+    """A user class kept in user_data (registered with MsgpackSerializer)."""
+
+    items: list[str]
+    total: int = 0
+
+
 class Step(enum.IntEnum):
     """Conversation states, as PTB's examples write them."""
 
@@ -136,18 +145,26 @@ def signup() -> ConversationHandler[Any]:
     )
 
 
-def build(persistence: BasePersistence[Any, Any, Any], *, conversation: bool = False) -> Any:
+def build(
+    persistence: BasePersistence[Any, Any, Any],
+    *,
+    conversation: bool = False,
+    callback_data: bool = False,
+) -> Any:
     """An Application on ``persistence`` with the handlers above (the
-    conversation first, if asked for)."""
-    app = (
+    conversation first, if asked for; PTB's arbitrary callback data, if
+    asked for)."""
+    builder = (
         Application.builder()
         .token(TOKEN)
         .request(OfflineRequest())
         .get_updates_request(OfflineRequest())
         .updater(None)
         .persistence(persistence)
-        .build()
     )
+    if callback_data:
+        builder = builder.arbitrary_callback_data(True)
+    app = builder.build()
     if conversation:
         app.add_handler(signup())
     app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, count), group=1)

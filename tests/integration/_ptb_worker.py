@@ -15,7 +15,7 @@ import sys
 import time
 
 from tests.integration import _ptb_app as ptb
-from tiercache import MemoryTier, RedisTier, TieredCache
+from tiercache import MISSING, MemoryTier, RedisTier, TieredCache
 from tiercache.ptb import TierCachePersistence
 
 
@@ -40,7 +40,9 @@ async def main(url: str, namespace: str, mode: str, n: int, start: str) -> None:
     await app.shutdown()
     await cache.aclose()
     dropped = sum(
-        int(c.ours) - int(c.base or 0) for _, c in persistence.recent_conflicts if c.path == ("n",)
+        int(c.ours) - (0 if c.base is MISSING else int(c.base))
+        for _, c in persistence.recent_conflicts
+        if c.path == ("n",)
     )
     print(json.dumps({"dropped": dropped, "conflicts": persistence.conflicts}))
 

@@ -85,12 +85,14 @@ def writes(cache: TieredCache) -> int:
     return sum(t.writes for t in cache.stats().tiers if t.name in ("disk", "redis"))
 
 
+def reads(cache: TieredCache) -> int:
+    return sum(t.reads for t in cache.stats().tiers if t.name in ("disk", "redis"))
+
+
 @asynccontextmanager
-async def running(
-    persistence: TierCachePersistence, *, conversation: bool = False
-) -> AsyncIterator[Any]:
+async def running(persistence: TierCachePersistence, **kw: Any) -> AsyncIterator[Any]:
     """An initialized Application, shut down (persistence flushed) after."""
-    app = ptb.build(persistence, conversation=conversation)
+    app = ptb.build(persistence, **kw)
     await app.initialize()
     try:
         yield app
@@ -119,11 +121,13 @@ async def test_unchanged_hand_backs_write_nothing(make_cache: Factory) -> None:
         await app.update_persistence()
         # one user_data and one chat_data record per user (bot_data: unchanged)
         assert writes(cache) - before == 6
+        read_before = reads(cache)
         for _ in range(5):
             await ptb.send(app, *(ptb.message(u, "read") for u in (1, 2, 3)))
             before = writes(cache)
             await app.update_persistence()
             assert writes(cache) == before  # PTB handed back 7 dicts, all unchanged
+        assert reads(cache) == read_before  # 30 refreshes: memory hits
         assert p.unchanged >= 5 * 7
         await ptb.send(app, ptb.message(2, "inc"))
         before = writes(cache)
@@ -149,6 +153,46 @@ async def test_data_round_trips_into_a_second_application(make_cache: Factory) -
         await app2.update_persistence()
         # refresh_user_data loaded user 5 before the handler ran
         assert app2.user_data[5]["n"] == 2
+
+
+async def test_callback_data_round_trips_and_unchanged_is_not_written(
+    make_cache: Factory,
+) -> None:
+    from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+
+    cache = make_cache()
+    async with running(TierCachePersistence(cache), callback_data=True) as app:
+        markup = InlineKeyboardMarkup([[InlineKeyboardButton("buy", callback_data=("buy", 3))]])
+        app.bot.callback_data_cache.process_keyboard(markup)
+        await app.update_persistence()
+        saved = app.bot.callback_data_cache.persistence_data
+        before = writes(cache)
+        await app.update_persistence()
+        assert writes(cache) == before
+    async with running(TierCachePersistence(make_cache()), callback_data=True) as app2:
+        assert app2.bot.callback_data_cache.persistence_data == saved
+        ((_, _, buttons),) = saved[0]
+        assert list(buttons.values()) == [("buy", 3)]
+
+
+async def test_telegram_objects_and_user_classes_round_trip(make_cache: Factory) -> None:
+    """Telegram objects go in as ``to_dict()`` and come back with
+    ``de_json``; the user's own classes are registered with the serializer."""
+    from telegram import User
+
+    cache = make_cache(serializer=MsgpackSerializer(types=[ptb.Cart]))
+    async with running(TierCachePersistence(cache)) as app:
+        await ptb.send(app, ptb.message(5, "inc"))
+        user = User(5, "user5", False)
+        app.user_data[5]["me"] = user.to_dict()
+        app.user_data[5]["cart"] = ptb.Cart(items=["tea"], total=3)
+        app.mark_data_for_update_persistence(user_ids=5)
+    cache2 = make_cache(serializer=MsgpackSerializer(types=[ptb.Cart]))
+    async with running(TierCachePersistence(cache2)) as app2:
+        await ptb.send(app2, ptb.message(5, "read"))
+        data = app2.user_data[5]
+        assert User.de_json(data["me"], app2.bot) == user
+        assert data["cart"] == ptb.Cart(items=["tea"], total=3)
 
 
 @needs_keys

@@ -7,13 +7,17 @@
                      else, in cache.session(key) (s: the stored value)
                          rebase(baseline, d, s): our changes onto theirs
                          apply them to s  ─ the scope writes only those paths
-                     baseline = what was written
+                     baseline = d (what PTB holds, not what was stored)
     refresh_*(d) ──> stored value (a memory hit) equals the baseline? done
                      else d becomes rebase(baseline, d, stored), in place:
-                     their changes pulled in, our unwritten ones kept
+                     their changes pulled in, our unwritten ones kept;
+                     baseline = stored
 
 PTB hands back whole dicts, changed or not: the baseline is what turns
-them into changes. A path both sides changed goes to the cache's conflict
+them into changes. The invariant: PTB's dict minus the baseline is
+exactly this process's changes not yet stored (so after a write merged
+with another process's change, the baseline is the hand-back, and the
+next refresh pulls their part in). A path both sides changed goes to the cache's conflict
 resolver (``cache.conflict``); Counters add both deltas. With the default
 resolver (``raise_conflict``) the stored value is kept, the dropped local
 value is logged on the ``tiercache.ptb`` logger (and counted), and the
@@ -37,7 +41,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .. import MISSING, ConflictError, TieredCache, to_plain
+from .. import MISSING, ConflictError, TieredCache, TierError, to_plain
 from . import _api
 from ._diff import Conflict, apply, diff, rebase, same
 
@@ -192,7 +196,13 @@ class DictSync:
         keeping its unwritten changes."""
         if not isinstance(live, dict):
             return
-        stored = await _api.get_live(self.cache, key)
+        try:
+            stored = await _api.get_live(self.cache, key)
+        except TierError as exc:
+            # The shared tier is down and no local tier has the key: PTB's
+            # dict is the best there is; the next refresh tries again.
+            log.warning("tiercache.ptb: %r: not refreshed: %s", key, exc)
+            return
         known = self._known.get(key)
         if known is None:
             if stored is MISSING:
@@ -201,7 +211,11 @@ class DictSync:
         elif same(known.base, {} if stored is MISSING else stored):
             return  # the common case: nothing changed elsewhere (a memory hit)
         async with self._lock(key):
-            stored = await _api.get_copy(self.cache, key)
+            try:
+                stored = await _api.get_copy(self.cache, key)
+            except TierError as exc:
+                log.warning("tiercache.ptb: %r: not refreshed: %s", key, exc)
+                return
             theirs = {} if stored is MISSING or not isinstance(stored, dict) else stored
             changes, conflicts = rebase(known.base, live, theirs, self._resolver(key))
             merged = apply(copy.deepcopy(theirs), changes)
