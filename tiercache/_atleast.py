@@ -48,6 +48,15 @@ def check_at_least(version: object) -> int:
     return version
 
 
+def check_version(version: object) -> int:
+    """``expected_version=``: a stored version (an int >= 0; 0: absent)."""
+    if type(version) is not int or version < 0:
+        raise ConfigError(
+            f"expected_version must be a stored version (an int >= 0; 0: absent), got {version!r}"
+        )
+    return version
+
+
 class CatchUp:
     """Brings a key's memory copy up to a version before it is served."""
 

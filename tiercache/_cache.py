@@ -63,6 +63,7 @@ from ._policy import (
     Schema,
     raise_conflict,
 )
+from ._queries import Queries
 from ._read import Reader
 from ._replay import Replayer
 from ._scope import Scope, ScopeFlows, ScopeOptions, scope_options
@@ -86,7 +87,7 @@ log = logging.getLogger("tiercache")
 MISSING: Any = _TRACKING_MISSING
 
 
-class TieredCache:
+class TieredCache(Queries):
     """A multi-level cache of live, change-tracked values.
 
     ``tiers`` run fastest first: a :class:`MemoryTier`, then any persistent
@@ -338,19 +339,26 @@ class TieredCache:
 
     # -- writing from outside a scope -----------------------------------------------------
 
-    def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
+    def set(
+        self, key: str, value: Any, *, ttl: float | None = None, expected_version: int | None = None
+    ) -> None:
         """Store ``value`` (adopted: see :func:`tiercache.track`) under ``key``.
 
         It is written to every tier before ``set`` returns, whatever the
         flush policy (use a session scope for write-behind).
+        ``expected_version`` (from :meth:`get_versioned` or
+        :attr:`Scope.version`; 0: absent): write only if the shared tier
+        still holds that version, else :class:`ConflictError`, nothing written.
         """
         d = self._direct
-        run(d.locked(key, ttl, lambda: d.set_flow(key, value, ttl)))
+        flow = self._set_flow(key, value, ttl, expected_version)
+        run(d.locked(key, ttl, flow))
 
-    async def aset(self, key: str, value: Any, *, ttl: float | None = None) -> None:
+    async def aset(
+        self, key: str, value: Any, *, ttl: float | None = None, expected_version: int | None = None
+    ) -> None:
         """Async :meth:`set`."""
-        d = self._direct
-        await d.alocked(key, ttl, lambda: d.set_flow(key, value, ttl))
+        await self._direct.alocked(key, ttl, self._set_flow(key, value, ttl, expected_version))
 
     def update(
         self,
@@ -390,15 +398,16 @@ class TieredCache:
         d = self._direct
         return await d.alocked(key, ttl, lambda: d.update_flow(key, fn, initial, ttl))
 
-    def delete(self, key: str) -> bool:
-        """Remove ``key`` from every tier; whether any tier had it."""
-        d = self._direct
-        return run(d.locked(key, None, lambda: d.delete_flow(key)))
+    def delete(self, key: str, *, expected_version: int | None = None) -> bool:
+        """Remove ``key`` from every tier; whether any tier had it.
+        ``expected_version``: as in :meth:`set` (ConflictError, nothing deleted)."""
+        d, v = self._direct, self._checked(expected_version)
+        return run(d.locked(key, None, lambda: d.delete_flow(key, v)))
 
-    async def adelete(self, key: str) -> bool:
+    async def adelete(self, key: str, *, expected_version: int | None = None) -> bool:
         """Async :meth:`delete`."""
-        d = self._direct
-        return await d.alocked(key, None, lambda: d.delete_flow(key))
+        d, v = self._direct, self._checked(expected_version)
+        return await d.alocked(key, None, lambda: d.delete_flow(key, v))
 
     def touch(self, key: str, ttl: float | None = None) -> bool:
         """Restart the expiry of ``key``; whether it exists.

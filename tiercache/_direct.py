@@ -24,7 +24,7 @@ from typing import Any, TypeVar, cast
 
 from ._core import TOMBSTONE_SECONDS
 from ._envelope import is_tombstone, safe_version
-from ._exceptions import TierCacheError, TierError
+from ._exceptions import ConflictError, TierCacheError, TierError
 from ._flow import Call, Flow, arun
 from ._invalidation import Invalidations
 from ._locks import Hold, owner
@@ -58,6 +58,13 @@ def _changed_fields(before: Any, after: Any) -> dict[Any, Any]:
             if not same(was.get(f, MISSING), plain.get(f, MISSING))
         }
     return {WHOLE: before}
+
+
+def _moved(key: str, expected: int, found: int) -> ConflictError:
+    return ConflictError(
+        f"key {key!r} is no longer at version {expected or 'none'} "
+        f"(found {found or 'none'}): not written"
+    )
 
 
 class DirectWrites:
@@ -165,8 +172,18 @@ class DirectWrites:
         yield from self.writer.drain_flow()
 
     def update_flow(
-        self, key: str, fn: Callable[[Any], Any], initial: Callable[[], Any], ttl: float | None
+        self,
+        key: str,
+        fn: Callable[[Any], Any],
+        initial: Callable[[], Any],
+        ttl: float | None,
+        expected: int | None = None,
+        replace: bool = False,
     ) -> Flow[Any]:
+        """``expected``: the version the stored value must still be at (0:
+        absent), else :class:`ConflictError` and nothing written (a
+        version-checked set); None: ``fn`` runs again on a newer value.
+        ``replace``: what ``fn`` returns is the new value, even ``None``."""
         core = self.s.core
         tiers = core.tiers
         skey = core.skey(key)
@@ -188,9 +205,11 @@ class DirectWrites:
                     plain, version = MISSING, 0
                 else:
                     plain, version = to_plain(current.value), current.version
+            if expected is not None and version != expected and (expected or plain is not MISSING):
+                raise _moved(key, expected, version)  # 0 is any absence (a tombstone too)
             value = track(initial() if plain is MISSING else plain, label=key)
             result = fn(value)
-            if result is not None and result is not value:
+            if replace or (result is not None and result is not value):
                 value = track(result, label=key)
                 changed = _changed_fields(plain, value)  # a replacement
             else:
@@ -232,6 +251,8 @@ class DirectWrites:
                     return value
                 if not ok:
                     core.conflicts += 1
+                    if expected is not None:
+                        raise _moved(key, expected, version)  # another write landed between
                     continue
                 yield from core.write_flow([(skey, data, core.ttl_for(ttl))], range(len(tiers) - 1))
                 entry.stored = entry.version
@@ -260,6 +281,24 @@ class DirectWrites:
             return value
         raise TierError(f"gave up updating {key!r}: {MAX_MERGES} other writers won in a row")
 
+    def versioned_flow(self, key: str) -> Flow[tuple[Any, int]]:
+        """``(plain copy or MISSING, version)`` as :meth:`update_flow` would
+        see it: fresh from the shared tier (our journaled changes first),
+        else from memory when there is no persistent tier."""
+        core = self.s.core
+        if key in self.s.journal_keys:
+            yield from self.s.replay_flow()
+        if not core.tiers:
+            with self.s.mlock:
+                current = self.s.memory.lookup(key)
+            if current is None or current.initial is not None:
+                return MISSING, 0
+            return to_plain(current.value), current.version
+        plain, version = yield from core.read_stored_flow(key, core.skey(key))
+        if plain is MISSING:
+            return MISSING, 0  # absent, deleted or unreadable: expected_version=0 fits
+        return to_plain(plain), version
+
     def over_rollback(self, key: str, plain: Any, version: int) -> tuple[Any, int]:
         """update() read ``version``: when it is below what our memory copy
         was stored at, the store lost acknowledged writes, and fn runs on
@@ -273,13 +312,21 @@ class DirectWrites:
         theirs = to_plain(plain) if plain is not MISSING else {}
         return track(over_rollback(to_plain(current.value), theirs), label=key), current.stored
 
-    def delete_flow(self, key: str) -> Flow[bool]:
+    def delete_flow(self, key: str, expected: int | None = None) -> Flow[bool]:
+        """``expected``: delete only if the shared tier still holds that
+        version (0: absent), else :class:`ConflictError`, nothing deleted."""
+        if expected is not None:
+            yield from self.check_delete_flow(key, expected)
         with self.s.mlock:
             entry = self.s.memory.remove(key)
         if entry is not None:
             detach(entry.value)
         core = self.s.core
-        if core.tiers and core.tiers[-1].supports_cas:
+        if expected is not None:  # the tombstone is written: the local copies go
+            existed = bool(expected)
+            if core.tiers:
+                yield from core.delete_flow(key, range(len(core.tiers) - 1))
+        elif core.tiers and core.tiers[-1].supports_cas:
             known = entry.stored if entry is not None and not entry.outdated else 0
             existed = yield from self.tombstone_flow(key, known)
             existed = (yield from core.delete_flow(key, range(len(core.tiers) - 1))) or existed
@@ -289,6 +336,35 @@ class DirectWrites:
             self.s.memory.absent[key] = self.reader.absent_until()
         yield from self.inval.publish_flow([(key, "del", 0)])
         return existed or (entry is not None and entry.initial is None)
+
+    def check_delete_flow(self, key: str, expected: int) -> Flow[None]:
+        """For a version-checked delete: write the tombstone over exactly
+        ``expected`` now (the rest of :meth:`delete_flow` then finds it
+        written), or raise without having changed anything."""
+        core = self.s.core
+        if key in self.s.journal_keys:
+            yield from self.s.replay_flow()
+        if not core.tiers:
+            with self.s.mlock:
+                entry = self.s.memory.lookup(key)
+            found = entry.version if entry is not None and entry.initial is None else 0
+            if found != expected:
+                raise _moved(key, expected, found)
+            return
+        tier, counters = core.tiers[-1], core.counters[-1]
+        if not tier.supports_cas:
+            raise TierCacheError(f"a version-checked delete needs compare-and-set of {tier.name}")
+        skey = core.skey(key)
+        if not expected:
+            raw = yield Call(tier, counters, "get", (skey,))
+            if raw is not None and not is_tombstone(raw):
+                raise _moved(key, 0, safe_version(raw))
+            return
+        tomb = core.tombstone(core.next_version(expected))
+        args = (skey, tomb, TOMBSTONE_SECONDS, expected)
+        if not (yield Call(tier, counters, "compare_and_set", args)):
+            raw = yield Call(tier, counters, "get", (skey,))
+            raise _moved(key, expected, 0 if raw is None else safe_version(raw))
 
     def tombstone_flow(self, key: str, known: int) -> Flow[bool]:
         """Delete ``key`` from the shared tier by writing its tombstone: the

@@ -20,6 +20,9 @@ A tier adds its own prefix in front (RedisTier's ``tc:``).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 from ._exceptions import ConfigError, InvalidKeyError
 
 __all__ = ["KeyNames", "check_key", "check_namespace", "glob_escape", "session_of"]
@@ -32,6 +35,72 @@ def _escape(namespace: str) -> str:
 def glob_escape(text: str) -> str:
     """``text`` as a Redis glob (SCAN MATCH) that matches only itself."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def glob_match(pattern: str) -> Callable[[str], bool]:
+    r"""A test of keys against the Redis glob ``pattern``, matching exactly
+    what ``SCAN MATCH`` matches: ``*``, ``?``, ``[abc]``, ``[a-z]``,
+    ``[^a]``, and ``\`` escaping the next character, over the key's UTF-8
+    bytes as Redis sees them (``?`` is one byte), so one pattern means the
+    same in memory, on disk and in Redis.
+
+    >>> glob_match("user:[0-9]*")("user:42"), glob_match(r"a\*")("ab")
+    (True, False)
+    """
+    rx = glob_regex(pattern)
+    return lambda key: rx.fullmatch(key.encode("utf-8", "surrogateescape")) is not None
+
+
+def _byte_range(a: int, b: int) -> list[bytes]:
+    """Regex class parts for the Redis range ``a-b``: Redis compares C
+    ``char``s, signed, so bytes from 0x80 come before 0x00 in a range."""
+    lo, hi = sorted((a - 256 if a > 127 else a, b - 256 if b > 127 else b))
+    spans = [(lo & 0xFF, hi & 0xFF)] if (lo < 0) == (hi < 0) else [(lo & 0xFF, 0xFF), (0, hi)]
+    return [re.escape(bytes((x,))) + b"-" + re.escape(bytes((y,))) for x, y in spans]
+
+
+def glob_regex(pattern: str) -> re.Pattern[bytes]:
+    """The bytes regex of :func:`glob_match` (use ``fullmatch``)."""
+    g = pattern.encode("utf-8", "surrogateescape")
+    out: list[bytes] = []
+    i, n = 0, len(g)
+
+    def lit(b: int) -> bytes:
+        return re.escape(bytes((b,)))
+
+    while i < n:
+        c = g[i]
+        i += 1
+        if c == 0x2A:  # *
+            out.append(b".*")
+        elif c == 0x3F:  # ?
+            out.append(b".")
+        elif c == 0x5C and i < n:  # backslash
+            out.append(lit(g[i]))
+            i += 1
+        elif c == 0x5B:  # [
+            negate = i < n and g[i] == 0x5E  # ^
+            if negate:
+                i += 1
+            parts: list[bytes] = []
+            while i < n and g[i] != 0x5D:  # ]
+                if g[i] == 0x5C and i + 1 < n:
+                    parts.append(lit(g[i + 1]))
+                    i += 2
+                elif i + 2 < n and g[i + 1] == 0x2D:  # a-z (Redis swaps z-a)
+                    parts += _byte_range(g[i], g[i + 2])
+                    i += 3
+                else:
+                    parts.append(lit(g[i]))
+                    i += 1
+            i += 1  # the "]" (Redis ends an unclosed class at the pattern's end)
+            if parts:
+                out.append((b"[^" if negate else b"[") + b"".join(parts) + b"]")
+            else:
+                out.append(b"." if negate else b"(?!)")  # "[^]": any byte; "[]": none
+        else:
+            out.append(lit(c))
+    return re.compile(b"".join(out), re.DOTALL)
 
 
 def check_namespace(namespace: object) -> str:

@@ -37,6 +37,7 @@ EXTRAS: dict[str, str] = {
     "prometheus_client": "tiercache.prometheus",
     "opentelemetry": "tiercache.otel",
     "telegram": "tiercache.ptb",
+    "aiogram": "tiercache.aiogram",
 }
 
 # module -> imported module -> the lines that import it

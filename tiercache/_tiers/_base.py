@@ -79,6 +79,9 @@ class PersistentTier(abc.ABC):
     #: The largest envelope (bytes) the tier takes, once known; None: no
     #: known limit. The cache refuses bigger values at scope exit.
     max_value_size: int | None = None
+    #: True when :meth:`keys` lists only live entries (no tombstones, nothing
+    #: expired), so the cache need not read them to be sure.
+    lists_live: ClassVar[bool] = False
 
     # -- sync ---------------------------------------------------------------
 
@@ -153,6 +156,14 @@ class PersistentTier(abc.ABC):
         TierError; one that fails the whole batch raises."""
         return [self.compare_and_set(*item) for item in items]
 
+    def keys(self, glob: str) -> list[str]:
+        """The stored names (as given to :meth:`set`) matching ``glob``, a
+        Redis-style glob (:func:`tiercache._keys.glob_regex` says what it
+        matches). Optional: :meth:`TieredCache.keys` needs it of the last
+        tier. A tier may list expired entries and deletes' tombstones (the
+        cache reads and skips them) unless it sets ``lists_live``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its keys")
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Release connections and files."""
 
@@ -220,6 +231,11 @@ class PersistentTier(abc.ABC):
         return await asyncio.to_thread(
             self.compare_and_set_fenced, key, value, ttl, expected, lease, token
         )
+
+    async def akeys(self, glob: str) -> list[str]:
+        if self.async_inline:
+            return self.keys(glob)
+        return await asyncio.to_thread(self.keys, glob)
 
     async def aclose(self) -> None:
         self.close()

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from .._clock import Clock, SystemClock
 from .._envelope import peek_version
 from .._exceptions import CorruptEntryError
+from .._keys import glob_match
 from ._base import PersistentTier, SetItem
 
 __all__ = ["DictTier"]
@@ -62,6 +63,11 @@ class DictTier(PersistentTier):
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         with self._lock:
             return [self._live(k) for k in keys]
+
+    def keys(self, glob: str) -> list[str]:
+        match = glob_match(glob)
+        with self._lock:
+            return [k for k in list(self._data) if match(k) and self._live(k) is not None]
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         with self._lock:

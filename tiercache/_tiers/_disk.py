@@ -24,6 +24,7 @@ import diskcache
 
 from .._envelope import peek_version
 from .._exceptions import ConfigError, CorruptEntryError, TierError
+from .._keys import glob_match
 from ._base import PersistentTier, SetItem
 
 __all__ = ["DiskTier"]
@@ -186,6 +187,14 @@ class DiskTier(PersistentTier):
         except _BACKEND_ERRORS as exc:
             raise _error("get_many", None, exc) from exc
         return [v if v is None or type(v) is bytes else FOREIGN for v in values]
+
+    def keys(self, glob: str) -> list[str]:
+        # diskcache reads its index in chunks: streaming, whatever its size.
+        match = glob_match(glob)
+        try:
+            return [k for k in self._cache.iterkeys() if type(k) is str and match(k)]
+        except _BACKEND_ERRORS as exc:
+            raise _error("keys", None, exc) from exc
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         try:

@@ -45,7 +45,8 @@ from .._redisclient import transient as transient
 from ._base import PersistentTier, SetItem
 from ._redis_cluster import arun_by_node, run_by_node
 from ._redis_durable import wait_ms
-from ._redis_fields import FieldsCalls, _first_error, _px
+from ._redis_fields import _first_error, _px
+from ._redis_scan import ScanCalls
 from ._redis_scripts import (
     ACQUIRE_LUA,
     CAS_LUA,
@@ -69,7 +70,7 @@ def _keep_ms(keep: float) -> int:
     return 0 if keep <= 0 else max(1, math.ceil(keep * 1000))
 
 
-class RedisTier(FieldsCalls, PersistentTier):
+class RedisTier(ScanCalls, PersistentTier):
     """A persistent tier in Redis, shared by every process that uses it.
 
     ``url_or_client`` is a URL (``redis://host:6379/0``, ``rediss://``,
