@@ -44,8 +44,6 @@ from tiercache import (
 from tiercache.ptb import TierCachePersistence
 
 ROOT = Path(__file__).resolve().parents[2]
-HAS_KEYS = hasattr(TieredCache, "akeys")
-needs_keys = pytest.mark.skipif(not HAS_KEYS, reason="needs TieredCache.akeys (core API)")
 
 Factory = Callable[..., TieredCache]
 
@@ -195,17 +193,16 @@ async def test_telegram_objects_and_user_classes_round_trip(make_cache: Factory)
         assert data["cart"] == ptb.Cart(items=["tea"], total=3)
 
 
-@needs_keys
 async def test_get_user_data_lists_every_stored_user_and_chat(make_cache: Factory) -> None:
     p = TierCachePersistence(make_cache())
     async with running(p) as app:
         await ptb.send(app, *(ptb.message(u, "inc", chat_id=-100 - u % 2) for u in range(1, 8)))
-        await ptb.send(app, ptb.message(99, "read"))  # an empty user_data is not stored
+        await ptb.send(app, ptb.message(99, "read"))  # empty user_ and chat_data: not stored
     second = TierCachePersistence(make_cache())
     users = await second.get_user_data()
     assert users == {u: {"n": 1} for u in range(1, 8)}
     chats = await second.get_chat_data()
-    assert chats == {-100: {"last": "inc"}, -101: {"last": "inc"}, 99: {"last": "read"}}
+    assert chats == {-100: {"last": "inc"}, -101: {"last": "inc"}}
     async with running(second) as app2:
         assert dict(app2.user_data) == users
 
