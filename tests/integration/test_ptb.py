@@ -408,6 +408,26 @@ WORKER = ROOT / "tests" / "integration" / "_ptb_worker.py"
 PYTHON = [sys.executable, "-W", "error::RuntimeWarning"]
 
 
+async def test_a_custom_context_type_is_one_versioned_unit(
+    make_cache: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """user_data of a non-dict ContextTypes class: stored whole, written
+    only when it changed and only over the version this process saw."""
+    serializer = MsgpackSerializer(types=[ptb.Cart])
+    a_cache, b_cache = make_cache(serializer=serializer), make_cache(serializer=serializer)
+    pa, pb = TierCachePersistence(a_cache), TierCachePersistence(b_cache)
+    await pa.update_user_data(1, ptb.Cart(["tea"], 3))  # type: ignore[arg-type]
+    before = writes(a_cache)
+    await pa.update_user_data(1, ptb.Cart(["tea"], 3))  # type: ignore[arg-type]
+    assert writes(a_cache) == before
+    assert (await pb.get_user_data()) == {1: ptb.Cart(["tea"], 3)}
+    await pa.update_user_data(1, ptb.Cart(["tea", "jam"], 5))  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="tiercache.ptb"):
+        await pb.update_user_data(1, ptb.Cart(["milk"], 1))  # type: ignore[arg-type]
+    assert pb.conflicts == 1 and "dropped" in caplog.text
+    assert b_cache.get("ptb:user:1") == ptb.Cart(["tea", "jam"], 5)
+
+
 @pytest.mark.redis
 @pytest.mark.parametrize("mode", ["counter", "inc"])
 def test_two_processes_increment_one_user_counter(

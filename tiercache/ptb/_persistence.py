@@ -129,9 +129,8 @@ class TierCachePersistence(BasePersistence[Data, Data, Data]):
                 ident = int(name[len(head) :])
             except ValueError:
                 continue  # not one of ours: another writer's key under the prefix
-            if isinstance(value, dict):
-                self._sync.loaded(name, value)
-                found[ident] = value
+            self._sync.loaded(name, value)
+            found[ident] = value
         return found
 
     async def get_user_data(self) -> dict[int, Data]:

@@ -41,7 +41,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .. import MISSING, ConflictError, TieredCache, TierError, to_plain
+from .. import MISSING, ConflictError, FieldPath, TieredCache, TierError, to_plain
 from . import _api
 from ._diff import Conflict, apply, diff, rebase, same
 
@@ -173,12 +173,32 @@ class DictSync:
         self._dropped(key, conflicts)
 
     async def _write_whole(self, key: str, data: Any, known: _Known | None) -> None:
-        # Not a dict (a custom context type): stored whole, last writer wins.
-        if known is not None and same(known.base, data) and known.pending is MISSING:
+        # Not a dict (a custom context type): one unit, written only over
+        # the version it was read at; a change by another process since
+        # goes to the resolver as a conflict on the whole value.
+        base = MISSING if known is None else known.base
+        if same(base, data) and (known is None or known.pending is MISSING):
             self.unchanged += 1
             return
         async with self.slot(), self._lock(key):
-            await self.cache.aset(key, data)
+            theirs, version = await self.cache.aget_versioned(key, MISSING)
+            value = data
+            if not same(theirs, base):
+                try:
+                    value = self.cache.conflict(key, FieldPath(()), base, data, theirs)
+                except ConflictError as exc:
+                    # Theirs stays stored; PTB's object keeps ours (a custom
+                    # type cannot be refreshed in place) and is not written
+                    # again unless it changes, which conflicts again.
+                    self._dropped(key, [Conflict((), base, data, theirs, exc)])
+                    self._known[key] = _Known(data)
+                    return
+            try:
+                await self.cache.aset(key, value, expected_version=version)
+            except ConflictError as exc:
+                self._known.setdefault(key, _Known(base)).pending = data
+                log.info("tiercache.ptb: %r: write deferred: %s", key, exc)
+                return
         self._known[key] = _Known(copy.deepcopy(data))
 
     async def retry(self) -> None:
