@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import reprlib
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator
@@ -48,6 +49,12 @@ from ._diff import Conflict, apply, diff, rebase, same
 __all__ = ["DictSync"]
 
 log = logging.getLogger("tiercache.ptb")
+
+#: Values in log lines are shortened: user data is not for logs.
+_short = reprlib.Repr()  # keywords need Python 3.12
+_short.maxstring = _short.maxother = 40
+_short.maxlist = _short.maxdict = _short.maxset = 4
+_short.maxlevel = 2
 
 #: Conflicts remembered for inspection (:attr:`DictSync.recent_conflicts`).
 RECENT = 100
@@ -76,6 +83,7 @@ class DictSync:
         self.cache = cache
         self._max = max_concurrency
         self._known: dict[str, _Known] = {}
+        self._pending: set[str] = set()  # candidates: see pending_keys()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._sem: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         #: Local values dropped for a stored one (the resolver refused).
@@ -110,7 +118,15 @@ class DictSync:
         self._known.pop(key, None)
 
     def pending_keys(self) -> list[str]:
-        return [k for k, v in self._known.items() if v.pending is not MISSING]
+        """Keys with a hand-back not written yet (checked every interval:
+        a set of candidates, not a scan of every key known)."""
+        live = [
+            k
+            for k in self._pending
+            if (known := self._known.get(k)) is not None and known.pending is not MISSING
+        ]
+        self._pending = set(live)
+        return live
 
     def _resolver(self, key: str) -> Any:
         resolve = self.cache.conflict
@@ -127,9 +143,9 @@ class DictSync:
                 "conflict=keep_ours / keep_theirs / a resolver.",
                 key,
                 list(c.path),
-                c.base,
-                c.ours,
-                c.theirs,
+                _short.repr(c.base),
+                _short.repr(c.ours),
+                _short.repr(c.theirs),
                 c.error,
             )
 
@@ -162,10 +178,12 @@ class DictSync:
             # Another process wrote one of these paths while the scope was
             # open: nothing was written. The next refresh settles it.
             known.pending = data
+            self._pending.add(key)
             log.info("tiercache.ptb: %r: write deferred to the next refresh: %s", key, exc)
             return
         except BaseException:
             known.pending = data
+            self._pending.add(key)
             raise
         # Not what was stored (theirs merged with ours): what PTB's dict
         # holds. The next refresh pulls the difference, theirs, into it.
@@ -197,6 +215,7 @@ class DictSync:
                 await self.cache.aset(key, value, expected_version=version)
             except ConflictError as exc:
                 self._known.setdefault(key, _Known(base)).pending = data
+                self._pending.add(key)
                 log.info("tiercache.ptb: %r: write deferred: %s", key, exc)
                 return
         self._known[key] = _Known(copy.deepcopy(data))
