@@ -336,6 +336,39 @@ async def test_a_same_path_conflict_is_logged_never_silent(
         assert writes(b_cache) == before  # the dropped value is not written later
 
 
+async def test_a_write_from_a_stale_copy_is_deferred_then_settled(
+    tmp_path: Path, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No bus: b's memory copy is stale, so its scope loses the
+    compare-and-set race on ``n`` and writes nothing; the retry (or the
+    next refresh) settles ``n`` through the resolver, logged, and writes
+    b's other change."""
+    caches = [
+        TieredCache(MemoryTier(), DiskTier(tmp_path / "d"), namespace=namespace, bus=None)
+        for _ in range(2)
+    ]
+    pa, pb = (TierCachePersistence(c) for c in caches)
+    try:
+        async with running(pa) as a, running(pb) as b:
+            await ptb.send(a, ptb.message(1, "inc"))
+            await a.update_persistence()
+            await ptb.send(b, ptb.message(1, "read"))
+            await ptb.send(a, ptb.message(1, "inc"))
+            await a.update_persistence()
+            await ptb.send(b, ptb.message(1, "inc"), ptb.message(1, "set lang sv"))
+            with caplog.at_level(logging.INFO, logger="tiercache.ptb"):
+                await b.update_persistence()  # user 1: deferred (then retried)
+                await ptb.send(b, ptb.message(1, "read"))
+                await b.update_persistence()
+            assert "write deferred" in caplog.text
+            assert pb.conflicts == 1  # n: once, by the retry or the refresh
+            assert b.user_data[1] == {"n": 2, "profile": {"lang": "sv"}}
+        assert caches[1].get_copy("ptb:user:1") == {"n": 2, "profile": {"lang": "sv"}}
+    finally:
+        for c in caches:
+            c.close()
+
+
 async def _stored_is(cache: TieredCache, key: str, field: str, value: Any) -> bool:
     got = await cache.aget(key)
     return isinstance(got, dict) and got.get(field) == value

@@ -137,8 +137,8 @@ class DictSync:
             self.conflicts += 1
             self.recent_conflicts.append((key, c))
             log.warning(
-                "tiercache.ptb: %r: %r was changed here (%r -> %r) and by another "
-                "process (-> %r); the stored value is kept and this process's change "
+                "tiercache.ptb: %r: %r was changed here (%s -> %s) and by another "
+                "process (-> %s); the stored value is kept and this process's change "
                 "dropped (%s). Use tiercache.Counter for counters, or pass the cache "
                 "conflict=keep_ours / keep_theirs / a resolver.",
                 key,
