@@ -73,6 +73,17 @@ class _Known:
     pending: Any = MISSING
 
 
+def _equal(a: Any, b: Any) -> bool:
+    """Plain ``==`` (C speed: refresh runs before every handler). Looser
+    than :func:`same` (``1 == True``), which is safe here: a change it
+    misses is one PTB's dict does not see until the next change, and every
+    write still diffs and merges type-strictly."""
+    try:
+        return bool(a == b)
+    except Exception:  # an __eq__ that raises: compare the slow way
+        return same(a, b)
+
+
 class DictSync:
     """The baselines of one adapter, and the writes and refreshes driven
     by them (see the module docstring). ``max_concurrency`` bounds the
@@ -247,7 +258,7 @@ class DictSync:
             if stored is MISSING:
                 return  # nothing stored, nothing known: PTB's dict is all there is
             known = self._known[key] = _Known({})
-        elif same(known.base, {} if stored is MISSING else stored):
+        elif _equal(known.base, {} if stored is MISSING else stored):
             return  # the common case: nothing changed elsewhere (a memory hit)
         async with self._lock(key):
             try:
