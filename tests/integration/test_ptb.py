@@ -191,6 +191,9 @@ async def test_telegram_objects_and_user_classes_round_trip(make_cache: Factory)
         data = app2.user_data[5]
         assert User.de_json(data["me"], app2.bot) == user
         assert data["cart"] == ptb.Cart(items=["tea"], total=3)
+        before = writes(cache2)
+        await app2.update_persistence()
+        assert writes(cache2) == before  # an equal object is no change
 
 
 async def test_get_user_data_lists_every_stored_user_and_chat(make_cache: Factory) -> None:
