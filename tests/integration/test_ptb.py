@@ -134,6 +134,49 @@ async def test_unchanged_hand_backs_write_nothing(make_cache: Factory) -> None:
     assert cache.get("ptb:user:2") == {"n": 2}
 
 
+@pytest.mark.redis
+async def test_redis_itself_sees_no_command_for_unchanged_data(
+    redis_url: str, namespace: str
+) -> None:
+    """Counted by the server: an update_persistence() over 50 untouched
+    users and chats sends nothing; one changed user, one script call."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    cache = TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace)
+    try:
+        async with running(TierCachePersistence(cache)) as app:
+            await ptb.send(app, *(ptb.message(u, "inc") for u in range(1, 51)))
+            await app.update_persistence()
+            await ptb.send(app, *(ptb.message(u, "read") for u in range(1, 51)))
+            r.config_resetstat()
+            await app.update_persistence()
+            assert _calls(r) == {}  # not one command but the bus listener's reads
+            await ptb.send(app, ptb.message(7, "inc"))
+            r.config_resetstat()
+            await app.update_persistence()
+            assert _calls(r, but=SCRIPTED) == {"evalsha": 1}
+    finally:
+        await cache.aclose()
+        r.close()
+
+
+#: What the compare-and-set script runs inside its one EVALSHA.
+SCRIPTED = ("set", "get", "type", "xadd", "pexpire", "del")
+
+
+def _calls(r: Any, *, but: tuple[str, ...] = ()) -> dict[str, int]:
+    """Commands the server ran since CONFIG RESETSTAT, but the bus
+    listener's reads, the test's own calls and ``but``."""
+    ignore = ("config", "info", "xread", "xrange", "ping", "hello", "client", *but)
+    calls: dict[str, int] = {}
+    for name, entry in r.info("commandstats").items():
+        command = name.removeprefix("cmdstat_").partition("|")[0]
+        if command not in ignore:
+            calls[command] = calls.get(command, 0) + int(entry["calls"])
+    return calls
+
+
 async def test_data_round_trips_into_a_second_application(make_cache: Factory) -> None:
     cache = make_cache()
     p = TierCachePersistence(cache)
