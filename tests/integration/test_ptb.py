@@ -504,7 +504,7 @@ async def test_a_custom_context_type_is_one_versioned_unit(
     with caplog.at_level(logging.WARNING, logger="tiercache.ptb"):
         await pb.update_user_data(1, ptb.Cart(["milk"], 1))  # type: ignore[arg-type]
     assert pb.conflicts == 1 and "dropped" in caplog.text
-    assert b_cache.get("ptb:user:1") == ptb.Cart(["tea", "jam"], 5)
+    assert b_cache.get_versioned("ptb:user:1")[0] == ptb.Cart(["tea", "jam"], 5)
 
 
 @pytest.mark.redis
