@@ -103,6 +103,19 @@ def test_async_example_with_and_without_redis(tmp_path: Path, redis_url: str) ->
     assert "50 concurrent updates" in out
 
 
+def test_aiogram_example_runs_offline(tmp_path: Path) -> None:
+    out = run_py(
+        [str(ROOT / "examples" / "aiogram_bot.py"), "--dir", str(tmp_path / "d")],
+        cwd=tmp_path,
+        env={"BOT_TOKEN": ""},
+    )
+    assert "bot: Welcome, Ann (40)!" in out
+    assert "rolled back" in out
+    assert "signups in this chat: 1" in out
+    # One write per update that changed something, none for the rest.
+    assert out.count("writes: 1") == 2 and out.count("writes: 0") == 2
+
+
 def test_public_all_is_sorted_and_complete() -> None:
     names = tiercache.__all__
 
