@@ -333,15 +333,17 @@ async def test_refresh_pulls_another_process_change(make_cache: Factory) -> None
         await ptb.send(b, ptb.message(1, "set lang de"))  # b saw n == 1 first
         assert b.user_data[1] == {"n": 1, "profile": {"lang": "de"}}
         await ptb.send(a, ptb.message(1, "inc"), ptb.message(1, "set city Rome"))
+        a.bot_data["motd"] = "hi from a"
         await a.update_persistence()
 
         async def b_sees_it() -> bool:
             await ptb.send(b, ptb.message(1, "read"))
-            return bool(b.user_data[1].get("n") == 2)
+            return bool(b.user_data[1].get("n") == 2 and b.bot_data.get("motd"))
 
         await eventually(b_sees_it)
         # b's own unwritten change was kept, nested paths merged
         assert b.user_data[1] == {"n": 2, "profile": {"lang": "de", "city": "Rome"}}
+        assert b.bot_data == {"motd": "hi from a"}
         await b.update_persistence()
     assert b_cache.get("ptb:user:1") == {"n": 2, "profile": {"lang": "de", "city": "Rome"}}
 
