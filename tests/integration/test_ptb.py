@@ -196,24 +196,28 @@ async def test_data_round_trips_into_a_second_application(make_cache: Factory) -
         assert app2.user_data[5]["n"] == 2
 
 
-async def test_callback_data_round_trips_and_unchanged_is_not_written(
-    make_cache: Factory,
-) -> None:
+async def test_callback_data_round_trips_and_merges_keyboards(make_cache: Factory) -> None:
     from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-    cache = make_cache()
-    async with running(TierCachePersistence(cache), callback_data=True) as app:
-        markup = InlineKeyboardMarkup([[InlineKeyboardButton("buy", callback_data=("buy", 3))]])
-        app.bot.callback_data_cache.process_keyboard(markup)
-        await app.update_persistence()
-        saved = app.bot.callback_data_cache.persistence_data
-        before = writes(cache)
-        await app.update_persistence()
-        assert writes(cache) == before
-    async with running(TierCachePersistence(make_cache()), callback_data=True) as app2:
-        assert app2.bot.callback_data_cache.persistence_data == saved
-        ((_, _, buttons),) = saved[0]
-        assert list(buttons.values()) == [("buy", 3)]
+    def keyboard(data: object) -> InlineKeyboardMarkup:
+        return InlineKeyboardMarkup([[InlineKeyboardButton("go", callback_data=data)]])
+
+    a_cache, b_cache = make_cache(), make_cache()
+    async with (
+        running(TierCachePersistence(a_cache), callback_data=True) as a,
+        running(TierCachePersistence(b_cache), callback_data=True) as b,
+    ):
+        a.bot.callback_data_cache.process_keyboard(keyboard(("buy", 3)))
+        await a.update_persistence()
+        before = writes(a_cache)
+        await a.update_persistence()
+        assert writes(a_cache) == before  # unchanged: not written
+        b.bot.callback_data_cache.process_keyboard(keyboard(("sell", 1)))
+        await b.update_persistence()  # b's keyboard merges with a's
+    async with running(TierCachePersistence(make_cache()), callback_data=True) as c:
+        keyboards, _ = c.bot.callback_data_cache.persistence_data
+        buttons = sorted(v for _, _, data in keyboards for v in data.values())
+        assert buttons == [("buy", 3), ("sell", 1)]
 
 
 async def test_telegram_objects_and_user_classes_round_trip(make_cache: Factory) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from telegram.ext import BasePersistence, PersistenceInput
 from telegram.ext._utils.types import CDCData, ConversationDict, ConversationKey
 
-from .. import MISSING, ConfigError, ConflictError, TieredCache
+from .. import MISSING, ConfigError, ConflictError, FieldPath, Resolver, TieredCache
 from . import _api
 from ._diff import same
 from ._sync import DictSync
@@ -36,6 +36,26 @@ FLUSH_ROUNDS = 5
 def _glob_escape(text: str) -> str:
     """``text`` matched literally by a Redis-style glob."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _later_access(otherwise: Resolver) -> Resolver:
+    """Callback data's resolver: the access time of a keyboard two
+    processes used is the later one; anything else goes to ``otherwise``
+    (the cache's resolver)."""
+
+    def resolve(key: str, field: Any, base: Any, ours: Any, theirs: Any) -> Any:
+        if (
+            isinstance(field, FieldPath)
+            and len(field) == 3
+            and field[0] == "keyboards"
+            and field[2] == "at"
+            and isinstance(ours, float)
+            and isinstance(theirs, float)
+        ):
+            return max(ours, theirs)
+        return otherwise(key, field, base, ours, theirs)
+
+    return resolve
 
 
 class TierCachePersistence(BasePersistence[Data, Data, Data]):
@@ -94,6 +114,7 @@ class TierCachePersistence(BasePersistence[Data, Data, Data]):
         self.cache = cache
         self.prefix = prefix
         self._sync = DictSync(cache, max_concurrency)
+        self._sync.resolvers[self.key("callback")] = _later_access(cache.conflict)
 
     # -- keys and counters ----------------------------------------------------------------
 
@@ -184,13 +205,24 @@ class TierCachePersistence(BasePersistence[Data, Data, Data]):
         if not isinstance(value, dict):
             return None
         self._sync.loaded(key, value)
-        keyboards = [tuple(k) for k in value.get("keyboards", [])]
-        return keyboards, dict(value.get("buttons", {}))
+        stored = value.get("keyboards", {})
+        # PTB's cache is least recently used first: by access time.
+        keyboards = sorted(
+            ((uuid, kb["at"], dict(kb["buttons"])) for uuid, kb in stored.items()),
+            key=lambda k: k[1],
+        )
+        return keyboards, dict(value.get("queries", {}))
 
     async def update_callback_data(self, data: CDCData) -> None:
-        keyboards, buttons = data
-        # A dict, so buttons merge path by path; keyboards are one unit.
-        record = {"keyboards": [tuple(k) for k in keyboards], "buttons": dict(buttons)}
+        keyboards, queries = data
+        # Keyed by keyboard, so two processes' keyboards merge; only the
+        # access time of one keyboard both used is a conflict (the later wins).
+        record = {
+            "keyboards": {
+                uuid: {"at": at, "buttons": dict(buttons)} for uuid, at, buttons in keyboards
+            },
+            "queries": dict(queries),
+        }
         await self._sync.write(self.key("callback"), record)
 
     # -- conversations ------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .. import MISSING, ConflictError, FieldPath, TieredCache, TierError, to_plain
+from .. import MISSING, ConflictError, FieldPath, Resolver, TieredCache, TierError, to_plain
 from . import _api
 from ._diff import Conflict, apply, diff, rebase, same
 
@@ -103,6 +103,8 @@ class DictSync:
         self.recent_conflicts: deque[tuple[str, Conflict]] = deque(maxlen=RECENT)
         #: Writes skipped because the hand-back equalled the baseline.
         self.unchanged = 0
+        #: Conflict resolvers of particular keys (else the cache's).
+        self.resolvers: dict[str, Resolver] = {}
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -140,7 +142,7 @@ class DictSync:
         return live
 
     def _resolver(self, key: str) -> Any:
-        resolve = self.cache.conflict
+        resolve = self.resolvers.get(key, self.cache.conflict)
         return lambda fld, base, ours, theirs: resolve(key, fld, base, ours, theirs)
 
     def _dropped(self, key: str, conflicts: list[Conflict]) -> None:
