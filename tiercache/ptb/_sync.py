@@ -182,7 +182,9 @@ class DictSync:
         known.pending = MISSING
         base = known.base
         try:
-            async with self.cache.session(key) as s:
+            # A key with a resolver of its own uses it in the scope's
+            # merge too (a compare-and-set lost to a stale copy).
+            async with self.cache.session(key, conflict=self.resolvers.get(key)) as s:
                 theirs = to_plain(s)
                 changes, conflicts = rebase(base, data, theirs, self._resolver(key))
                 # Copies: the scope adopts what it is given into tracked values.
