@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 pytest.importorskip("telegram")
 
 from tiercache import MISSING, ConflictError, Counter, FieldPath, raise_conflict
-from tiercache.ptb import apply, diff, rebase
-from tiercache.ptb._diff import same
+from tiercache.ptb._diff import apply, diff, rebase, same
 
 keys = st.sampled_from(["a", "b", "c", 1, 2, (3, 4)])
 leaves = st.one_of(

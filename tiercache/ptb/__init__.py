@@ -14,7 +14,7 @@ processes writing one user's data get.
 
 from __future__ import annotations
 
-from ._diff import Conflict, apply, diff, rebase
+from ._diff import Conflict
 from ._persistence import TierCachePersistence
 
-__all__ = ["Conflict", "TierCachePersistence", "apply", "diff", "rebase"]
+__all__ = ["Conflict", "TierCachePersistence"]
