@@ -471,6 +471,27 @@ async def test_one_update_persistence_over_many_users_bounds_concurrency(
     assert cache.get("ptb:user:250") == {"n": 1}
 
 
+@pytest.mark.redis
+async def test_hundreds_of_users_at_once_fit_a_small_pool(redis_url: str, namespace: str) -> None:
+    """300 users and chats gathered by one update_persistence(), 4 Redis
+    connections: every write lands, no error reaches PTB."""
+    cache = TieredCache(MemoryTier(), RedisTier(redis_url, max_connections=4), namespace=namespace)
+    errors: list[object] = []
+    try:
+        async with running(TierCachePersistence(cache)) as app:
+
+            async def on_error(update: object, context: Any) -> None:
+                errors.append(context.error)
+
+            app.add_error_handler(on_error)
+            await ptb.send(app, *(ptb.message(u, "inc") for u in range(1, 301)))
+            await app.update_persistence()
+        assert errors == []
+        assert len(await cache.akeys("ptb:user:*")) == 300
+    finally:
+        await cache.aclose()
+
+
 async def test_shutdown_writes_pending_and_post_shutdown_closes(make_cache: Factory) -> None:
     cache = make_cache()
     p = TierCachePersistence(cache)
