@@ -37,6 +37,7 @@ EXPECTED = {
     "integrations.md": [
         "message 1 from chat 42",
         "{'history': ['hello']}",
+        "{'visits': Counter(1)} 2",
         "{'theme': 'dark'}",
         "{'theme': 'dark', 'lang': 'de'}",
     ],

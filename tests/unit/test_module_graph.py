@@ -30,6 +30,16 @@ OVERSIZE: dict[str, str] = {
     ),
 }
 
+#: The extras: optional third-party packages, each imported only by the
+#: modules of its own adapter (module prefix), so ``import tiercache`` and
+#: every other module work without them installed.
+EXTRAS: dict[str, str] = {
+    "prometheus_client": "tiercache.prometheus",
+    "opentelemetry": "tiercache.otel",
+    "telegram": "tiercache.ptb",
+    "aiogram": "tiercache.aiogram",
+}
+
 # module -> imported module -> the lines that import it
 Graph = dict[str, dict[str, list[int]]]
 
@@ -187,6 +197,40 @@ def test_modules_and_classes_stay_within_the_size_limits() -> None:
                         f"{where}: class {node.name} {size} lines (class limit ~{MAX_CLASS_LINES})"
                     )
     assert not over, "split these along a concept, or say why in OVERSIZE:\n" + "\n".join(over)
+
+
+def third_party_imports(path: Path) -> Iterator[tuple[str, int]]:
+    """(top-level package, line) of every absolute import in the file."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name.partition(".")[0], node.lineno
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            yield node.module.partition(".")[0], node.lineno
+
+
+def test_extras_are_imported_only_by_their_own_adapter() -> None:
+    """The core never imports telegram (nor any other extra's package)."""
+    wrong = []
+    for name, path in find_modules(ROOT, PACKAGE).items():
+        for top, line in third_party_imports(path):
+            owner = EXTRAS.get(top)
+            if owner is not None and name != owner and not name.startswith(owner + "."):
+                wrong.append(f"{path.relative_to(ROOT)}:{line} imports {top} (only {owner} may)")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_core_module_imports_an_adapter() -> None:
+    graph, _ = build_graph(ROOT, PACKAGE)
+    adapters = set(EXTRAS.values())
+    wrong = [
+        f"{m} imports {t}"
+        for m, targets in graph.items()
+        for t in targets
+        if any(t == a or t.startswith(a + ".") for a in adapters)
+        and not any(m == a or m.startswith(a + ".") for a in adapters)
+    ]
+    assert not wrong, "\n".join(wrong)
 
 
 # -- the graph builder on a made-up package --------------------------------------
