@@ -24,14 +24,12 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from aiogram import Dispatcher
 from aiogram.fsm.storage.base import (
     BaseEventIsolation,
@@ -45,12 +43,9 @@ from tiercache import TieredCache
 from tiercache.aiogram import TierCacheStorage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.integration._aiogram_bot import dispatcher, make_bot, message
+from _redis_monitor import WriteMonitor
 
-WRITES = {
-    "SET", "SETEX", "PSETEX", "DEL", "UNLINK", "EVAL", "EVALSHA", "HSET", "HDEL",
-    "MSET", "EXPIRE", "PEXPIRE", "XADD", "GETDEL",
-}  # fmt: skip
+from tests.integration._aiogram_bot import dispatcher, make_bot, message
 
 Variant = Callable[[str], tuple[BaseStorage, BaseEventIsolation | None, Any]]
 
@@ -82,42 +77,6 @@ VARIANTS: dict[str, Variant] = {
     "RedisStorage": redis_variant,
     "RedisStorage+RedisEventIsolation": redis_isolated_variant,
 }
-
-
-class Monitor:
-    """Counts client write commands (not a script's own) while open."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.writes = 0
-        self.stop = f"stop-{uuid.uuid4().hex}"
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        client = redis.Redis.from_url(self.url)
-        with client.monitor() as m:
-            self._ready.set()
-            for cmd in m.listen():
-                if cmd.get("client_type") == "lua":
-                    continue
-                text = str(cmd.get("command", ""))
-                if self.stop in text:
-                    break
-                if text.split(" ", 1)[0].upper() in WRITES:
-                    self.writes += 1
-        client.close()
-
-    def __enter__(self) -> Monitor:
-        self._thread.start()
-        self._ready.wait(5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        client = redis.Redis.from_url(self.url)
-        client.echo(self.stop)
-        client.close()
-        self._thread.join(10)
 
 
 def stream(seed: int = 7) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
@@ -154,9 +113,9 @@ def test_writes_per_update(name: str, redis_url: str, summary: list[str], benchm
         storage, isolation, close = VARIANTS[name](redis_url)
         dp = dispatcher(storage, isolation)
         bot = make_bot()
-        with Monitor(redis_url) as m_mut:
+        with WriteMonitor(redis_url) as m_mut:
             await feed(dp, bot, mutating)
-        with Monitor(redis_url) as m_read:
+        with WriteMonitor(redis_url) as m_read:
             await feed(dp, bot, reading)
         # 100 concurrent increments of one chat.
         chat = 10_000

@@ -25,7 +25,6 @@ import asyncio
 import json
 import random
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,9 +38,10 @@ from tiercache import TieredCache
 from tiercache.ptb import TierCachePersistence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _redis_monitor import WriteMonitor
+
 from tests.integration import _ptb_app as ptb
 
-WRITES = {"SET", "DEL", "UNLINK", "EVAL", "EVALSHA", "HSET", "MSET", "PEXPIRE", "XADD"}
 USERS = 200
 EVERY = 100  # updates between two update_persistence() runs
 
@@ -126,42 +126,6 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-class Monitor:
-    """Counts client write commands (not a script's own) while open."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.writes = 0
-        self.stop = f"stop-{uuid.uuid4().hex}"
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        client = redis.Redis.from_url(self.url)
-        with client.monitor() as m:
-            self._ready.set()
-            for cmd in m.listen():
-                if cmd.get("client_type") == "lua":
-                    continue
-                text = str(cmd.get("command", ""))
-                if self.stop in text:
-                    break
-                if text.split(" ", 1)[0].upper() in WRITES:
-                    self.writes += 1
-        client.close()
-
-    def __enter__(self) -> Monitor:
-        self._thread.start()
-        self._ready.wait(5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        client = redis.Redis.from_url(self.url)
-        client.echo(self.stop)
-        client.close()
-        self._thread.join(10)
-
-
 def stream(seed: int = 7) -> list[tuple[int, str]]:
     rng = random.Random(seed)
     return [
@@ -186,7 +150,7 @@ def test_writes_per_update(name: str, redis_url: str, summary: list[str], benchm
         app = ptb.build(persistence)
         await app.initialize()
         runs = 0
-        with Monitor(redis_url) as m:
+        with WriteMonitor(redis_url) as m:
             for i, (user, text) in enumerate(updates, 1):
                 await ptb.send(app, ptb.message(user, text))
                 if i % EVERY == 0:
@@ -195,7 +159,7 @@ def test_writes_per_update(name: str, redis_url: str, summary: list[str], benchm
         # The same users again, read-only: what does an idle interval cost?
         for user in range(1, USERS + 1):
             await ptb.send(app, ptb.message(user, "read"))
-        with Monitor(redis_url) as idle:
+        with WriteMonitor(redis_url) as idle:
             await app.update_persistence()
         await app.shutdown()
         await cache.aclose()
