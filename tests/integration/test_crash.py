@@ -1,6 +1,8 @@
 """Crash safety, tested by crashing: a worker process is SIGKILLed at random
 moments, over and over, and restarted; every update it acknowledged (a
-scope that returned) must be in the store afterwards.
+scope that returned) must be in the store afterwards. Each worker is a new
+OS process forked from a zygote that imported tiercache once (_zygote.py):
+hundreds of restarts without hundreds of interpreter start-ups.
 
 With write-through (the default) a returned scope has been written to
 every tier, so the promise is "nothing acknowledged is lost". The worker
@@ -12,15 +14,14 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tiercache import DiskTier, Journal, MemoryTier, RedisTier, TieredCache
+
+from ._zygote import Zygote
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -53,24 +54,13 @@ def test_sigkilled_workers_lose_no_acknowledged_update(
 ) -> None:
     rng = random.Random(1234)
     acked = 0
-    for _ in range(KILLS):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WORKER, redis_url, str(tmp_path / "d"), namespace],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            # Unbuffered: communicate() reads the pipe itself, so lines a
-            # buffered readline() had read ahead would go uncounted.
-            bufsize=0,
-        )
-        assert proc.stdout is not None
-        first = proc.stdout.readline()  # it is up and writing
-        assert first, proc.stderr.read() if proc.stderr else b""
-        acked = max(acked, int(first))
-        time.sleep(rng.uniform(0.0, 0.05))  # a random moment, mid-scope or not
-        proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=10)
-        for line in out.splitlines():
-            if line.strip():
+    with Zygote(tmp_path) as zygote:
+        for _ in range(KILLS):
+            worker = zygote.spawn(WORKER, [redis_url, str(tmp_path / "d"), namespace])
+            acked = max(acked, int(worker.first_line()))  # it is up and writing
+            time.sleep(rng.uniform(0.0, 0.05))  # a random moment, mid-scope or not
+            worker.kill()
+            for line in worker.lines():
                 acked = max(acked, int(line))
     cache = TieredCache(
         MemoryTier(), DiskTier(tmp_path / "d"), RedisTier(redis_url), namespace=namespace
@@ -107,35 +97,20 @@ def test_write_behind_crash_loses_at_most_one_interval(
     one write's time) is in the store."""
     interval, slack = 0.1, 0.3  # slack: the timer thread waits for the GIL too
     rng = random.Random(99)
-    for _ in range(20):
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                TIMER_WORKER,
-                redis_url,
-                str(tmp_path),
-                namespace,
-                str(interval),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            # Unbuffered: communicate() reads the pipe itself, so lines a
-            # buffered readline() had read ahead would go uncounted.
-            bufsize=0,
-        )
-        assert proc.stdout is not None
-        assert proc.stdout.readline()
-        time.sleep(rng.uniform(0.2, 0.5))
-        killed_at = time.time()
-        proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=10)
-        acks = [tuple(map(float, ln.split())) for ln in out.decode().splitlines() if ln.strip()]
-        must_have = max((n for n, t in acks if t < killed_at - interval - slack), default=0)
-        cache = TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace)
-        stored = (cache.get("counter") or {}).get("n", 0)
-        cache.close()
-        assert stored >= must_have, f"lost more than one interval: {stored} < {must_have}"
+    args = [redis_url, str(tmp_path), namespace, str(interval)]
+    with Zygote(tmp_path) as zygote:
+        for _ in range(20):
+            worker = zygote.spawn(TIMER_WORKER, args)
+            worker.first_line()
+            time.sleep(rng.uniform(0.2, 0.5))
+            killed_at = time.time()
+            worker.kill()
+            acks = [tuple(map(float, ln.split())) for ln in worker.lines() if ln.strip()]
+            must_have = max((n for n, t in acks if t < killed_at - interval - slack), default=0)
+            cache = TieredCache(MemoryTier(), RedisTier(redis_url), namespace=namespace)
+            stored = (cache.get("counter") or {}).get("n", 0)
+            cache.close()
+            assert stored >= must_have, f"lost more than one interval: {stored} < {must_have}"
 
 
 WAL_WORKER = """
@@ -167,25 +142,15 @@ def test_write_behind_with_a_journal_loses_nothing_to_sigkill(
     rng = random.Random(4321)
     acked = 0
     journal_dir = str(tmp_path / "journal")
-    for _ in range(WAL_KILLS):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WAL_WORKER, redis_url, journal_dir, namespace],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            # Unbuffered: communicate() reads the pipe itself, so lines a
-            # buffered readline() had read ahead would go uncounted.
-            bufsize=0,
-        )
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert first, proc.stderr.read() if proc.stderr else b""
-        assert int(first) > acked, "a restarted worker goes on from what was acknowledged"
-        acked = max(acked, int(first))
-        time.sleep(rng.uniform(0.0, 0.1))  # mid-scope, mid-tick, or between
-        proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=10)
-        for line in out.splitlines():
-            if line.strip():
+    with Zygote(tmp_path) as zygote:
+        for _ in range(WAL_KILLS):
+            worker = zygote.spawn(WAL_WORKER, [redis_url, journal_dir, namespace])
+            first = int(worker.first_line())
+            assert first > acked, "a restarted worker goes on from what was acknowledged"
+            acked = max(acked, first)
+            time.sleep(rng.uniform(0.0, 0.1))  # mid-scope, mid-tick, or between
+            worker.kill()
+            for line in worker.lines():
                 acked = max(acked, int(line))
     # What the last worker left in its journal is replayed by the next start.
     cache = TieredCache(
