@@ -63,6 +63,11 @@ def pair(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iter
 
     def make(**kw: Any) -> tuple[TieredCache, TieredCache]:
         kw.setdefault("namespace", namespace)
+        if shape == "cluster":
+            # Not about the bus: a cluster's default one is 16 listener
+            # threads a cache, and their start-up starves the event loop of
+            # an async test on two cores.
+            kw.setdefault("bus", None)
         a = TieredCache(*tiers(), **kw)
         b = a if shape == "memory" else TieredCache(*tiers(), **kw)
         made.extend({id(a): a, id(b): b}.values())
