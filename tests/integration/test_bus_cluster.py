@@ -334,7 +334,19 @@ def test_a_master_failover_is_a_gap_of_its_streams_then_its_replica_serves_them(
         inbox.wait_count(16)
         master = b.stats()["streams"][b.streams[0]]["node"]
         on_master = [s for s, st in b.stats()["streams"].items() if st["node"] == master]
-        replica = replicated_cluster.replica_of(master)
+        # A replica shows in CLUSTER NODES only once it has met its master
+        # (the cluster is up before that): wait for it, do not assume it.
+        found: list[str] = []
+
+        def has_replica() -> bool:
+            try:
+                found.append(replicated_cluster.replica_of(master))
+            except LookupError:
+                return False
+            return True
+
+        wait_until(has_replica, timeout=20, what=f"a replica of {master}")
+        replica = found[-1]
 
         replicated_cluster.nodes[replicated_cluster.index_of(master)].kill()
         # node timeout 2 s, then the replica's election: a few seconds.
