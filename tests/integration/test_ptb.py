@@ -23,9 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("telegram")
-
 from telegram.ext import PersistenceInput
 
 from tests.integration import _ptb_app as ptb

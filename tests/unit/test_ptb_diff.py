@@ -6,11 +6,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-pytest.importorskip("telegram")
 
 from tiercache import MISSING, ConflictError, Counter, FieldPath, raise_conflict
 from tiercache.ptb._diff import apply, diff, rebase, same

@@ -13,11 +13,8 @@ import asyncio
 import copy
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-pytest.importorskip("telegram")
 
 from tiercache import MISSING, Counter, LocalBus, LocalHub, MemoryTier, TieredCache
 from tiercache.ptb import TierCachePersistence

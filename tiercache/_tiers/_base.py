@@ -158,7 +158,7 @@ class PersistentTier(abc.ABC):
 
     def keys(self, glob: str) -> list[str]:
         """The stored names (as given to :meth:`set`) matching ``glob``, a
-        Redis-style glob (:func:`tiercache._keys.glob_regex` says what it
+        Redis-style glob (:func:`tiercache._keys.glob_match` says what it
         matches). Optional: :meth:`TieredCache.keys` needs it of the last
         tier. A tier may list expired entries and deletes' tombstones (the
         cache reads and skips them) unless it sets ``lists_live``."""
