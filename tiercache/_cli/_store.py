@@ -178,16 +178,10 @@ class RedisStore(Store):
                 return
 
     def keys(self, pattern: str = "*") -> Iterator[str]:
-        for batch in self._scan(self.names.value_glob(pattern)):
-            # Deleted keys keep a tombstone (a string) for an hour: the
-            # first bytes of each say which they are, one round trip a batch.
-            with self._client.pipeline(transaction=False) as pipe:
-                for name in batch:
-                    pipe.getrange(self._name(name), 0, 5)
-                heads = pipe.execute(raise_on_error=False)
-            for name, head in zip(batch, heads, strict=True):
-                if isinstance(head, bytes) and (not head or is_tombstone(head + bytes(64))):
-                    continue  # a tombstone, or gone since the scan
+        # Deleted keys keep a tombstone for an hour: the tier's listing
+        # leaves them out (the first bytes of each, one pipeline a batch).
+        for batch in self._redis.live_batches(self.names.value_glob(pattern), self._client):
+            for name in batch:
                 key = self.names.key_of(name)
                 if key is not None:
                     yield key

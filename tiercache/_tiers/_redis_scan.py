@@ -10,6 +10,7 @@ one pipelined ``GETRANGE`` per batch to leave deletes' tombstones out.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from .._envelope import is_tombstone
@@ -36,20 +37,23 @@ class ScanCalls(FieldsCalls):
         tag = "{????????}" if self.cluster else ""
         return glob_escape(self._prefix) + tag + glob, len(self._prefix) + len(tag)
 
-    def keys(self, glob: str) -> list[str]:
+    def live_batches(self, glob: str, client: SyncClient | None = None) -> Iterator[list[str]]:
+        """Batches of the names :meth:`keys` lists, streamed (no retries:
+        for listings too big to hold, such as the command line's)."""
+        c = client if client is not None else self._client()
         match, cut = self._scan_match(glob)
+        batch: list[bytes] = []
+        for name in c.scan_iter(match=match, count=SCAN_COUNT):
+            batch.append(name)
+            if len(batch) >= SCAN_COUNT:
+                yield _live(batch, _heads(c, batch), cut)
+                batch = []
+        if batch:
+            yield _live(batch, _heads(c, batch), cut)
 
+    def keys(self, glob: str) -> list[str]:
         def call(c: SyncClient) -> list[str]:
-            out: list[str] = []
-            batch: list[bytes] = []
-            for name in c.scan_iter(match=match, count=SCAN_COUNT):
-                batch.append(name)
-                if len(batch) >= SCAN_COUNT:
-                    out += _live(batch, _heads(c, batch), cut)
-                    batch = []
-            if batch:
-                out += _live(batch, _heads(c, batch), cut)
-            return out
+            return [name for batch in self.live_batches(glob, c) for name in batch]
 
         return self._run("keys", None, call)
 
